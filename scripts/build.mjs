@@ -1,0 +1,55 @@
+// Builds the programs into build/ with the installed layout:
+//   build/lib/hako/{hako.mjs, containerd-shim-hako-v2.mjs, hako-agent.js, node_modules/node-pty}
+//   build/bin/{hako, containerd-shim-hako-v2}   (wrappers)
+//   build/share/hako/configuration.toml
+// The guest image (build/share/hako/guest/) is built by `hako image build`.
+import { build } from "esbuild";
+import { chmodSync, cpSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const out = join(root, "build");
+const lib = join(out, "lib", "hako");
+mkdirSync(lib, { recursive: true });
+mkdirSync(join(out, "bin"), { recursive: true });
+mkdirSync(join(out, "share", "hako"), { recursive: true });
+
+const common = {
+  bundle: true,
+  platform: "node",
+  target: "node20",
+  sourcemap: false,
+  logLevel: "warning",
+  external: ["node-pty"],
+  legalComments: "none",
+};
+const esmBanner = { js: "import { createRequire as __hakoCreateRequire } from 'node:module'; const require = __hakoCreateRequire(import.meta.url);" };
+
+const hostEntries = [
+  ["src/cli/main.ts", "hako.mjs"],
+  ["src/shim/main.ts", "containerd-shim-hako-v2.mjs"],
+];
+for (const [entry, file] of hostEntries) {
+  if (!existsSync(join(root, entry))) continue;
+  await build({ ...common, entryPoints: [join(root, entry)], outfile: join(lib, file), format: "esm", banner: esmBanner });
+}
+// The agent runs in the guest as CommonJS, so it needs no package.json there.
+await build({ ...common, entryPoints: [join(root, "src/agent/main.ts")], outfile: join(lib, "hako-agent.js"), format: "cjs", minify: true });
+
+// node-pty (native) next to the bundles; the image builder copies it into the guest.
+const pty = join(root, "node_modules", "node-pty");
+const ptyOut = join(lib, "node_modules", "node-pty");
+mkdirSync(ptyOut, { recursive: true });
+for (const p of ["package.json", "lib", join("build", "Release", "pty.node")]) {
+  cpSync(join(pty, p), join(ptyOut, p), { recursive: true });
+}
+
+const wrapper = (file) => `#!/bin/sh\n# hako launcher: runs the bundled program with the node on PATH.\nhere=$(dirname "$(readlink -f "$0")")\nexec node "$here/../lib/hako/${file}" "$@"\n`;
+for (const [name, file] of [["hako", "hako.mjs"], ["containerd-shim-hako-v2", "containerd-shim-hako-v2.mjs"]]) {
+  if (!existsSync(join(lib, file))) continue;
+  writeFileSync(join(out, "bin", name), wrapper(file));
+  chmodSync(join(out, "bin", name), 0o755);
+}
+cpSync(join(root, "config", "configuration.toml"), join(out, "share", "hako", "configuration.toml"));
+console.log("built", lib);

@@ -1,0 +1,132 @@
+// The AgentService and Health implementations served over ttRPC in the guest.
+import { Code } from "../protocols/ttrpc/status.js";
+import { AgentError } from "../runtime/errors.js";
+import type { Logger } from "../runtime/logger.js";
+import { AgentService } from "../protocols/gen/hako/agent/v1/agent_pb.js";
+import { Health, HealthCheckResponse_ServingStatus } from "../protocols/gen/hako/agent/v1/health_pb.js";
+import type { TtrpcServer } from "../protocols/ttrpc/server.js";
+import { ContainerManager } from "./containers.js";
+import { guestDetails, mountStorage, setClock, setDns, setHostname, unmount, type StorageSpec } from "./guest-system.js";
+import { AGENT_PROTOCOL_VERSION, AGENT_VERSION } from "./version.js";
+
+const MAX_READ = 1024 * 1024;
+
+function unimplemented(name: string): never {
+  throw new AgentError("", `${name} is not implemented by this hako-agent yet`, { code: Code.UNIMPLEMENTED });
+}
+
+export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs: () => number): ContainerManager {
+  const containers = new ContainerManager(log);
+  const sandboxMounts: string[] = [];
+  const containerMounts = new Map<string, string[]>();
+
+  const mountAll = async (list: StorageSpec[]): Promise<string[]> => {
+    const done: string[] = [];
+    try {
+      for (const s of list) {
+        await mountStorage(s);
+        done.push(s.mountPoint);
+      }
+    } catch (err) {
+      for (const m of done.reverse()) await unmount(m);
+      throw err;
+    }
+    return done;
+  };
+
+  server.register(AgentService, {
+    async createSandbox(req) {
+      setHostname(req.hostname);
+      setDns(req.dns);
+      if (req.hostTimeUnixNano > 0n) await setClock(req.hostTimeUnixNano / 1_000_000_000n);
+      sandboxMounts.push(...(await mountAll(req.storages)));
+      log.info({ sandbox: req.sandboxId }, "sandbox created");
+      return {};
+    },
+    async destroySandbox() {
+      await containers.removeAll();
+      for (const m of sandboxMounts.splice(0).reverse()) await unmount(m);
+      return {};
+    },
+    async createContainer(req) {
+      const mounted = await mountAll(req.storages);
+      try {
+        containers.create(req.containerId, req.ociSpecJson, req.terminal);
+      } catch (err) {
+        for (const m of mounted.reverse()) await unmount(m);
+        throw err;
+      }
+      containerMounts.set(req.containerId, mounted);
+      return {};
+    },
+    async startContainer(req) {
+      return { pid: await containers.start(req.containerId) };
+    },
+    async removeContainer(req) {
+      await containers.remove(req.containerId, req.timeout);
+      for (const m of (containerMounts.get(req.containerId) ?? []).reverse()) await unmount(m);
+      containerMounts.delete(req.containerId);
+      return {};
+    },
+    async execProcess(req) {
+      return { pid: await containers.exec(req.containerId, req.execId, req.processJson, req.terminal) };
+    },
+    async signalProcess(req) {
+      await containers.signal(req.containerId, req.execId, req.signal, req.all);
+      return {};
+    },
+    async waitProcess(req) {
+      const p = containers.process(req.containerId, req.execId);
+      const e = await p.exited;
+      return { status: e.status, oomKilled: false };
+    },
+    async writeStdin(req) {
+      const p = containers.process(req.containerId, req.execId);
+      return { len: await p.write(Buffer.from(req.data)) };
+    },
+    async readStdout(req, ctx) {
+      const p = containers.process(req.containerId, req.execId);
+      return p.stdout.read(Math.min(req.len || MAX_READ, MAX_READ), ctx.signal);
+    },
+    async readStderr(req, ctx) {
+      const p = containers.process(req.containerId, req.execId);
+      return p.stderr.read(Math.min(req.len || MAX_READ, MAX_READ), ctx.signal);
+    },
+    async closeStdin(req) {
+      containers.process(req.containerId, req.execId).closeStdin();
+      return {};
+    },
+    async ttyWinResize(req) {
+      containers.process(req.containerId, req.execId).resize(req.column, req.row);
+      return {};
+    },
+    async statsContainer(req) {
+      return containers.stats(req.containerId);
+    },
+    async pauseContainer(req) {
+      await containers.pause(req.containerId);
+      return {};
+    },
+    async resumeContainer(req) {
+      await containers.resume(req.containerId);
+      return {};
+    },
+    updateInterface: () => unimplemented("UpdateInterface"),
+    updateRoutes: () => unimplemented("UpdateRoutes"),
+    addARPNeighbors: () => unimplemented("AddARPNeighbors"),
+    async getGuestDetails() {
+      return guestDetails(AGENT_VERSION, readyMs());
+    },
+    async setGuestDateTime(req) {
+      await setClock(req.sec);
+      return {};
+    },
+    getOOMEvent: () => unimplemented("GetOOMEvent"),
+  });
+
+  server.register(Health, {
+    check: () => ({ status: HealthCheckResponse_ServingStatus.SERVING }),
+    version: () => ({ agentVersion: AGENT_VERSION, protocolVersion: AGENT_PROTOCOL_VERSION }),
+  });
+  return containers;
+}

@@ -1,0 +1,103 @@
+// Guest-wide set-up the agent performs: hostname, mounts, clock, details.
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, release, totalmem } from "node:os";
+import { Code } from "../protocols/ttrpc/status.js";
+import { AgentError } from "../runtime/errors.js";
+
+const run = promisify(execFile);
+
+export interface StorageSpec {
+  driver: string;
+  source: string;
+  fstype: string;
+  options: string[];
+  mountPoint: string;
+}
+
+export async function mountStorage(s: StorageSpec): Promise<void> {
+  if (!s.mountPoint.startsWith("/")) throw new AgentError("", `storage mount point ${s.mountPoint} must be absolute`, { code: Code.INVALID_ARGUMENT });
+  mkdirSync(s.mountPoint, { recursive: true });
+  let args: string[];
+  switch (s.driver) {
+    case "9p":
+      args = ["-t", "9p", "-o", ["trans=virtio", "version=9p2000.L", ...s.options].join(","), s.source, s.mountPoint];
+      break;
+    case "tmpfs":
+      args = ["-t", "tmpfs", ...(s.options.length ? ["-o", s.options.join(",")] : []), "tmpfs", s.mountPoint];
+      break;
+    case "bind":
+      args = ["--bind", s.source, s.mountPoint];
+      break;
+    default:
+      throw new AgentError("", `unknown storage driver ${s.driver}`, { code: Code.INVALID_ARGUMENT, hint: "use 9p, tmpfs or bind" });
+  }
+  try {
+    await run("/bin/mount", args);
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new AgentError("", `mount ${s.driver} ${s.source} on ${s.mountPoint} failed: ${(e.stderr || e.message).trim()}`, { code: Code.INTERNAL });
+  }
+}
+
+export async function unmount(path: string): Promise<void> {
+  await run("/bin/umount", ["-l", path]).catch(() => undefined);
+}
+
+export function setHostname(name: string): void {
+  if (!name) return;
+  writeFileSync("/proc/sys/kernel/hostname", name);
+  writeFileSync("/etc/hostname", `${name}\n`);
+}
+
+export function setDns(servers: string[]): void {
+  if (servers.length === 0) return;
+  writeFileSync("/etc/resolv.conf", servers.map((s) => `nameserver ${s}\n`).join(""));
+}
+
+function pad(n: number): string {
+  return String(n).padStart(2, "0");
+}
+
+export async function setClock(sec: bigint): Promise<void> {
+  if (sec <= 0n) return;
+  const d = new Date(Number(sec) * 1000);
+  const text = `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}`;
+  await run("/bin/date", ["-u", "-s", text]).catch(() => undefined);
+}
+
+export function bootId(): string {
+  try {
+    return readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+  } catch {
+    return "";
+  }
+}
+
+/** Seconds since the guest kernel started. */
+export function uptimeSec(): number {
+  try {
+    return Number.parseFloat(readFileSync("/proc/uptime", "utf8").split(" ")[0] ?? "0");
+  } catch {
+    return 0;
+  }
+}
+
+export function guestDetails(agentVersion: string, readyMs: number): {
+  kernelRelease: string;
+  agentVersion: string;
+  bootId: string;
+  memTotalBytes: bigint;
+  onlineCpus: number;
+  agentReadyMs: bigint;
+} {
+  return {
+    kernelRelease: release(),
+    agentVersion,
+    bootId: bootId(),
+    memTotalBytes: BigInt(totalmem()),
+    onlineCpus: cpus().length,
+    agentReadyMs: BigInt(Math.round(readyMs)),
+  };
+}

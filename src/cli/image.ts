@@ -1,0 +1,20 @@
+// `hako image build`: guest kernel(s) + root filesystem into <data dir>/guest.
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { buildGuestImage } from "../image/builder.js";
+import type { KernelFlavor, RootfsFormat } from "../image/manifest.js";
+import { ImageError } from "../runtime/errors.js";
+import { dataDir, libDir } from "../runtime/paths.js";
+
+export async function imageBuild(o: { kernel: string; format: string; out?: string; force?: boolean }): Promise<void> {
+  const kernels: KernelFlavor[] = o.kernel === "both" ? ["generic", "minimal"] : o.kernel === "generic" || o.kernel === "minimal" ? [o.kernel] : [];
+  if (kernels.length === 0) throw new ImageError(`--kernel must be generic, minimal or both, not ${o.kernel}`);
+  if (o.format !== "initrd" && o.format !== "erofs") throw new ImageError(`--format must be initrd or erofs, not ${o.format}`);
+  const agentBundle = join(libDir(), "hako-agent.js");
+  const nodePtyDir = join(libDir(), "node_modules", "node-pty");
+  if (!existsSync(agentBundle)) throw new ImageError(`agent bundle ${agentBundle} not found`, { hint: "run `make build` first" });
+  const outDir = resolve(o.out ?? join(dataDir(), "guest"));
+  const started = Date.now();
+  await buildGuestImage({ outDir, kernels, rootfsFormat: o.format as RootfsFormat, agentBundle, nodePtyDir, force: !!o.force });
+  process.stderr.write(`guest image ready in ${outDir} (${((Date.now() - started) / 1000).toFixed(1)} s)\n`);
+}

@@ -1,0 +1,112 @@
+// `hako`: the command-line front end.
+import { Command } from "commander";
+import { AGENT_VERSION } from "../agent/version.js";
+import { EXIT_RUNTIME_ERROR, printError } from "./common.js";
+import { runContainer } from "./run.js";
+import { containerState, deleteContainer, execInContainer, killContainer, listContainers } from "./container-commands.js";
+import { printEnv } from "./env.js";
+import { runCheck } from "./check.js";
+import { imageBuild } from "./image.js";
+
+const program = new Command();
+program
+  .name("hako")
+  .description("Run containers and Kubernetes pods in lightweight VMs")
+  .version(AGENT_VERSION)
+  .option("--config <file>", "configuration file (else $HAKO_CONFIG, /etc/hako/configuration.toml, the installed default)")
+  .option("--debug", "debug logging to stderr")
+  .showHelpAfterError();
+
+type Globals = { config?: string; debug?: boolean };
+const globals = (): Globals => program.opts<Globals>();
+
+function exitWith(code: number): void {
+  process.exitCode = code;
+}
+
+async function guarded(fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (err) {
+    printError(err);
+    exitWith(EXIT_RUNTIME_ERROR);
+  }
+}
+
+program
+  .command("run")
+  .description("run an OCI bundle in a fresh VM; stdio attached, exit status returned, VM removed afterwards")
+  .option("-b, --bundle <dir>", "bundle directory holding config.json and the rootfs", ".")
+  .option("-t, --tty", "allocate a pseudo-terminal")
+  .argument("<id>", "container id")
+  .action((id: string, o: { bundle: string; tty?: boolean }) => guarded(async () => exitWith(await runContainer(id, { ...globals(), ...o }))));
+
+program
+  .command("exec")
+  .description("run a process in a running container")
+  .option("-t, --tty", "allocate a pseudo-terminal")
+  .option("--cwd <dir>", "working directory")
+  .option("-e, --env <VAR=value...>", "extra environment")
+  .argument("<id>")
+  .argument("<command...>")
+  .action((id: string, cmd: string[], o: { tty?: boolean; cwd?: string; env?: string[] }) =>
+    guarded(async () => exitWith(await execInContainer(id, cmd, { ...globals(), ...o }))),
+  );
+
+program
+  .command("kill")
+  .description("send a signal to the container's init process")
+  .option("-a, --all", "signal every process of the container")
+  .argument("<id>")
+  .argument("[signal]", "signal name or number", "TERM")
+  .action((id: string, sig: string, o: { all?: boolean }) => guarded(() => killContainer(id, sig, { ...globals(), ...o })));
+
+program
+  .command("state")
+  .description("print the OCI state of a container as JSON")
+  .argument("<id>")
+  .action((id: string) => guarded(async () => void process.stdout.write(`${JSON.stringify(containerState(id, globals()), null, 2)}\n`)));
+
+program
+  .command("list")
+  .alias("ps")
+  .description("list containers")
+  .option("--json", "JSON output")
+  .action((o: { json?: boolean }) =>
+    guarded(async () => {
+      const rows = listContainers(globals());
+      if (o.json) return void process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+      process.stdout.write(["ID\tSTATUS\tPID\tCREATED\tBUNDLE", ...rows.map((r) => `${r.id}\t${r.status}\t${r.pid}\t${r.created}\t${r.bundle}`)].join("\n") + "\n");
+    }),
+  );
+
+program
+  .command("delete")
+  .description("delete a container and every host resource it holds")
+  .option("-f, --force", "stop it first if it runs")
+  .argument("<id>")
+  .action((id: string, o: { force?: boolean }) => guarded(() => deleteContainer(id, { ...globals(), ...o })));
+
+program
+  .command("check")
+  .description("check that this host can run hako (exit 0 only if it can)")
+  .option("--json", "JSON output")
+  .action((o: { json?: boolean }) => guarded(async () => exitWith(await runCheck({ ...globals(), ...o }))));
+
+program
+  .command("env")
+  .description("print the effective configuration, paths and versions")
+  .option("--json", "JSON output")
+  .action((o: { json?: boolean }) => guarded(async () => printEnv({ ...globals(), ...o })));
+
+const image = program.command("image").description("guest image (kernel + root filesystem)");
+image
+  .command("build")
+  .description("build the guest kernel and root filesystem from Debian packages, node, crun, busybox and the agent")
+  .option("--kernel <kind>", "generic (Debian's 6.1), minimal (built from linux-source-6.1), or both", "generic")
+  .option("--format <format>", "root filesystem: initrd or erofs", "initrd")
+  .option("--out <dir>", "output directory (default: <data dir>/guest)")
+  .option("--force", "rebuild even if up to date")
+  .action((o: { kernel: string; format: string; out?: string; force?: boolean }) => guarded(() => imageBuild(o)));
+
+await program.parseAsync(process.argv);

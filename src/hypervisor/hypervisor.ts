@@ -1,0 +1,59 @@
+// The seam between the runtime and a virtual machine monitor. One file per
+// variant implements it (qemu/qemu-hypervisor.ts today).
+
+export type Accelerator = "kvm" | "tcg";
+
+export interface SharedDir {
+  /** 9p mount tag seen by the guest. */
+  tag: string;
+  hostPath: string;
+  readonly?: boolean;
+}
+
+export interface VmSpec {
+  /** Sandbox id: names the VM in logs and errors. */
+  id: string;
+  /** Private directory for this VM's sockets, pid file and console log. Must exist. */
+  runDir: string;
+  accel: Accelerator;
+  vcpus: number;
+  memoryMiB: number;
+  kernel: string;
+  /** Initrd holding the guest root filesystem (or a loader for `image`). */
+  initrd?: string;
+  /** Read-only root filesystem image on virtio-blk (erofs). */
+  image?: string;
+  /** Extra kernel command line words, appended after hako's own. */
+  kernelParams: string[];
+  sharedDirs: SharedDir[];
+  /** Console (serial) output goes here. */
+  consoleLog: string;
+  /** Print kernel messages on the console (slower under TCG). */
+  verboseConsole?: boolean;
+}
+
+export interface VmExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export interface VirtualMachine {
+  readonly id: string;
+  /** Host pid of the VMM process. */
+  readonly pid: number;
+  /** Unix socket path connected to the guest agent's virtio-serial port. */
+  readonly agentSocketPath: string;
+  readonly consoleLog: string;
+  /** Resolves when the VMM process has exited (for any reason). */
+  readonly exited: Promise<VmExit>;
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+  /** Graceful stop (QMP quit), then SIGKILL after graceMs; resolves after exit and cleanup of sockets. */
+  stop(graceMs?: number): Promise<VmExit>;
+}
+
+export interface Hypervisor {
+  readonly name: string;
+  /** Starts the VMM; resolves once the VM runs (QMP answered), not when the guest has booted. */
+  start(spec: VmSpec, signal?: AbortSignal): Promise<VirtualMachine>;
+}

@@ -1,0 +1,218 @@
+// configuration.toml: loading, defaults, validation. Unknown keys and bad
+// values are errors that name the key. Load order: an explicit path
+// (--config / HAKO_CONFIG / containerd's ConfigPath), then
+// /etc/hako/configuration.toml, then the installed default.
+import { readFileSync, existsSync } from "node:fs";
+import { parse as parseToml } from "smol-toml";
+import { ConfigError } from "./errors.js";
+import { SYSTEM_CONFIG_PATH, assetPath, defaultConfigPath } from "./paths.js";
+
+export type Accel = "auto" | "kvm" | "tcg";
+export type RootfsType = "initrd" | "erofs";
+
+export interface QemuConfig {
+  path: string;
+  kernel: string;
+  initrd: string;
+  image: string;
+  rootfs_type: RootfsType;
+  machine_type: string;
+  cpu_model: string;
+  default_vcpus: number;
+  default_memory: number;
+  kernel_params: string;
+  accel: Accel;
+  tb_size: number;
+  accel_probe_timeout: number;
+  boot_timeout: number;
+  shared_fs: "virtio-9p";
+  msize_9p: number;
+}
+
+export interface AgentConfig {
+  dial_timeout: number;
+  debug: boolean;
+}
+
+export interface RuntimeConfig {
+  state_dir: string;
+  log_level: "trace" | "debug" | "info" | "warn" | "error" | "fatal";
+  internetworking_model: "tcfilter" | "none";
+}
+
+export interface FactoryConfig {
+  enable_template: boolean;
+  template_path: string;
+}
+
+export interface HakoConfig {
+  hypervisor: { qemu: QemuConfig };
+  agent: AgentConfig;
+  runtime: RuntimeConfig;
+  factory: FactoryConfig;
+  /** The file this configuration was read from ("" = built-in defaults). */
+  source: string;
+}
+
+type FieldSpec =
+  | { kind: "string"; oneOf?: readonly string[] }
+  | { kind: "int"; min: number; max: number }
+  | { kind: "bool" };
+
+const QEMU_FIELDS: Record<keyof QemuConfig, FieldSpec> = {
+  path: { kind: "string" },
+  kernel: { kind: "string" },
+  initrd: { kind: "string" },
+  image: { kind: "string" },
+  rootfs_type: { kind: "string", oneOf: ["initrd", "erofs"] },
+  machine_type: { kind: "string", oneOf: ["microvm", "q35"] },
+  cpu_model: { kind: "string" },
+  default_vcpus: { kind: "int", min: 1, max: 64 },
+  default_memory: { kind: "int", min: 64, max: 65536 },
+  kernel_params: { kind: "string" },
+  accel: { kind: "string", oneOf: ["auto", "kvm", "tcg"] },
+  tb_size: { kind: "int", min: 8, max: 2048 },
+  accel_probe_timeout: { kind: "int", min: 1, max: 600 },
+  boot_timeout: { kind: "int", min: 1, max: 600 },
+  shared_fs: { kind: "string", oneOf: ["virtio-9p"] },
+  msize_9p: { kind: "int", min: 4096, max: 1048576 },
+};
+const AGENT_FIELDS: Record<keyof AgentConfig, FieldSpec> = {
+  dial_timeout: { kind: "int", min: 1, max: 600 },
+  debug: { kind: "bool" },
+};
+const RUNTIME_FIELDS: Record<keyof RuntimeConfig, FieldSpec> = {
+  state_dir: { kind: "string" },
+  log_level: { kind: "string", oneOf: ["trace", "debug", "info", "warn", "error", "fatal"] },
+  internetworking_model: { kind: "string", oneOf: ["tcfilter", "none"] },
+};
+const FACTORY_FIELDS: Record<keyof FactoryConfig, FieldSpec> = {
+  enable_template: { kind: "bool" },
+  template_path: { kind: "string" },
+};
+
+export function defaultConfig(): HakoConfig {
+  return {
+    hypervisor: {
+      qemu: {
+        path: "/usr/bin/qemu-system-x86_64",
+        kernel: "guest/vmlinux-generic",
+        initrd: "guest/hako-rootfs.initrd",
+        image: "",
+        rootfs_type: "initrd",
+        machine_type: "microvm",
+        cpu_model: "qemu64",
+        default_vcpus: 1,
+        default_memory: 512,
+        kernel_params: "",
+        accel: "auto",
+        tb_size: 64,
+        accel_probe_timeout: 8,
+        boot_timeout: 60,
+        shared_fs: "virtio-9p",
+        msize_9p: 524288,
+      },
+    },
+    agent: { dial_timeout: 60, debug: false },
+    runtime: { state_dir: "/run/hako", log_level: "warn", internetworking_model: "tcfilter" },
+    factory: { enable_template: false, template_path: "/run/hako/template" },
+    source: "",
+  };
+}
+
+function checkValue(key: string, spec: FieldSpec, value: unknown): string | number | boolean {
+  switch (spec.kind) {
+    case "string":
+      if (typeof value !== "string") throw new ConfigError(`configuration key ${key} must be a string, got ${JSON.stringify(value)}`);
+      if (spec.oneOf && !spec.oneOf.includes(value))
+        throw new ConfigError(`configuration key ${key} = ${JSON.stringify(value)} is not one of ${spec.oneOf.join(", ")}`);
+      return value;
+    case "int":
+      if (typeof value !== "number" && typeof value !== "bigint")
+        throw new ConfigError(`configuration key ${key} must be an integer, got ${JSON.stringify(value)}`);
+      {
+        const n = Number(value);
+        if (!Number.isInteger(n) || n < spec.min || n > spec.max)
+          throw new ConfigError(`configuration key ${key} = ${n} is out of range ${spec.min}..${spec.max}`);
+        return n;
+      }
+    case "bool":
+      if (typeof value !== "boolean") throw new ConfigError(`configuration key ${key} must be true or false, got ${JSON.stringify(value)}`);
+      return value;
+  }
+}
+
+function isTable(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Date);
+}
+
+function applySection<T extends object>(prefix: string, target: T, specs: Record<keyof T & string, FieldSpec>, table: unknown): void {
+  if (!isTable(table)) throw new ConfigError(`configuration section [${prefix}] must be a table`);
+  for (const [k, v] of Object.entries(table)) {
+    const spec = (specs as Record<string, FieldSpec>)[k];
+    if (!spec) throw new ConfigError(`unknown configuration key ${prefix}.${k}`, { hint: "see docs/configuration.md for the keys hako knows" });
+    (target as Record<string, unknown>)[k] = checkValue(`${prefix}.${k}`, spec, v);
+  }
+}
+
+/** Parses TOML text into a validated configuration on top of the defaults. */
+export function parseConfig(text: string, source: string): HakoConfig {
+  let doc: Record<string, unknown>;
+  try {
+    doc = parseToml(text) as Record<string, unknown>;
+  } catch (err) {
+    throw new ConfigError(`cannot parse ${source || "configuration"}: ${(err as Error).message.split("\n")[0]}`, { cause: err });
+  }
+  const cfg = defaultConfig();
+  cfg.source = source;
+  for (const [section, value] of Object.entries(doc)) {
+    switch (section) {
+      case "hypervisor":
+        if (!isTable(value)) throw new ConfigError("configuration section [hypervisor] must be a table");
+        for (const [hv, table] of Object.entries(value)) {
+          if (hv !== "qemu") throw new ConfigError(`unknown configuration key hypervisor.${hv}`, { hint: "only [hypervisor.qemu] is supported" });
+          applySection("hypervisor.qemu", cfg.hypervisor.qemu, QEMU_FIELDS, table);
+        }
+        break;
+      case "agent":
+        applySection("agent", cfg.agent, AGENT_FIELDS, value);
+        break;
+      case "runtime":
+        applySection("runtime", cfg.runtime, RUNTIME_FIELDS, value);
+        break;
+      case "factory":
+        applySection("factory", cfg.factory, FACTORY_FIELDS, value);
+        break;
+      default:
+        throw new ConfigError(`unknown configuration key ${section}`, { hint: "sections are [hypervisor.qemu], [agent], [runtime], [factory]" });
+    }
+  }
+  const q = cfg.hypervisor.qemu;
+  q.kernel = assetPath(q.kernel);
+  q.initrd = assetPath(q.initrd);
+  q.image = assetPath(q.image);
+  if (q.rootfs_type === "erofs" && q.image === "") throw new ConfigError("hypervisor.qemu.rootfs_type = \"erofs\" needs hypervisor.qemu.image");
+  return cfg;
+}
+
+/** Which file to load: explicit path, then /etc/hako, then the installed default. */
+export function resolveConfigPath(explicit?: string): string | undefined {
+  const candidates = [explicit, process.env.HAKO_CONFIG].filter((p): p is string => !!p);
+  if (candidates.length > 0) {
+    const p = candidates[0]!;
+    if (!existsSync(p)) throw new ConfigError(`configuration file ${p} does not exist`, { hint: "fix --config / HAKO_CONFIG" });
+    return p;
+  }
+  if (existsSync(SYSTEM_CONFIG_PATH)) return SYSTEM_CONFIG_PATH;
+  const installed = defaultConfigPath();
+  return existsSync(installed) ? installed : undefined;
+}
+
+export function loadConfig(explicit?: string): HakoConfig {
+  const path = resolveConfigPath(explicit);
+  if (!path) {
+    const cfg = parseConfig("", "");
+    return cfg;
+  }
+  return parseConfig(readFileSync(path, "utf8"), path);
+}

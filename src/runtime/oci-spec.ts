@@ -1,0 +1,123 @@
+// OCI bundle loading, validation, and the translation of a host spec into
+// the spec crun runs in the guest.
+import { readFileSync, statSync } from "node:fs";
+import { isAbsolute, join } from "node:path";
+import { BundleError } from "./errors.js";
+
+export interface OciMount {
+  destination: string;
+  type?: string;
+  source?: string;
+  options?: string[];
+}
+
+export interface OciProcess {
+  terminal?: boolean;
+  consoleSize?: { height: number; width: number };
+  user?: { uid: number; gid: number; additionalGids?: number[] };
+  args?: string[];
+  env?: string[];
+  cwd?: string;
+  [k: string]: unknown;
+}
+
+export interface OciSpec {
+  ociVersion?: string;
+  process?: OciProcess;
+  root?: { path: string; readonly?: boolean };
+  hostname?: string;
+  mounts?: OciMount[];
+  annotations?: Record<string, string>;
+  linux?: {
+    namespaces?: Array<{ type: string; path?: string }>;
+    cgroupsPath?: string;
+    [k: string]: unknown;
+  };
+  [k: string]: unknown;
+}
+
+export interface Bundle {
+  dir: string;
+  spec: OciSpec;
+  /** Absolute host path of the container's root filesystem. */
+  rootfs: string;
+}
+
+/** Reads and validates <dir>/config.json. Every problem is a one-line BundleError. */
+export function loadBundle(id: string, dir: string): Bundle {
+  const cfgPath = join(dir, "config.json");
+  let text: string;
+  try {
+    text = readFileSync(cfgPath, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new BundleError(id, code === "ENOENT" ? `bundle ${dir} has no config.json` : `cannot read ${cfgPath}: ${(err as Error).message}`, {
+      hint: "create one with `crun spec` or `runc spec`",
+    });
+  }
+  let spec: OciSpec;
+  try {
+    spec = JSON.parse(text) as OciSpec;
+  } catch (err) {
+    throw new BundleError(id, `${cfgPath} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof spec !== "object" || spec === null || Array.isArray(spec)) throw new BundleError(id, `${cfgPath} must hold a JSON object`);
+  return { dir, spec, rootfs: validateSpec(id, dir, spec) };
+}
+
+/** Checks what hako needs of a spec; returns the absolute rootfs path. */
+export function validateSpec(id: string, dir: string, spec: OciSpec): string {
+  if (!spec.process) throw new BundleError(id, "config.json has no process section");
+  if (!Array.isArray(spec.process.args) || spec.process.args.length === 0 || spec.process.args.some((a) => typeof a !== "string"))
+    throw new BundleError(id, "config.json process.args is missing or empty", { hint: "set the command to run" });
+  if (!spec.root || typeof spec.root.path !== "string" || spec.root.path === "") throw new BundleError(id, "config.json has no root.path");
+  const rootfs = isAbsolute(spec.root.path) ? spec.root.path : join(dir, spec.root.path);
+  let isDir = false;
+  try {
+    isDir = statSync(rootfs).isDirectory();
+  } catch {
+    throw new BundleError(id, `root filesystem ${rootfs} does not exist`);
+  }
+  if (!isDir) throw new BundleError(id, `root filesystem ${rootfs} is not a directory`);
+  return rootfs;
+}
+
+/** Namespaces that stay per container in the guest; the VM itself isolates the rest. */
+const GUEST_NAMESPACES = new Set(["pid", "mount", "ipc", "uts", "cgroup"]);
+
+/**
+ * The spec crun runs in the guest: root on the shared filesystem, network
+ * shared with the VM (the VM is the pod), cgroup under /hako, host-only
+ * security labels dropped, bind mounts replaced by their shared copies.
+ */
+export function guestSpec(id: string, spec: OciSpec, guestRoot: string, guestMounts: Map<number, string>): OciSpec {
+  const out = structuredClone(spec);
+  out.root = { path: guestRoot, readonly: spec.root?.readonly ?? false };
+  out.process = { ...out.process, terminal: false };
+  out.mounts = (spec.mounts ?? []).map((m, i) => {
+    const shared = guestMounts.get(i);
+    return shared ? { ...m, source: shared } : m;
+  });
+  const linux = { ...(out.linux ?? {}) };
+  linux.namespaces = (linux.namespaces ?? [])
+    .filter((n) => GUEST_NAMESPACES.has(n.type))
+    .map((n) => ({ type: n.type }));
+  linux.cgroupsPath = `/hako/${id}`;
+  delete linux["seccomp"];
+  delete linux["mountLabel"];
+  delete (out.process as Record<string, unknown>)["apparmorProfile"];
+  delete (out.process as Record<string, unknown>)["selinuxLabel"];
+  out.linux = linux;
+  delete out["hooks"];
+  return out;
+}
+
+/** Host bind mounts of a spec (index → source) that must be shared into the guest. */
+export function bindMountsToShare(spec: OciSpec): Array<{ index: number; source: string; readonly: boolean }> {
+  const out: Array<{ index: number; source: string; readonly: boolean }> = [];
+  (spec.mounts ?? []).forEach((m, index) => {
+    const isBind = m.type === "bind" || (m.options ?? []).some((o) => o === "bind" || o === "rbind");
+    if (isBind && m.source && isAbsolute(m.source)) out.push({ index, source: m.source, readonly: (m.options ?? []).includes("ro") });
+  });
+  return out;
+}

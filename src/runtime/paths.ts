@@ -1,0 +1,43 @@
+// Where hako finds its installed files and keeps its runtime state.
+import { existsSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/**
+ * The data directory holding the default configuration.toml and the guest
+ * assets: `<prefix>/share/hako`. Bundled programs live in `<prefix>/lib/hako/`,
+ * so it is `../../share/hako` from them. When run from the source tree
+ * (src/...), the repository's `build/share/hako` is used.
+ */
+export function dataDir(): string {
+  const fromEnv = process.env.HAKO_DATA_DIR;
+  if (fromEnv) return resolve(fromEnv);
+  const here = dirname(fileURLToPath(import.meta.url));
+  const srcIdx = here.lastIndexOf(`${"/"}src${"/"}`);
+  if (srcIdx >= 0 || here.endsWith("/src")) {
+    const repo = here.slice(0, srcIdx >= 0 ? srcIdx : here.length - 4);
+    return join(repo, "build", "share", "hako");
+  }
+  return resolve(here, "..", "..", "share", "hako");
+}
+
+/** The directory holding the bundled programs (hako.js, hako-agent.js, ...). */
+export function libDir(): string {
+  return resolve(dataDir(), "..", "..", "lib", "hako");
+}
+
+export const SYSTEM_CONFIG_PATH = "/etc/hako/configuration.toml";
+
+export function defaultConfigPath(): string {
+  return join(dataDir(), "configuration.toml");
+}
+
+/** Resolves an asset path from the configuration: relative paths are relative to the data dir. */
+export function assetPath(p: string): string {
+  if (p === "") return "";
+  return p.startsWith("/") ? p : join(dataDir(), p);
+}
+
+export function fileExists(p: string): boolean {
+  return p !== "" && existsSync(p);
+}

@@ -1,0 +1,159 @@
+// A sandbox is one VM: its QEMU process, its agent connection, its share
+// directory and its state directory. Containers run inside it.
+import { mkdirSync, existsSync } from "node:fs";
+import { join } from "node:path";
+import { Code } from "../protocols/ttrpc/status.js";
+import type { Hypervisor, VirtualMachine } from "../hypervisor/hypervisor.js";
+import { VirtioNinePShare } from "../resource/sharefs/virtio-9p.js";
+import { removeTree } from "../resource/mounts.js";
+import type { ShareFs } from "../resource/sharefs/share-fs.js";
+import type { HakoConfig } from "./config.js";
+import { connectAgentWhenReady, type AgentClient } from "./agent-client.js";
+import { RuntimeError } from "./errors.js";
+import type { Logger } from "./logger.js";
+import { bindMountsToShare, guestSpec, type Bundle } from "./oci-spec.js";
+import { pidMatches, readState, sandboxDir, writeState, type SandboxState } from "./state.js";
+
+export interface SandboxOptions {
+  config: HakoConfig;
+  hypervisor: Hypervisor;
+  accel: "kvm" | "tcg";
+  logger: Logger;
+  bundle: string;
+}
+
+export class Sandbox {
+  readonly dir: string;
+  readonly state: SandboxState;
+  vm: VirtualMachine | undefined;
+  agent: AgentClient | undefined;
+  share: ShareFs | undefined;
+  private readonly t0 = Date.now();
+  private stopped = false;
+
+  constructor(
+    readonly id: string,
+    private readonly opts: SandboxOptions,
+  ) {
+    this.dir = sandboxDir(opts.config.runtime.state_dir, id);
+    this.state = {
+      id,
+      bundle: opts.bundle,
+      status: "creating",
+      ownerPid: process.pid,
+      vmmPid: 0,
+      guestPid: 0,
+      created: new Date().toISOString(),
+      accel: opts.accel,
+      timeline: {},
+    };
+  }
+
+  get consoleLog(): string {
+    return join(this.dir, "console.log");
+  }
+
+  mark(phase: string): void {
+    this.state.timeline![phase] = Date.now() - this.t0;
+  }
+
+  save(): void {
+    writeState(this.dir, this.state);
+  }
+
+  /** Claims the state directory; fails if a live sandbox already has this id. */
+  claim(): void {
+    if (existsSync(this.dir)) {
+      const old = readState(this.dir);
+      if (old && (pidMatches(old.ownerPid, "hako") || pidMatches(old.vmmPid, "qemu")))
+        throw new RuntimeError(Code.ALREADY_EXISTS, this.id, `container ${this.id} already exists`, { hint: "pick another id or `hako delete -f` it" });
+      throw new RuntimeError(Code.ALREADY_EXISTS, this.id, `stale state of ${this.id} exists at ${this.dir}`, { hint: `run \`hako delete -f ${this.id}\`` });
+    }
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    this.save();
+  }
+
+  /** Boots the VM and waits for its agent. */
+  async start(signal?: AbortSignal): Promise<void> {
+    const { config, hypervisor, logger } = this.opts;
+    const q = config.hypervisor.qemu;
+    this.share = new VirtioNinePShare(this.id, join(this.dir, "shared"), q.msize_9p);
+    this.mark("config");
+    this.vm = await hypervisor.start(
+      {
+        id: this.id,
+        runDir: this.dir,
+        accel: this.opts.accel,
+        vcpus: q.default_vcpus,
+        memoryMiB: q.default_memory,
+        kernel: q.kernel,
+        initrd: q.initrd || undefined,
+        image: q.rootfs_type === "erofs" ? q.image : undefined,
+        kernelParams: q.kernel_params.split(/\s+/).filter(Boolean),
+        sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],
+        consoleLog: this.consoleLog,
+        verboseConsole: config.agent.debug,
+      },
+      signal,
+    );
+    this.state.vmmPid = this.vm.pid;
+    this.mark("vmm_started");
+    this.save();
+    logger.debug({ sandbox: this.id, pid: this.vm.pid }, "VM started");
+    this.agent = await connectAgentWhenReady(this.id, this.vm.agentSocketPath, config.agent.dial_timeout * 1000, this.vm.exited, signal);
+    this.mark("agent_ready");
+    await this.agent.agent.createSandbox({
+      sandboxId: this.id,
+      hostname: this.id.slice(0, 63),
+      storages: [{ driver: "9p", source: this.share.tag, fstype: "9p", options: this.share.guestMountOptions(), mountPoint: this.share.guestDir }],
+      hostTimeUnixNano: BigInt(Date.now()) * 1_000_000n,
+    });
+    this.mark("sandbox_created");
+    this.state.status = "created";
+    this.save();
+  }
+
+  /** Shares the bundle's rootfs and bind mounts, then creates the container in the guest. */
+  async createContainer(cid: string, bundle: Bundle, terminal: boolean): Promise<void> {
+    const agent = this.requireAgent();
+    const share = this.share!;
+    const root = await share.share(cid, "rootfs", bundle.rootfs, { readonly: false });
+    const guestMounts = new Map<number, string>();
+    for (const m of bindMountsToShare(bundle.spec)) {
+      const shared = await share.share(cid, join("mounts", String(m.index)), m.source, { readonly: m.readonly });
+      guestMounts.set(m.index, shared.guestPath);
+    }
+    const spec = guestSpec(cid, bundle.spec, root.guestPath, guestMounts);
+    if (bundle.spec.hostname === undefined) spec.hostname = cid.slice(0, 63);
+    await agent.agent.createContainer({ containerId: cid, ociSpecJson: JSON.stringify(spec), terminal });
+    this.mark("container_created");
+  }
+
+  async startContainer(cid: string): Promise<number> {
+    const res = await this.requireAgent().agent.startContainer({ containerId: cid });
+    this.mark("container_started");
+    this.state.guestPid = res.pid;
+    this.state.status = "running";
+    this.save();
+    return res.pid;
+  }
+
+  requireAgent(): AgentClient {
+    if (!this.agent) throw new RuntimeError(Code.FAILED_PRECONDITION, this.id, `sandbox ${this.id} has no agent connection`);
+    return this.agent;
+  }
+
+  /** Stops the VM and removes every host resource of the sandbox. Idempotent. */
+  async destroy(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    const log = this.opts.logger;
+    if (this.agent) {
+      await this.agent.agent.destroySandbox({}, { timeoutMs: 3000 }).catch((err: unknown) => log.debug({ err, sandbox: this.id }, "DestroySandbox failed"));
+      this.agent.close();
+    }
+    if (this.vm) await this.vm.stop(2000).catch((err: unknown) => log.warn({ err, sandbox: this.id }, "VM stop failed"));
+    if (this.share) await this.share.cleanup();
+    await removeTree(this.id, this.dir);
+  }
+}

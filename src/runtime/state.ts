@@ -1,0 +1,71 @@
+// Persisted sandbox state: /run/hako/sandboxes/<id>/state.json. Written
+// atomically; read by `hako state/list/delete` and by cleanup after a crash.
+import { readFileSync, renameSync, writeFileSync, readdirSync, existsSync } from "node:fs";
+import { join } from "node:path";
+
+export type SandboxStatus = "creating" | "created" | "running" | "stopped";
+
+export interface SandboxState {
+  id: string;
+  bundle: string;
+  status: SandboxStatus;
+  /** Host pid of the process that owns the sandbox (hako run / the shim). */
+  ownerPid: number;
+  /** Host pid of the VMM, 0 before it started. */
+  vmmPid: number;
+  /** Guest pid of the container's init. */
+  guestPid: number;
+  created: string;
+  exitStatus?: number;
+  accel?: string;
+  /** Phase timestamps (ms since the start of sandbox creation). */
+  timeline?: Record<string, number>;
+}
+
+export function sandboxesDir(stateDir: string): string {
+  return join(stateDir, "sandboxes");
+}
+
+export function sandboxDir(stateDir: string, id: string): string {
+  return join(sandboxesDir(stateDir), id);
+}
+
+export function writeState(dir: string, st: SandboxState): void {
+  const tmp = join(dir, `.state.json.${process.pid}`);
+  writeFileSync(tmp, JSON.stringify(st, null, 2));
+  renameSync(tmp, join(dir, "state.json"));
+}
+
+export function readState(dir: string): SandboxState | undefined {
+  try {
+    return JSON.parse(readFileSync(join(dir, "state.json"), "utf8")) as SandboxState;
+  } catch {
+    return undefined;
+  }
+}
+
+export function listSandboxIds(stateDir: string): string[] {
+  const d = sandboxesDir(stateDir);
+  if (!existsSync(d)) return [];
+  return readdirSync(d).filter((n) => !n.startsWith("."));
+}
+
+export function pidAlive(pid: number): boolean {
+  if (!pid || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** True if `pid` is alive and its command line contains `needle` (guards against pid reuse). */
+export function pidMatches(pid: number, needle: string): boolean {
+  if (!pidAlive(pid)) return false;
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(needle);
+  } catch {
+    return false;
+  }
+}
