@@ -51,5 +51,8 @@ for (const [name, file] of [["hako", "hako.mjs"], ["containerd-shim-hako-v2", "c
   writeFileSync(join(out, "bin", name), wrapper(file));
   chmodSync(join(out, "bin", name), 0o755);
 }
+// The minimal kernel's config fragment, found next to the bundle (import.meta.url).
+mkdirSync(join(lib, "kernel"), { recursive: true });
+cpSync(join(root, "src", "image", "kernel", "minimal.config"), join(lib, "kernel", "minimal.config"));
 cpSync(join(root, "config", "configuration.toml"), join(out, "share", "hako", "configuration.toml"));
 console.log("built", lib);

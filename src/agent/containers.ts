@@ -135,14 +135,12 @@ export class ContainerManager {
     c.status = "running";
     void proc.exited.then((e) => this.onInitExit(c, e));
     c.initPid = await waitForPidFile(pidFile, proc, 30_000);
-    if (c.initPid === 0 && proc.exitInfo) {
-      // crun failed before the container ran: surface its error text.
-      const err = await proc.stderr.read(64 * 1024);
-      const out = c.terminal ? await proc.stdout.read(64 * 1024) : { data: Buffer.alloc(0) };
-      const text = (err.data.toString() + out.data.toString()).trim();
-      if (text.includes("crun:") || text.includes("executable file not found") || text.includes("No such file")) {
-        throw new AgentError(id, `crun could not start container ${id}: ${text.split("\n").slice(-3).join(" | ")}`, { code: Code.FAILED_PRECONDITION });
-      }
+    if (c.initPid === 0 && proc.exitInfo && proc.exitInfo.status !== 0) {
+      // crun failed before the container ran: surface its error text (left in the buffers).
+      await new Promise((r) => setTimeout(r, 20));
+      const text = `${proc.stderr.peekText()}${c.terminal ? proc.stdout.peekText() : ""}`.trim();
+      const lines = text.split("\n").slice(-3).join(" | ");
+      throw new AgentError(id, `crun could not start container ${id} (status ${proc.exitInfo.status}): ${lines || "no error output"}`, { code: Code.FAILED_PRECONDITION });
     }
     this.log.info({ container: id, pid: c.initPid }, "container started");
     return c.initPid;

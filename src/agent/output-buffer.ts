@@ -38,6 +38,11 @@ export class OutputBuffer {
     this.wake();
   }
 
+  /** The buffered bytes as text, without consuming them. */
+  peekText(max = 64 * 1024): string {
+    return Buffer.concat(this.chunks).subarray(0, max).toString();
+  }
+
   get isEnded(): boolean {
     return this.ended;
   }

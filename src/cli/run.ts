@@ -67,7 +67,8 @@ export async function runContainer(id: string, opts: RunOptions): Promise<number
     });
     const aborted = new Promise<never>((_, reject) => ac.signal.addEventListener("abort", () => reject(ac.signal.reason), { once: true }));
     const wait = await Promise.race([agent.waitProcess({ containerId: id, execId: "" }), vmGone, aborted]);
-    await Promise.race([outputs, vmGone, aborted, new Promise((r) => setTimeout(r, 30_000))]);
+    // Output still in flight after the exit gets a bounded time to drain.
+    await Promise.race([outputs, vmGone, aborted, new Promise((r) => setTimeout(r, 30_000).unref())]);
     sandbox.state.exitStatus = wait.status;
     sandbox.state.status = "stopped";
     return wait.status;

@@ -98,6 +98,10 @@ export function guestSpec(id: string, spec: OciSpec, guestRoot: string, guestMou
     const shared = guestMounts.get(i);
     return shared ? { ...m, source: shared } : m;
   });
+  // crun creates device nodes under /dev; on the 9p rootfs mknod fails, so
+  // /dev is always a tmpfs (as in runc's and containerd's default specs).
+  if (!out.mounts.some((m) => m.destination === "/dev"))
+    out.mounts.unshift({ destination: "/dev", type: "tmpfs", source: "tmpfs", options: ["nosuid", "strictatime", "mode=755", "size=65536k"] });
   const linux = { ...(out.linux ?? {}) };
   linux.namespaces = (linux.namespaces ?? [])
     .filter((n) => GUEST_NAMESPACES.has(n.type))

@@ -89,7 +89,7 @@ export class Sandbox {
         kernel: q.kernel,
         initrd: q.initrd || undefined,
         image: q.rootfs_type === "erofs" ? q.image : undefined,
-        kernelParams: q.kernel_params.split(/\s+/).filter(Boolean),
+        kernelParams: [],
         sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],
         consoleLog: this.consoleLog,
         verboseConsole: config.agent.debug,
@@ -124,7 +124,8 @@ export class Sandbox {
       guestMounts.set(m.index, shared.guestPath);
     }
     const spec = guestSpec(cid, bundle.spec, root.guestPath, guestMounts);
-    if (bundle.spec.hostname === undefined) spec.hostname = cid.slice(0, 63);
+    const ownUts = (spec.linux?.namespaces ?? []).some((n) => n.type === "uts");
+    if (bundle.spec.hostname === undefined && ownUts) spec.hostname = cid.slice(0, 63);
     await agent.agent.createContainer({ containerId: cid, ociSpecJson: JSON.stringify(spec), terminal });
     this.mark("container_created");
   }

@@ -1,0 +1,173 @@
+// The QEMU command line for one sandbox VM, built as a pure function of the
+// VM spec and the [hypervisor.qemu] configuration so that it can be tested
+// argument by argument.
+import { readFileSync } from "node:fs";
+import type { QemuConfig } from "../../runtime/config.js";
+import { ConfigError } from "../../runtime/errors.js";
+import type { Accelerator, VmSpec } from "../hypervisor.js";
+
+/** How virtio devices are attached: virtio-mmio (`virtio-*-device`) or PCI (`virtio-*-pci`). */
+export type Transport = "mmio" | "pci";
+
+/**
+ * The virtio transport used on `-machine microvm`. "pci" turns on microvm's
+ * PCIe host bridge (`-machine microvm,pcie=on`) and uses the `-pci` devices.
+ */
+export const MICROVM_TRANSPORT: Transport = "mmio";
+
+export type MachineType = "microvm" | "q35";
+
+export interface QemuPaths {
+  qmpSocket: string;
+  agentSocket: string;
+  pidFile: string;
+}
+
+export interface BuildOptions {
+  /** Host TSC frequency in kHz for `tsc_early_khz=` (default: read from /proc/cpuinfo once). */
+  hostTscKhz?: number;
+  /** Overrides the transport derived from the machine type. */
+  transport?: Transport;
+}
+
+/** hako's own kernel command line words, before `quiet` and the configured/extra params. */
+export const BASE_KERNEL_PARAMS: readonly string[] = [
+  "console=ttyS0",
+  "reboot=k",
+  "panic=-1",
+  "rdinit=/init",
+  "tsc=reliable",
+  "no_timer_check",
+  "noreplace-smp",
+  "cryptomgr.notests",
+];
+
+export function machineTypeOf(qemu: Pick<QemuConfig, "machine_type">): MachineType {
+  const m = qemu.machine_type === "" ? "microvm" : qemu.machine_type;
+  if (m !== "microvm" && m !== "q35") {
+    throw new ConfigError(`hypervisor.qemu.machine_type = ${JSON.stringify(qemu.machine_type)} is not supported`, {
+      hint: "use \"microvm\" or \"q35\"",
+    });
+  }
+  return m;
+}
+
+/** The virtio transport for a machine type: microvm → MICROVM_TRANSPORT, q35 → pci. */
+export function transportFor(machine: MachineType, override?: Transport): Transport {
+  if (machine === "q35") {
+    if (override === "mmio") throw new ConfigError("virtio-mmio devices are not available on -machine q35", { hint: "use the pci transport on q35" });
+    return "pci";
+  }
+  return override ?? MICROVM_TRANSPORT;
+}
+
+let cachedTscKhz: number | undefined;
+
+/** Host TSC frequency estimate in kHz: the first "cpu MHz" of /proc/cpuinfo × 1000, read once. */
+export function hostTscKhz(cpuinfo?: string): number {
+  if (cpuinfo === undefined && cachedTscKhz !== undefined) return cachedTscKhz;
+  const text = cpuinfo ?? readFileSync("/proc/cpuinfo", "utf8");
+  const m = /^cpu MHz\s*:\s*([0-9.]+)/m.exec(text);
+  const mhz = m ? Number(m[1]) : NaN;
+  if (!Number.isFinite(mhz) || mhz <= 0) {
+    throw new ConfigError("cannot read the host CPU frequency (\"cpu MHz\") from /proc/cpuinfo", {
+      hint: "microvm under TCG needs tsc_early_khz=; use machine_type = \"q35\" on this host",
+    });
+  }
+  const khz = Math.round(mhz * 1000);
+  if (cpuinfo === undefined) cachedTscKhz = khz;
+  return khz;
+}
+
+/** Doubles commas so that a value survives QEMU's `key=value,...` option parsing. */
+export function qemuEscape(value: string): string {
+  return value.replace(/,/g, ",,");
+}
+
+export interface CmdlineInput {
+  accel: Accelerator;
+  machine: MachineType;
+  verboseConsole?: boolean;
+  /** Root filesystem on /dev/vda (erofs) instead of the initrd. */
+  erofsRoot?: boolean;
+  /** Configured hypervisor.qemu.kernel_params (whitespace separated). */
+  configParams?: string;
+  extraParams?: readonly string[];
+  hostTscKhz?: number;
+}
+
+/** The guest kernel command line as a word list. */
+export function kernelCommandLine(input: CmdlineInput): string[] {
+  const words = [...BASE_KERNEL_PARAMS];
+  if (!input.verboseConsole) words.push("quiet");
+  if (input.machine === "microvm" && input.accel === "tcg") words.push(`tsc_early_khz=${input.hostTscKhz ?? hostTscKhz()}`);
+  if (input.erofsRoot) words.push("root=/dev/vda", "rootfstype=erofs", "ro");
+  if (input.configParams) words.push(...input.configParams.split(/\s+/).filter((w) => w !== ""));
+  if (input.extraParams) words.push(...input.extraParams);
+  return words;
+}
+
+/** `-machine`, `-accel` and `-cpu` arguments. */
+export function machineArgs(machine: MachineType, transport: Transport, accel: Accelerator, qemu: Pick<QemuConfig, "tb_size" | "cpu_model">): string[] {
+  const args = ["-machine", machine === "microvm" && transport === "pci" ? "microvm,pcie=on" : machine];
+  if (accel === "kvm") {
+    args.push("-accel", "kvm", "-cpu", "host");
+  } else {
+    args.push("-accel", `tcg,tb-size=${qemu.tb_size}`, "-cpu", qemu.cpu_model === "" ? "qemu64" : qemu.cpu_model);
+  }
+  return args;
+}
+
+/** The full argv (without the QEMU binary) for one sandbox VM. */
+export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, opts: BuildOptions = {}): string[] {
+  const machine = machineTypeOf(qemu);
+  const transport = transportFor(machine, opts.transport);
+  const dev = (kind: string): string => `virtio-${kind}-${transport === "pci" ? "pci" : "device"}`;
+  const e = qemuEscape;
+
+  const args: string[] = ["-name", `hako-${e(spec.id)}`];
+  args.push(...machineArgs(machine, transport, spec.accel, qemu));
+  args.push("-m", `${spec.memoryMiB}M`, "-smp", String(spec.vcpus));
+  args.push("-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none");
+
+  args.push("-kernel", spec.kernel);
+  if (spec.initrd) args.push("-initrd", spec.initrd);
+  const cmdline = kernelCommandLine({
+    accel: spec.accel,
+    machine,
+    verboseConsole: spec.verboseConsole,
+    erofsRoot: Boolean(spec.image),
+    configParams: qemu.kernel_params,
+    extraParams: spec.kernelParams,
+    hostTscKhz: opts.hostTscKhz,
+  });
+  args.push("-append", cmdline.join(" "));
+
+  // Serial console → file.
+  args.push("-chardev", `file,id=console,path=${e(spec.consoleLog)}`, "-serial", "chardev:console");
+  // QMP.
+  args.push("-qmp", `unix:${e(paths.qmpSocket)},server=on,wait=off`);
+
+  // Read-only root filesystem image first, so that it is /dev/vda.
+  if (spec.image) {
+    args.push("-drive", `file=${e(spec.image)},if=none,id=rootfs,format=raw,readonly=on`);
+    args.push("-device", `${dev("blk")},drive=rootfs`);
+  }
+
+  // Agent channel.
+  args.push("-device", `${dev("serial")},id=vser0`);
+  args.push("-chardev", `socket,id=agent,path=${e(paths.agentSocket)},server=on,wait=off`);
+  args.push("-device", "virtserialport,bus=vser0.0,chardev=agent,name=agent.channel.0");
+
+  // Shared directories (virtio-9p).
+  spec.sharedDirs.forEach((d, i) => {
+    args.push("-fsdev", `local,id=fs${i},path=${e(d.hostPath)},security_model=none${d.readonly ? ",readonly=on" : ""}`);
+    args.push("-device", `${dev("9p")},fsdev=fs${i},mount_tag=${e(d.tag)}`);
+  });
+
+  // Entropy.
+  args.push("-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", `${dev("rng")},rng=rng0`);
+
+  args.push("-pidfile", paths.pidFile);
+  return args;
+}

@@ -1,0 +1,235 @@
+// The guest root filesystem staging tree, shared by both kernels and both rootfs formats:
+// busybox (init + applets), node + its libraries, crun + its libraries, the agent bundle,
+// node-pty, the init scripts and (for the generic kernel) the virtio/9p/erofs modules.
+import { chmod, copyFile, cp, mkdir, readdir, rm, stat, symlink, writeFile, lstat } from 'node:fs/promises';
+import path from 'node:path';
+import { run, runRaw } from './exec.js';
+import { stageModules } from './modules.js';
+
+export interface StageOptions {
+  /** Directory to (re)create. */
+  dir: string;
+  agentBundle: string;
+  nodePtyDir: string;
+  nodeBinary: string;
+  crunBinary: string;
+  busyboxBinary: string;
+  /** Modules for the generic kernel, if it is part of the image. */
+  modules?: { kernelRoot: string; release: string };
+}
+
+export const GUEST_PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
+
+export const INITTAB = ['::sysinit:/etc/hako/rc.sh', '::once:/etc/hako/agent.sh', '::shutdown:/bin/umount -a -r', ''].join('\n');
+
+/**
+ * PID 1. crun's pivot_root fails on the initramfs itself (rootfs is not a mount
+ * it may move), so / becomes a bind mount of itself first; then busybox init
+ * (which reaps orphans) takes over as PID 1.
+ */
+export const INIT_SH = `#!/bin/busybox sh
+if /bin/busybox mount --rbind / /mnt 2>/dev/null; then
+  cd /mnt && /bin/busybox mount --move . / && exec /bin/busybox chroot . /bin/busybox init
+fi
+exec /bin/busybox init
+`;
+
+/** Early guest setup, run by busybox init as sysinit. */
+export const RC_SH = `#!/bin/sh
+# hako guest init (sysinit): filesystems, modules, loopback.
+export PATH=${GUEST_PATH}
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts /dev/pts
+ln -sf pts/ptmx /dev/ptmx
+mount -t tmpfs -o mode=1777,nosuid,nodev shm /dev/shm
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+case " $(cat /proc/cmdline) " in
+*" hako.probe=1 "*) exit 0 ;;
+esac
+list=/lib/modules/$(uname -r)/hako-modules.list
+if [ -f "$list" ]; then
+  while read -r m; do
+    [ -n "$m" ] || continue
+    params=
+    case "$m" in
+    */virtio_mmio.ko)
+      # Without ACPI, QEMU lists the virtio-mmio devices on the kernel command line;
+      # busybox insmod does not read it, so hand them to the module here.
+      for w in $(cat /proc/cmdline); do
+        case "$w" in virtio_mmio.device=*) params="$params device=\${w#virtio_mmio.device=}" ;; esac
+      done ;;
+    esac
+    out=$(insmod "$m" $params 2>&1) || case "$out" in
+      *"File exists"*|*"No such device"*) ;;
+      *) echo "hako rc: insmod $m: $out" ;;
+    esac
+  done < "$list"
+fi
+mkdir -p /sys/fs/cgroup
+if mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup; then
+  echo "+cpu +memory +pids +io +cpuset" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
+  for c in cpu memory pids io cpuset; do echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; done
+fi
+hostname -F /etc/hostname 2>/dev/null
+ip link set lo up 2>/dev/null
+exit 0
+`;
+
+/**
+ * Starts the agent (busybox init "once" action); stops the VM when it exits.
+ * Without ACPI (minimal kernel, or microvm,acpi=off) the kernel cannot power off and
+ * `poweroff -f` would only halt: there a reset (`reboot -f`) ends QEMU, run with -no-reboot.
+ */
+export const AGENT_SH = `#!/bin/sh
+# hako guest agent launcher.
+export PATH=${GUEST_PATH} HOME=/root UV_THREADPOOL_SIZE=8
+stop_vm() {
+  if [ -d /sys/firmware/acpi ]; then /bin/busybox poweroff -f; fi
+  /bin/busybox reboot -f
+}
+case " $(cat /proc/cmdline) " in
+*" hako.probe=1 "*)
+  echo HAKO_PROBE_OK > /dev/console
+  stop_vm ;;
+esac
+read -r up _ < /proc/uptime && echo "$up" > /run/hako-agent-start
+cd /
+/usr/bin/node /opt/hako/hako-agent.js
+stop_vm
+`;
+
+const ETC_FILES: Record<string, string> = {
+  'etc/passwd': 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n',
+  'etc/group': 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n',
+  'etc/hostname': 'hako\n',
+  'etc/hosts': '127.0.0.1\tlocalhost hako\n::1\tlocalhost ip6-localhost ip6-loopback\n',
+  'etc/nsswitch.conf': 'passwd: files\ngroup: files\nhosts: files dns\n',
+  'etc/inittab': INITTAB,
+};
+
+const EMPTY_DIRS = ['proc', 'sys', 'dev', 'run', 'tmp', 'root', 'mnt', 'var', 'var/tmp', 'etc/hako', 'opt/hako', 'usr/bin', 'usr/sbin', 'bin', 'sbin'];
+
+/** Parses `ldd` output into the absolute paths of the libraries and the dynamic loader. */
+export function parseLdd(out: string): string[] {
+  const libs: string[] = [];
+  for (const raw of out.split('\n')) {
+    const line = raw.trim();
+    let m = /^\S+\s+=>\s+(\/\S+)\s+\(/.exec(line);
+    if (!m) m = /^(\/\S+)\s+\(/.exec(line);
+    if (m && !libs.includes(m[1]!)) libs.push(m[1]!);
+  }
+  return libs;
+}
+
+async function isStaticBinary(bin: string): Promise<boolean> {
+  const r = await runRaw('ldd', [bin]);
+  return /not a dynamic executable|statically linked/.test(r.stdout.toString() + r.stderr);
+}
+
+/** Copies an executable and every shared library it needs to the same paths inside `stage`. */
+async function stageBinary(stage: string, src: string, dst: string): Promise<void> {
+  await mkdir(path.dirname(path.join(stage, dst)), { recursive: true });
+  await copyFile(src, path.join(stage, dst));
+  await chmod(path.join(stage, dst), 0o755);
+  await stageLibs(stage, src);
+}
+
+async function stageLibs(stage: string, binary: string): Promise<void> {
+  if (await isStaticBinary(binary)) return;
+  const out = await run('ldd', [binary], { what: `ldd ${binary}`, hint: 'is libc-bin installed?' });
+  for (const lib of parseLdd(out)) {
+    const dst = path.join(stage, lib);
+    const have = await lstat(dst).then(
+      () => true,
+      () => false,
+    );
+    if (have) continue;
+    await mkdir(path.dirname(dst), { recursive: true });
+    await copyFile(lib, dst); // follows symlinks: the guest gets the real file under the soname
+    await chmod(dst, 0o755);
+  }
+}
+
+async function stageBusybox(stage: string, busybox: string): Promise<void> {
+  if (!(await isStaticBinary(busybox))) {
+    throw new Error(`${busybox} is not statically linked; install busybox-static (apt-get install busybox-static)`);
+  }
+  await copyFile(busybox, path.join(stage, 'bin/busybox'));
+  await chmod(path.join(stage, 'bin/busybox'), 0o755);
+  const list = await run(busybox, ['--list-full'], { what: `${busybox} --list-full`, hint: 'install busybox-static' });
+  for (const entry of list.split('\n').map((l) => l.trim()).filter(Boolean)) {
+    const name = path.basename(entry);
+    if (name === 'busybox' || name.includes('/')) continue;
+    const dirs = /(^|\/)sbin\//.test(entry) ? ['bin', 'sbin'] : ['bin'];
+    for (const d of dirs) {
+      const link = path.join(stage, d, name);
+      const have = await lstat(link).then(
+        () => true,
+        () => false,
+      );
+      if (!have) await symlink('/bin/busybox', link);
+    }
+  }
+  await writeFile(path.join(stage, 'init'), INIT_SH, { mode: 0o755 });
+}
+
+async function stageNodePty(stage: string, nodePtyDir: string): Promise<void> {
+  const dst = path.join(stage, 'opt/hako/node_modules/node-pty');
+  await mkdir(path.join(dst, 'build/Release'), { recursive: true });
+  await copyFile(path.join(nodePtyDir, 'package.json'), path.join(dst, 'package.json'));
+  await cp(path.join(nodePtyDir, 'lib'), path.join(dst, 'lib'), {
+    recursive: true,
+    filter: (src) => !/\.test\.js$|\.map$/.test(src),
+  });
+  const ptyNode = path.join(nodePtyDir, 'build/Release/pty.node');
+  await stat(ptyNode).catch(() => {
+    throw new Error(`${ptyNode} is missing; rebuild node-pty (npm rebuild node-pty)`);
+  });
+  await copyFile(ptyNode, path.join(dst, 'build/Release/pty.node'));
+  await stageLibs(stage, ptyNode);
+}
+
+/** Character devices the kernel needs before rc.sh mounts devtmpfs (console for init's stdio). */
+async function makeDevNodes(stage: string): Promise<void> {
+  if (process.getuid?.() !== 0) return; // not root: the kernel warns, busybox init still works
+  await run('mknod', ['-m', '600', path.join(stage, 'dev/console'), 'c', '5', '1']);
+  await run('mknod', ['-m', '666', path.join(stage, 'dev/null'), 'c', '1', '3']);
+}
+
+/** Builds the staging tree from scratch in opts.dir. */
+export async function buildStagingTree(opts: StageOptions): Promise<void> {
+  const stage = opts.dir;
+  await rm(stage, { recursive: true, force: true });
+  for (const d of EMPTY_DIRS) await mkdir(path.join(stage, d), { recursive: true });
+  await chmod(path.join(stage, 'tmp'), 0o1777);
+  await chmod(path.join(stage, 'root'), 0o700);
+  for (const [p, content] of Object.entries(ETC_FILES)) await writeFile(path.join(stage, p), content);
+  await writeFile(path.join(stage, 'etc/hako/rc.sh'), RC_SH, { mode: 0o755 });
+  await writeFile(path.join(stage, 'etc/hako/agent.sh'), AGENT_SH, { mode: 0o755 });
+  await stageBusybox(stage, opts.busyboxBinary);
+  await makeDevNodes(stage);
+  await stageBinary(stage, opts.nodeBinary, '/usr/bin/node');
+  await stageBinary(stage, opts.crunBinary, '/usr/bin/crun');
+  await copyFile(opts.agentBundle, path.join(stage, 'opt/hako/hako-agent.js'));
+  await stageNodePty(stage, opts.nodePtyDir);
+  if (opts.modules) await stageModules(opts.modules.kernelRoot, opts.modules.release, stage);
+}
+
+/** All paths in the tree relative to it ("." first), sorted bytewise for a deterministic archive. */
+export async function listTree(root: string): Promise<string[]> {
+  const out: string[] = ['.'];
+  const walk = async (rel: string): Promise<void> => {
+    const entries = await readdir(path.join(root, rel), { withFileTypes: true });
+    for (const e of entries) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      out.push(`./${r}`);
+      if (e.isDirectory()) await walk(r);
+    }
+  };
+  await walk('');
+  return out.sort((a, b) => (a === '.' ? -1 : b === '.' ? 1 : Buffer.compare(Buffer.from(a), Buffer.from(b))));
+}

@@ -1,0 +1,153 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { defaultConfig, type QemuConfig } from "../../src/runtime/config.js";
+import type { VmSpec } from "../../src/hypervisor/hypervisor.js";
+import {
+  buildQemuArgs,
+  hostTscKhz,
+  kernelCommandLine,
+  qemuEscape,
+  transportFor,
+} from "../../src/hypervisor/qemu/command-line.js";
+
+const paths = { qmpSocket: "/run/vm/qmp.sock", agentSocket: "/run/vm/agent.sock", pidFile: "/run/vm/qemu.pid" };
+
+function qemuCfg(over: Partial<QemuConfig> = {}): QemuConfig {
+  return { ...defaultConfig().hypervisor.qemu, ...over };
+}
+
+function spec(over: Partial<VmSpec> = {}): VmSpec {
+  return {
+    id: "sb1",
+    runDir: "/run/vm",
+    accel: "tcg",
+    vcpus: 1,
+    memoryMiB: 512,
+    kernel: "/g/vmlinux",
+    initrd: "/g/rootfs.initrd",
+    kernelParams: [],
+    sharedDirs: [],
+    consoleLog: "/run/vm/console.log",
+    ...over,
+  };
+}
+
+const BASE = "console=ttyS0 reboot=k panic=-1 rdinit=/init tsc=reliable no_timer_check noreplace-smp cryptomgr.notests";
+
+test("microvm + tcg: exact argv with virtio-mmio devices", () => {
+  const args = buildQemuArgs(spec(), qemuCfg(), paths, { hostTscKhz: 2596148 });
+  assert.deepEqual(args, [
+    "-name", "hako-sb1",
+    "-machine", "microvm",
+    "-accel", "tcg,tb-size=64",
+    "-cpu", "qemu64",
+    "-m", "512M",
+    "-smp", "1",
+    "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none",
+    "-kernel", "/g/vmlinux",
+    "-initrd", "/g/rootfs.initrd",
+    "-append", `${BASE} quiet tsc_early_khz=2596148`,
+    "-chardev", "file,id=console,path=/run/vm/console.log",
+    "-serial", "chardev:console",
+    "-qmp", "unix:/run/vm/qmp.sock,server=on,wait=off",
+    "-device", "virtio-serial-device,id=vser0",
+    "-chardev", "socket,id=agent,path=/run/vm/agent.sock,server=on,wait=off",
+    "-device", "virtserialport,bus=vser0.0,chardev=agent,name=agent.channel.0",
+    "-object", "rng-random,id=rng0,filename=/dev/urandom",
+    "-device", "virtio-rng-device,rng=rng0",
+    "-pidfile", "/run/vm/qemu.pid",
+  ]);
+});
+
+test("q35 + kvm: -cpu host, pci devices, no tsc_early_khz, erofs image and shared dirs", () => {
+  const args = buildQemuArgs(
+    spec({
+      accel: "kvm",
+      vcpus: 2,
+      memoryMiB: 2048,
+      initrd: undefined,
+      image: "/g/root.erofs",
+      kernelParams: ["hako.debug=1"],
+      verboseConsole: true,
+      sharedDirs: [
+        { tag: "rootfs0", hostPath: "/bundles/a/rootfs" },
+        { tag: "ro,tag", hostPath: "/data/x,y", readonly: true },
+      ],
+    }),
+    qemuCfg({ machine_type: "q35", kernel_params: " loglevel=4  8250.nr_uarts=1 " }),
+    paths,
+    { hostTscKhz: 1 },
+  );
+  assert.deepEqual(args, [
+    "-name", "hako-sb1",
+    "-machine", "q35",
+    "-accel", "kvm",
+    "-cpu", "host",
+    "-m", "2048M",
+    "-smp", "2",
+    "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none",
+    "-kernel", "/g/vmlinux",
+    "-append", `${BASE} root=/dev/vda rootfstype=erofs ro loglevel=4 8250.nr_uarts=1 hako.debug=1`,
+    "-chardev", "file,id=console,path=/run/vm/console.log",
+    "-serial", "chardev:console",
+    "-qmp", "unix:/run/vm/qmp.sock,server=on,wait=off",
+    "-drive", "file=/g/root.erofs,if=none,id=rootfs,format=raw,readonly=on",
+    "-device", "virtio-blk-pci,drive=rootfs",
+    "-device", "virtio-serial-pci,id=vser0",
+    "-chardev", "socket,id=agent,path=/run/vm/agent.sock,server=on,wait=off",
+    "-device", "virtserialport,bus=vser0.0,chardev=agent,name=agent.channel.0",
+    "-fsdev", "local,id=fs0,path=/bundles/a/rootfs,security_model=none",
+    "-device", "virtio-9p-pci,fsdev=fs0,mount_tag=rootfs0",
+    "-fsdev", "local,id=fs1,path=/data/x,,y,security_model=none,readonly=on",
+    "-device", "virtio-9p-pci,fsdev=fs1,mount_tag=ro,,tag",
+    "-object", "rng-random,id=rng0,filename=/dev/urandom",
+    "-device", "virtio-rng-pci,rng=rng0",
+    "-pidfile", "/run/vm/qemu.pid",
+  ]);
+});
+
+test("microvm with the pci transport turns on pcie and uses -pci devices", () => {
+  const args = buildQemuArgs(spec({ sharedDirs: [{ tag: "t", hostPath: "/h" }] }), qemuCfg({ tb_size: 32, cpu_model: "max" }), paths, {
+    hostTscKhz: 1000,
+    transport: "pci",
+  });
+  assert.deepEqual(args.slice(2, 8), ["-machine", "microvm,pcie=on", "-accel", "tcg,tb-size=32", "-cpu", "max"]);
+  const devices = args.filter((_, i) => args[i - 1] === "-device");
+  assert.deepEqual(devices, [
+    "virtio-serial-pci,id=vser0",
+    "virtserialport,bus=vser0.0,chardev=agent,name=agent.channel.0",
+    "virtio-9p-pci,fsdev=fs0,mount_tag=t",
+    "virtio-rng-pci,rng=rng0",
+  ]);
+});
+
+test("transport follows the machine type; q35 has no mmio", () => {
+  assert.equal(transportFor("microvm"), "mmio");
+  assert.equal(transportFor("microvm", "pci"), "pci");
+  assert.equal(transportFor("q35"), "pci");
+  assert.throws(() => transportFor("q35", "mmio"), /virtio-mmio devices are not available on -machine q35/);
+  assert.throws(() => buildQemuArgs(spec(), qemuCfg({ machine_type: "pc" }), paths, { hostTscKhz: 1 }), /machine_type = "pc" is not supported/);
+});
+
+test("paths with commas are escaped for QEMU option parsing", () => {
+  const args = buildQemuArgs(spec({ id: "a,b", consoleLog: "/r,1/console.log" }), qemuCfg(), { ...paths, qmpSocket: "/r,1/q.sock" }, { hostTscKhz: 5 });
+  assert.ok(args.includes("hako-a,,b"));
+  assert.ok(args.includes("file,id=console,path=/r,,1/console.log"));
+  assert.ok(args.includes("unix:/r,,1/q.sock,server=on,wait=off"));
+  assert.equal(qemuEscape("a,,b"), "a,,,,b");
+});
+
+test("kernel command line: tsc_early_khz only on microvm + tcg, quiet unless verbose", () => {
+  assert.deepEqual(kernelCommandLine({ accel: "kvm", machine: "microvm", hostTscKhz: 7 }).slice(-1), ["quiet"]);
+  assert.deepEqual(kernelCommandLine({ accel: "tcg", machine: "q35", hostTscKhz: 7 }).slice(-1), ["quiet"]);
+  assert.deepEqual(kernelCommandLine({ accel: "tcg", machine: "microvm", verboseConsole: true, hostTscKhz: 7, extraParams: ["x=1"] }).slice(-2), [
+    "tsc_early_khz=7",
+    "x=1",
+  ]);
+});
+
+test("hostTscKhz parses cpu MHz and rejects a cpuinfo without it", () => {
+  assert.equal(hostTscKhz("processor\t: 0\ncpu MHz\t\t: 2596.148\ncpu MHz\t\t: 1.0\n"), 2596148);
+  assert.throws(() => hostTscKhz("processor : 0\n"), /cpu MHz/);
+  assert.ok(hostTscKhz() > 0);
+});
