@@ -15,6 +15,7 @@ program
   .version(AGENT_VERSION)
   .option("--config <file>", "configuration file (else $HAKO_CONFIG, /etc/hako/configuration.toml, the installed default)")
   .option("--debug", "debug logging to stderr")
+  .enablePositionalOptions()
   .showHelpAfterError();
 
 type Globals = { config?: string; debug?: boolean };
@@ -44,6 +45,7 @@ program
 program
   .command("exec")
   .description("run a process in a running container")
+  .passThroughOptions()
   .option("-t, --tty", "allocate a pseudo-terminal")
   .option("--cwd <dir>", "working directory")
   .option("-e, --env <VAR=value...>", "extra environment")

@@ -58,9 +58,11 @@ export async function runContainer(id: string, opts: RunOptions): Promise<number
       process.stdout.on("resize", onResize);
     }
     stopInput = pumpInput(agent, id, "", process.stdin);
+    // Reads fail with CANCELLED on abort or when the VM goes away; the outcome
+    // is decided by WaitProcess below, so a failed read only ends its pump.
     const outputs = Promise.all([
-      pumpOutput(agent, "stdout", id, "", process.stdout, ac.signal),
-      pumpOutput(agent, "stderr", id, "", process.stderr, ac.signal),
+      pumpOutput(agent, "stdout", id, "", process.stdout, ac.signal).catch((err: unknown) => log.debug({ err }, "stdout relay ended")),
+      pumpOutput(agent, "stderr", id, "", process.stderr, ac.signal).catch((err: unknown) => log.debug({ err }, "stderr relay ended")),
     ]);
     const vmGone = sandbox.vm!.exited.then(() => {
       throw new AgentError(id, `the VM of ${id} exited while the container was running`, { hint: `console log was ${sandbox.consoleLog}` });
