@@ -11,6 +11,7 @@ import type { QemuConfig } from "../runtime/config.js";
 import { HypervisorError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import type { Accelerator } from "./hypervisor.js";
+import { kernelWantsAcpi } from "./guest-kernel.js";
 import { kernelCommandLine, machineArgs, machineTypeOf } from "./qemu/command-line.js";
 import { TailBuffer } from "./qemu/qemu-hypervisor.js";
 
@@ -78,7 +79,7 @@ export function buildProbeArgs(accel: Accelerator, opts: Pick<ProbeBootOptions, 
   const machine = machineTypeOf(opts.qemu);
   const cmdline = kernelCommandLine({ accel, machine, hostTscKhz: opts.hostTscKhz, extraParams: [PROBE_PARAM] });
   return [
-    ...machineArgs(machine, machine === "q35" ? "pci" : "mmio", accel, opts.qemu),
+    ...machineArgs(machine, machine === "q35" ? "pci" : "mmio", accel, opts.qemu, kernelWantsAcpi(opts.kernel)),
     "-m", "256M",
     "-smp", "1",
     "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",

@@ -28,6 +28,8 @@ export interface VmSpec {
   sharedDirs: SharedDir[];
   /** Console (serial) output goes here. */
   consoleLog: string;
+  /** Offer ACPI (microvm). Default: from the guest image manifest (off for the minimal kernel). */
+  acpi?: boolean;
   /** Print kernel messages on the console (slower under TCG). */
   verboseConsole?: boolean;
 }

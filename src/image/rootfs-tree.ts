@@ -54,16 +54,7 @@ list=/lib/modules/$(uname -r)/hako-modules.list
 if [ -f "$list" ]; then
   while read -r m; do
     [ -n "$m" ] || continue
-    params=
-    case "$m" in
-    */virtio_mmio.ko)
-      # Without ACPI, QEMU lists the virtio-mmio devices on the kernel command line;
-      # busybox insmod does not read it, so hand them to the module here.
-      for w in $(cat /proc/cmdline); do
-        case "$w" in virtio_mmio.device=*) params="$params device=\${w#virtio_mmio.device=}" ;; esac
-      done ;;
-    esac
-    out=$(insmod "$m" $params 2>&1) || case "$out" in
+    out=$(insmod "$m" 2>&1) || case "$out" in
       *"File exists"*|*"No such device"*) ;;
       *) echo "hako rc: insmod $m: $out" ;;
     esac

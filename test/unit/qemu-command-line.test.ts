@@ -6,6 +6,7 @@ import {
   buildQemuArgs,
   hostTscKhz,
   kernelCommandLine,
+  machineArgs,
   qemuEscape,
   transportFor,
 } from "../../src/hypervisor/qemu/command-line.js";
@@ -32,7 +33,7 @@ function spec(over: Partial<VmSpec> = {}): VmSpec {
   };
 }
 
-const BASE = "console=ttyS0 reboot=k panic=-1 rdinit=/init tsc=reliable no_timer_check noreplace-smp cryptomgr.notests";
+const BASE = "console=ttyS0 reboot=t panic=-1 rdinit=/init tsc=reliable no_timer_check noreplace-smp cryptomgr.notests";
 
 test("microvm + tcg: exact argv with virtio-mmio devices", () => {
   const args = buildQemuArgs(spec(), qemuCfg(), paths, { hostTscKhz: 2596148 });
@@ -150,4 +151,21 @@ test("hostTscKhz parses cpu MHz and rejects a cpuinfo without it", () => {
   assert.equal(hostTscKhz("processor\t: 0\ncpu MHz\t\t: 2596.148\ncpu MHz\t\t: 1.0\n"), 2596148);
   assert.throws(() => hostTscKhz("processor : 0\n"), /cpu MHz/);
   assert.ok(hostTscKhz() > 0);
+});
+
+test("microvm drops ACPI only for the minimal kernel named in the image manifest", async () => {
+  const { mkdtempSync, writeFileSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const { kernelWantsAcpi } = await import("../../src/hypervisor/guest-kernel.js");
+  const dir = mkdtempSync(join(tmpdir(), "hako-test-manifest-"));
+  try {
+    writeFileSync(join(dir, "manifest.json"), JSON.stringify({ kernels: { generic: { path: "/elsewhere/vmlinux-generic" }, minimal: { path: "/elsewhere/vmlinux-minimal" } } }));
+    assert.equal(kernelWantsAcpi(join(dir, "vmlinux-minimal")), false);
+    assert.equal(kernelWantsAcpi(join(dir, "vmlinux-generic")), true);
+    assert.equal(kernelWantsAcpi("/nowhere/vmlinux"), true);
+    assert.deepEqual(machineArgs("microvm", "mmio", "tcg", { tb_size: 64, cpu_model: "qemu64" }, false).slice(0, 2), ["-machine", "microvm,acpi=off"]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -1,6 +1,7 @@
 // The QEMU command line for one sandbox VM, built as a pure function of the
 // VM spec and the [hypervisor.qemu] configuration so that it can be tested
 // argument by argument.
+import { kernelWantsAcpi } from "../guest-kernel.js";
 import { readFileSync } from "node:fs";
 import type { QemuConfig } from "../../runtime/config.js";
 import { ConfigError } from "../../runtime/errors.js";
@@ -33,7 +34,8 @@ export interface BuildOptions {
 /** hako's own kernel command line words, before `quiet` and the configured/extra params. */
 export const BASE_KERNEL_PARAMS: readonly string[] = [
   "console=ttyS0",
-  "reboot=k",
+  // microvm has no keyboard controller: a triple-fault reset ends QEMU (-no-reboot) at once.
+  "reboot=t",
   "panic=-1",
   "rdinit=/init",
   "tsc=reliable",
@@ -108,8 +110,17 @@ export function kernelCommandLine(input: CmdlineInput): string[] {
 }
 
 /** `-machine`, `-accel` and `-cpu` arguments. */
-export function machineArgs(machine: MachineType, transport: Transport, accel: Accelerator, qemu: Pick<QemuConfig, "tb_size" | "cpu_model">): string[] {
-  const args = ["-machine", machine === "microvm" && transport === "pci" ? "microvm,pcie=on" : machine];
+export function machineArgs(
+  machine: MachineType,
+  transport: Transport,
+  accel: Accelerator,
+  qemu: Pick<QemuConfig, "tb_size" | "cpu_model">,
+  acpi = true,
+): string[] {
+  // microvm without ACPI lists the virtio-mmio devices on the kernel command line
+  // (the minimal kernel has no ACPI); with ACPI they are in the DSDT (Debian's kernel).
+  const microvm = ["microvm", ...(acpi ? [] : ["acpi=off"]), ...(transport === "pci" ? ["pcie=on"] : [])].join(",");
+  const args = ["-machine", machine === "microvm" ? microvm : machine];
   if (accel === "kvm") {
     args.push("-accel", "kvm", "-cpu", "host");
   } else {
@@ -126,7 +137,7 @@ export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, 
   const e = qemuEscape;
 
   const args: string[] = ["-name", `hako-${e(spec.id)}`];
-  args.push(...machineArgs(machine, transport, spec.accel, qemu));
+  args.push(...machineArgs(machine, transport, spec.accel, qemu, spec.acpi ?? kernelWantsAcpi(spec.kernel)));
   args.push("-m", `${spec.memoryMiB}M`, "-smp", String(spec.vcpus));
   args.push("-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none");
 
