@@ -51,7 +51,7 @@ gen: npm
 	PATH=$$PWD/node_modules/.bin:$$PATH buf generate src/protocols/proto
 
 image: build
-	$(HAKO) image build --kernel generic
+	$(HAKO) image build
 
 image-minimal: build apt-kernel-build
 	$(HAKO) image build --kernel both

@@ -105,10 +105,10 @@ const image = program.command("image").description("guest image (kernel + root f
 image
   .command("build")
   .description("build the guest kernel and root filesystem from Debian packages, node, crun, busybox and the agent")
-  .option("--kernel <kind>", "generic (Debian's 6.1), minimal (built from linux-source-6.1), or both", "generic")
+  .option("--kernel <kind>", "generic (Debian's 6.1), minimal (built from linux-source-6.1), or both (default: what the image has, else generic)")
   .option("--format <format>", "root filesystem: initrd or erofs", "initrd")
   .option("--out <dir>", "output directory (default: <data dir>/guest)")
   .option("--force", "rebuild even if up to date")
-  .action((o: { kernel: string; format: string; out?: string; force?: boolean }) => guarded(() => imageBuild(o)));
+  .action((o: { kernel?: string; format: string; out?: string; force?: boolean }) => guarded(() => imageBuild(o)));
 
 await program.parseAsync(process.argv);

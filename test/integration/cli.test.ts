@@ -1,0 +1,70 @@
+// hako check / env / image build as a user runs them.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { makeTempDir, removeDir } from "../helpers/bundle.js";
+import { hako } from "../helpers/hako.js";
+
+interface CheckItem {
+  name: string;
+  ok: boolean;
+  required: boolean;
+  detail: string;
+}
+
+test("hako check: KVM is probed by booting, TCG selected here, exit 0", async () => {
+  const r = await hako(["check", "--json"], { timeoutMs: 120_000 });
+  assert.equal(r.status, 0, r.stderr + r.stdout.toString());
+  const out = JSON.parse(r.stdout.toString()) as { ok: boolean; items: CheckItem[] };
+  assert.equal(out.ok, true);
+  const item = (n: string): CheckItem => {
+    const i = out.items.find((x) => x.name === n);
+    assert.ok(i, `check item ${n}`);
+    return i;
+  };
+  for (const n of ["qemu", "guest kernel", "guest rootfs", "virtio-9p", "virtio-serial", "accelerator"]) assert.ok(item(n).ok, `${n}: ${item(n).detail}`);
+  if (existsSync("/dev/kvm")) {
+    // These machines have a PVM /dev/kvm that cannot boot an ordinary guest.
+    const kvm = item("kvm");
+    if (!kvm.ok) {
+      assert.match(kvm.detail, /present but unusable/);
+      assert.match(item("accelerator").detail, /^tcg selected: a VM booted in \d+ ms/);
+    }
+  }
+  assert.match(item("cgroups").detail, /unified|hybrid|legacy/);
+  assert.equal(item("tc mirred").ok, true, item("tc mirred").detail);
+  const text = await hako(["check"], { timeoutMs: 120_000 });
+  assert.equal(text.status, 0);
+  assert.match(text.stdout.toString(), /hako can run on this host/);
+});
+
+test("hako env shows the effective configuration and the guest image", async () => {
+  const r = await hako(["env", "--json"]);
+  assert.equal(r.status, 0, r.stderr);
+  const env = JSON.parse(r.stdout.toString()) as { configFile: string; config: { hypervisor: { qemu: { kernel: string } } }; guest: { kernels: object } | null };
+  assert.match(env.configFile, /configuration\.toml$/);
+  assert.ok(existsSync(env.config.hypervisor.qemu.kernel));
+  assert.ok(env.guest && "generic" in env.guest.kernels);
+  const text = await hako(["env"]);
+  assert.match(text.stdout.toString(), /^config\.hypervisor\.qemu\.machine_type = "microvm"$/m);
+});
+
+test("a bad configuration is a one-line error naming the key, exit 125", async () => {
+  const dir = makeTempDir("cfg");
+  try {
+    const f = join(dir, "bad.toml");
+    writeFileSync(f, "[hypervisor.qemu]\ndefault_memroy = 512\n");
+    const r = await hako(["--config", f, "env"]);
+    assert.equal(r.status, 125);
+    assert.equal(r.stderr.trim(), "hako: unknown configuration key hypervisor.qemu.default_memroy (see docs/configuration.md for the keys hako knows)");
+  } finally {
+    removeDir(dir);
+  }
+});
+
+test("hako image build is idempotent: an up-to-date image is not rebuilt", async () => {
+  const r = await hako(["image", "build"], { timeoutMs: 300_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /up to date/);
+});
