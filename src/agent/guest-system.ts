@@ -45,15 +45,24 @@ export async function unmount(path: string): Promise<void> {
   await run("/bin/umount", ["-l", path]).catch(() => undefined);
 }
 
+/** Writes a guest file that may live on a read-only root (erofs): skipped there. */
+function writeEtc(path: string, text: string): void {
+  try {
+    writeFileSync(path, text);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EROFS") throw err;
+  }
+}
+
 export function setHostname(name: string): void {
   if (!name) return;
   writeFileSync("/proc/sys/kernel/hostname", name);
-  writeFileSync("/etc/hostname", `${name}\n`);
+  writeEtc("/etc/hostname", `${name}\n`);
 }
 
 export function setDns(servers: string[]): void {
   if (servers.length === 0) return;
-  writeFileSync("/etc/resolv.conf", servers.map((s) => `nameserver ${s}\n`).join(""));
+  writeEtc("/etc/resolv.conf", servers.map((s) => `nameserver ${s}\n`).join(""));
 }
 
 function pad(n: number): string {

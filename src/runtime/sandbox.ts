@@ -87,7 +87,7 @@ export class Sandbox {
         vcpus: q.default_vcpus,
         memoryMiB: q.default_memory,
         kernel: q.kernel,
-        initrd: q.initrd || undefined,
+        initrd: q.rootfs_type === "initrd" ? q.initrd : undefined,
         image: q.rootfs_type === "erofs" ? q.image : undefined,
         kernelParams: [],
         sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],

@@ -88,7 +88,7 @@ test("q35 + kvm: -cpu host, pci devices, no tsc_early_khz, erofs image and share
     "-smp", "2",
     "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none",
     "-kernel", "/g/vmlinux",
-    "-append", `${BASE} root=/dev/vda rootfstype=erofs ro loglevel=4 8250.nr_uarts=1 hako.debug=1`,
+    "-append", `${BASE} root=/dev/vda rootfstype=erofs ro init=/init loglevel=4 8250.nr_uarts=1 hako.debug=1`,
     "-chardev", "file,id=console,path=/run/vm/console.log",
     "-serial", "chardev:console",
     "-qmp", "unix:/run/vm/qmp.sock,server=on,wait=off",

@@ -103,7 +103,7 @@ export function kernelCommandLine(input: CmdlineInput): string[] {
   const words = [...BASE_KERNEL_PARAMS];
   if (!input.verboseConsole) words.push("quiet");
   if (input.machine === "microvm" && input.accel === "tcg") words.push(`tsc_early_khz=${input.hostTscKhz ?? hostTscKhz()}`);
-  if (input.erofsRoot) words.push("root=/dev/vda", "rootfstype=erofs", "ro");
+  if (input.erofsRoot) words.push("root=/dev/vda", "rootfstype=erofs", "ro", "init=/init");
   if (input.configParams) words.push(...input.configParams.split(/\s+/).filter((w) => w !== ""));
   if (input.extraParams) words.push(...input.extraParams);
   return words;

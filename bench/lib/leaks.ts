@@ -1,0 +1,71 @@
+// The end-of-run check: nothing the benchmark made may survive it.
+import { existsSync, readdirSync, readFileSync, rmdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { alive, startedPids } from "./children.js";
+import { BENCH_TMP_PREFIX } from "./env.js";
+
+export interface LeakReport {
+  processes: string[];
+  qemu: string[];
+  sandboxes: string[];
+  mounts: string[];
+  paths: string[];
+}
+
+function qemuProcesses(needles: readonly string[]): string[] {
+  const found: string[] = [];
+  for (const e of readdirSync("/proc")) {
+    if (!/^\d+$/.test(e)) continue;
+    let cmd: string;
+    try {
+      cmd = readFileSync(`/proc/${e}/cmdline`, "utf8").replace(/\0/g, " ").trim();
+    } catch {
+      continue;
+    }
+    if (cmd.includes("qemu-system") && needles.some((n) => cmd.includes(n))) found.push(`${e} ${cmd.slice(0, 160)}`);
+  }
+  return found;
+}
+
+/**
+ * Looks for: live processes among those the benchmark started; any QEMU whose
+ * command line names the bench state dir or temp dir; sandbox state dirs;
+ * mounts under the state dir; the temp dir, the bundle dir and any other
+ * hako-bench-* temp dir.
+ */
+export function findLeaks(stateDir: string, paths: readonly string[]): LeakReport {
+  const processes = [...startedPids()].filter(([pid]) => alive(pid)).map(([pid, what]) => `${pid} (${what})`);
+  const sbDir = `${stateDir}/sandboxes`;
+  const sandboxes = existsSync(sbDir) ? readdirSync(sbDir).map((n) => `${sbDir}/${n}`) : [];
+  const mounts = readFileSync("/proc/self/mountinfo", "utf8")
+    .split("\n")
+    .map((l) => l.split(" ")[4] ?? "")
+    .filter((m) => m.startsWith(`${stateDir}/`));
+  const strays = readdirSync(tmpdir())
+    .filter((n) => n.startsWith(BENCH_TMP_PREFIX))
+    .map((n) => `${tmpdir()}/${n}`);
+  const left = [...new Set([...paths.filter((p) => p !== "" && existsSync(p)), ...strays])];
+  return { processes, qemu: qemuProcesses([stateDir, ...paths.filter((p) => p !== "")]), sandboxes, mounts, paths: left };
+}
+
+export function describeLeaks(l: LeakReport): string {
+  return Object.entries(l)
+    .filter(([, v]) => (v as string[]).length > 0)
+    .map(([k, v]) => `${k}: ${(v as string[]).join(", ")}`)
+    .join("\n  ");
+}
+
+export function hasLeaks(l: LeakReport): boolean {
+  return Object.values(l).some((v) => (v as string[]).length > 0);
+}
+
+/** Removes the (empty) state dir skeleton the sandboxes left: rmdir only, never recursive. */
+export function removeEmptyStateDir(stateDir: string): void {
+  for (const d of [`${stateDir}/sandboxes`, stateDir]) {
+    try {
+      rmdirSync(d);
+    } catch {
+      /* absent, or not empty: leave it */
+    }
+  }
+}
