@@ -46,9 +46,13 @@ build: npm
 typecheck: npm
 	npx tsc -p tsconfig.json --noEmit
 
-# Regenerates src/protocols/gen from the .proto files (generated code is committed).
+# Regenerates src/protocols/gen from the .proto files with Debian's protoc and
+# protoc-gen-es (generated code is committed; never edit it by hand).
+PROTOS := hako/agent/v1/agent.proto hako/agent/v1/health.proto ttrpc/ttrpc.proto
 gen: npm
-	PATH=$$PWD/node_modules/.bin:$$PATH buf generate src/protocols/proto
+	@dpkg-query -W protobuf-compiler libprotobuf-dev >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler libprotobuf-dev >/dev/null
+	cd src/protocols/proto && protoc --plugin=protoc-gen-es=$(CURDIR)/node_modules/.bin/protoc-gen-es \
+		--es_out=../gen --es_opt=target=ts,import_extension=js -I . -I /usr/include $(PROTOS)
 
 image: build
 	$(HAKO) image build

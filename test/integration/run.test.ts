@@ -79,17 +79,42 @@ test("a process killed by a signal reports 128+N", async () => {
   assert.equal(r.status, 137, r.stderr);
 });
 
-test("hako run -t gives the process a terminal of the caller's size", async () => {
-  const b = bundle(["sh", "-c", "test -t 0 && test -t 1 && echo IS_A_TTY; stty size"], { terminal: true });
+test("hako run -t gives the process a terminal of the caller's size, and follows resizes", async () => {
+  const b = bundle(["sh", "-c", "test -t 0 && test -t 1 && echo IS_A_TTY; stty size; read line; stty size"], { terminal: true });
   const out = await new Promise<{ text: string; code: number }>((resolve) => {
     const p = pty.spawn(HAKO, ["run", "-t", "--bundle", b, newId()], { cols: 97, rows: 31, env: hakoEnv() as Record<string, string> });
     let text = "";
-    p.onData((d) => (text += d));
+    let resized = false;
+    p.onData((d) => {
+      text += d;
+      if (!resized && /31 97/.test(text)) {
+        resized = true;
+        p.resize(120, 40);
+        // Give the SIGWINCH → TtyWinResize round trip a moment, then let the script go on.
+        setTimeout(() => p.write("go\r"), 1500);
+      }
+    });
     p.onExit(({ exitCode }) => setTimeout(() => resolve({ text, code: exitCode }), 100));
   });
   assert.equal(out.code, 0, out.text);
   assert.match(out.text, /IS_A_TTY/);
   assert.match(out.text, /31 97/);
+  assert.match(out.text, /40 120/, "size after the resize");
+});
+
+test("after hako run is SIGKILLed, hako delete -f removes the VM and every host resource", async () => {
+  const id = newId();
+  const child = hakoSpawn(["run", "--bundle", bundle(["sh", "-c", "echo started; exec sleep 1000"]), id]);
+  let out = "";
+  child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
+  const exited = new Promise((r) => child.on("close", r));
+  await waitFor(() => out.includes("started"), 90_000, "container start");
+  child.kill("SIGKILL");
+  await exited;
+  assert.ok(findLeaks(TEST_STATE_DIR).qemu.length > 0, "the VM outlives a SIGKILLed owner");
+  const del = hakoSync(["delete", "-f", id]);
+  assert.equal(del.status, 0, del.stderr);
+  assert.ok(!existsSync(join(TEST_STATE_DIR, "sandboxes", id)));
 });
 
 test("exec, state, list, kill and delete on a running container", async () => {
