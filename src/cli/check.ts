@@ -114,7 +114,7 @@ export async function runCheck(opts: GlobalOptions & { json?: boolean }): Promis
   const ok = items.filter((i) => i.required).every((i) => i.ok);
   if (opts.json) process.stdout.write(`${JSON.stringify({ ok, items }, null, 2)}\n`);
   else {
-    for (const i of items) process.stdout.write(`${i.ok ? "ok  " : i.required ? "FAIL" : "warn"}  ${i.name.padEnd(14)} ${i.detail}\n`);
+    for (const i of items) process.stdout.write(`${i.ok ? "ok  " : i.required ? "FAIL" : "warn"}  ${i.name.padEnd(14)} ${i.detail.replace(/\s*\n\s*/g, " | ")}\n`);
     process.stdout.write(ok ? "hako can run on this host\n" : "hako cannot run on this host: fix the FAIL items above\n");
   }
   return ok ? 0 : 1;
