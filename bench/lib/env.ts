@@ -3,8 +3,9 @@
 // to what the host probe chose), and the busybox bundle running /bin/true.
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { probeAccelerator, type AccelProbeResult } from "../../src/hypervisor/accel-probe.js";
+import { kernelFlavor } from "../../src/hypervisor/guest-kernel.js";
 import { loadConfig, type Accel, type HakoConfig } from "../../src/runtime/config.js";
 import { dataDir } from "../../src/runtime/paths.js";
 import { makeBundle, removeDir } from "../../test/helpers/bundle.js";
@@ -74,6 +75,16 @@ export async function setupEnv(kernels: readonly KernelName[], stateDir: string,
       const q = probeCfg.hypervisor.qemu;
       for (const f of [q.path, q.kernel, q.initrd]) {
         if (!existsSync(f)) throw new Error(`${f} does not exist: run \`make setup image-minimal\` first`);
+      }
+      // The VM's machine options (ACPI on/off) follow the manifest's flavour of the kernel file:
+      // a kernel the manifest does not list boots with the wrong ones (the minimal kernel then
+      // never sees its virtio devices and the agent never answers).
+      const flavor = kernelFlavor(q.kernel);
+      if (flavor !== kernel) {
+        throw new Error(
+          `${join(dirname(q.kernel), "manifest.json")} lists ${q.kernel} as ${flavor}, not ${kernel}: ` +
+            "rebuild the guest image with both kernels (`make image-minimal` or `hako image build --kernel both`)",
+        );
       }
       const probe = await probeAccelerator({ qemu: q, kernel: q.kernel, initrd: q.initrd, cacheFile: join(tmpDir, `accel-${kernel}.json`) });
       const configFile = join(tmpDir, `${kernel}.toml`);

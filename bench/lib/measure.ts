@@ -89,10 +89,19 @@ export function measureFloor(k: KernelEnv): Promise<FloorSample> {
 
 /** `hako --config CFG run --bundle B ID`, spawn → exit; must exit 0. */
 export function measureHakoRun(k: KernelEnv, bundleDir: string, id: string): Promise<number> {
+  return timeHako(["--config", k.configFile, "run", "--bundle", bundleDir, id], `hako run (${k.kernel})`);
+}
+
+/** `hako --version`, spawn → exit: what node and the CLI bundle cost before any VM work. */
+export function measureCliStartup(): Promise<number> {
+  return timeHako(["--version"], "hako --version");
+}
+
+function timeHako(argv: string[], what: string): Promise<number> {
   return new Promise((resolvePromise, reject) => {
     const t0 = performance.now();
-    const child = spawn(HAKO_BIN, ["--config", k.configFile, "run", "--bundle", bundleDir, id], { stdio: ["ignore", "pipe", "pipe"] });
-    track(child.pid, "hako run");
+    const child = spawn(HAKO_BIN, argv, { stdio: ["ignore", "pipe", "pipe"] });
+    track(child.pid, "hako");
     let out = "";
     child.stdout.on("data", (b: Buffer) => (out = (out + b.toString()).slice(-4096)));
     child.stderr.on("data", (b: Buffer) => (out = (out + b.toString()).slice(-4096)));
@@ -108,7 +117,7 @@ export function measureHakoRun(k: KernelEnv, bundleDir: string, id: string): Pro
       clearTimeout(timer);
       untrack(child.pid);
       if (code === 0) resolvePromise(ms);
-      else reject(new Error(`hako run (${k.kernel}) exited with ${signal ?? code} after ${Math.round(ms)} ms: ${tail(out.trim())}`));
+      else reject(new Error(`${what} exited with ${signal ?? code} after ${Math.round(ms)} ms: ${tail(out.trim())}`));
     });
   });
 }

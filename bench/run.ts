@@ -1,0 +1,165 @@
+// `make bench`: boot-time and memory figures of hako against bare QEMU, for
+// the generic (Debian) and the minimal guest kernel. See docs/benchmarks.md.
+//
+//   node --import tsx bench/run.ts [--runs N] [--quick] [--warmup N]
+//        [--kernels generic,minimal] [--accel auto|tcg|kvm] [--state-dir DIR]
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, loadavg } from "node:os";
+import { join, resolve } from "node:path";
+import { performance } from "node:perf_hooks";
+import { parseArgs } from "node:util";
+import type { Accel } from "../src/runtime/config.js";
+import { killAll } from "./lib/children.js";
+import { KERNELS, setupEnv, teardownEnv, type BenchEnv, type KernelName } from "./lib/env.js";
+import { describeLeaks, findLeaks, hasLeaks, removeEmptyStateDir } from "./lib/leaks.js";
+import { measureCliStartup, measureFloor, measureHakoRun, measureSandbox } from "./lib/measure.js";
+import { comparisonTable, emptySamples, kernelTable, resultJson, summarizeKernel, type KernelSamples } from "./lib/report.js";
+
+const RESULTS_DIR = resolve(import.meta.dirname, "results");
+const MIN_RUNS = 5;
+
+const { values: opts } = parseArgs({
+  options: {
+    runs: { type: "string", default: String(MIN_RUNS) },
+    quick: { type: "boolean", default: false },
+    warmup: { type: "string", default: "1" },
+    kernels: { type: "string", default: KERNELS.join(",") },
+    accel: { type: "string", default: "auto" },
+    "state-dir": { type: "string", default: "/run/hako-bench" },
+    help: { type: "boolean", short: "h", default: false },
+  },
+});
+
+if (opts.help) {
+  process.stdout.write(
+    "usage: node --import tsx bench/run.ts [--runs N (≥5, default 5)] [--quick (N=5)] [--warmup N (default 1)]\n" +
+      "       [--kernels generic,minimal] [--accel auto|tcg|kvm] [--state-dir /run/hako-bench]\n",
+  );
+  process.exit(0);
+}
+
+function fail(msg: string): never {
+  process.stderr.write(`bench: ${msg}\n`);
+  process.exit(2);
+}
+
+const runs = opts.quick ? MIN_RUNS : Number(opts.runs);
+if (!Number.isInteger(runs) || runs < MIN_RUNS) fail(`--runs must be an integer ≥ ${MIN_RUNS}`);
+const warmup = Number(opts.warmup);
+if (!Number.isInteger(warmup) || warmup < 0) fail("--warmup must be an integer ≥ 0");
+const kernels = opts.kernels.split(",").filter((k) => k !== "") as KernelName[];
+for (const k of kernels) if (!KERNELS.includes(k)) fail(`unknown kernel ${k} (known: ${KERNELS.join(", ")})`);
+const accel = opts.accel as Accel;
+if (!["auto", "tcg", "kvm"].includes(accel)) fail("--accel must be auto, tcg or kvm");
+const stateDir = resolve(opts["state-dir"]);
+if (existsSync(`${stateDir}/sandboxes`) && readdirSync(`${stateDir}/sandboxes`).length > 0) {
+  fail(`${stateDir}/sandboxes is not empty: another benchmark running, or a leak from an earlier one`);
+}
+
+function qemuVersion(path: string): string {
+  try {
+    return execFileSync(path, ["--version"], { encoding: "utf8" }).split("\n")[0] ?? "";
+  } catch {
+    return "";
+  }
+}
+
+function log(msg: string): void {
+  process.stderr.write(`${msg}\n`);
+}
+
+const t0 = performance.now();
+const startedAt = new Date();
+const loadBefore = loadavg();
+let env: BenchEnv | undefined;
+let interrupted = false;
+
+async function cleanup(): Promise<void> {
+  await killAll();
+  if (env) teardownEnv(env);
+  removeEmptyStateDir(stateDir);
+}
+
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  process.on(sig, () => {
+    if (interrupted) return;
+    interrupted = true;
+    log(`bench: ${sig}: stopping, cleaning up`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+
+let exitCode = 0;
+try {
+  env = await setupEnv(kernels, stateDir, accel);
+  for (const k of env.kernels) log(`bench: kernel ${k.kernel}: accel ${k.probe.accel} (${k.probe.reason})`);
+  log(`bench: ${runs} runs + ${warmup} warm-up per kernel; each iteration: floor, hako run, in-process sandbox, hako --version`);
+
+  const samples = new Map<KernelName, KernelSamples>(env.kernels.map((k) => [k.kernel, emptySamples()]));
+  let seq = 0;
+  for (let i = -warmup; i < runs && !interrupted; i++) {
+    for (const k of env.kernels) {
+      const tag = i < 0 ? `warm-up ${i + warmup + 1}/${warmup}` : `run ${i + 1}/${runs}`;
+      const id = `bench-${process.pid}-${seq++}`;
+      const floor = await measureFloor(k);
+      const run = await measureHakoRun(k, env.bundleDir, `${id}-run`);
+      const sb = await measureSandbox(k, env.bundleDir, `${id}-sb`);
+      const cli = await measureCliStartup();
+      log(
+        `bench: ${k.kernel} ${tag}: floor ${floor.markerMs.toFixed(0)} ms (exit ${floor.exitMs.toFixed(0)}), run ${run.toFixed(0)} ms, ` +
+          `agent ready ${sb.spawnToAgentMs} ms, rss ${sb.rssMiB.toFixed(0)} MiB`,
+      );
+      if (i < 0) continue;
+      const s = samples.get(k.kernel)!;
+      s.floor.push(floor);
+      s.run.push(run);
+      s.sandbox.push(sb);
+      s.cli.push(cli);
+    }
+  }
+  if (interrupted) throw new Error("interrupted");
+
+  const results = env.kernels.map((k) => summarizeKernel(k, samples.get(k.kernel)!));
+  const durationMs = performance.now() - t0;
+  const out = [...results.map(kernelTable), ...(results.length > 1 ? [comparisonTable(results)] : [])].join("\n\n");
+  process.stdout.write(`\n${out}\n\nwhole benchmark: ${(durationMs / 1000).toFixed(1)} s\n`);
+
+  const meta = {
+    startedAt: startedAt.toISOString(),
+    durationMs: Math.round(durationMs),
+    runs,
+    warmup,
+    host: {
+      cpu: cpus()[0]?.model ?? "",
+      cpus: cpus().length,
+      loadavgBefore: loadBefore,
+      loadavgAfter: loadavg(),
+      qemu: qemuVersion(env.kernels[0]!.config.hypervisor.qemu.path),
+      node: process.version,
+      kvmDevice: existsSync("/dev/kvm"),
+    },
+    stateDir,
+  };
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const ignore = join(RESULTS_DIR, ".gitignore");
+  if (!existsSync(ignore) || !readFileSync(ignore, "utf8").includes("!.gitignore")) writeFileSync(ignore, "*\n!.gitignore\n");
+  const doc = JSON.stringify(resultJson(meta, results), null, 2) + "\n";
+  const file = join(RESULTS_DIR, `run-${startedAt.toISOString().replace(/[:.]/g, "-")}.json`);
+  writeFileSync(file, doc);
+  writeFileSync(join(RESULTS_DIR, "latest.json"), doc);
+  process.stdout.write(`results: ${file} (and bench/results/latest.json)\n`);
+} catch (err) {
+  log(`bench: FAILED: ${(err as Error).message}`);
+  exitCode = 1;
+} finally {
+  await cleanup();
+  const leaks = findLeaks(stateDir, env ? [env.tmpDir, env.bundleDir] : []);
+  if (hasLeaks(leaks)) {
+    log(`bench: LEAKED after the benchmark:\n  ${describeLeaks(leaks)}`);
+    exitCode = 3;
+  } else {
+    log("bench: leak check: no QEMU, sandbox, mount or temp dir left behind");
+  }
+}
+process.exit(interrupted && exitCode !== 3 ? 130 : exitCode);
