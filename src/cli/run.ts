@@ -71,6 +71,8 @@ export async function runContainer(id: string, opts: RunOptions): Promise<number
     const wait = await Promise.race([agent.waitProcess({ containerId: id, execId: "" }), vmGone, aborted]);
     // Output still in flight after the exit gets a bounded time to drain.
     await Promise.race([outputs, vmGone, aborted, new Promise((r) => setTimeout(r, 30_000).unref())]);
+    sandbox.mark("container_exited");
+    log.debug({ sandbox: id, timeline: sandbox.state.timeline }, "container exited");
     sandbox.state.exitStatus = wait.status;
     sandbox.state.status = "stopped";
     return wait.status;

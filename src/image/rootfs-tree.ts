@@ -88,8 +88,13 @@ case " $(cat /proc/cmdline) " in
   stop_vm ;;
 esac
 read -r up _ < /proc/uptime && echo "$up" > /run/hako-agent-start
+# Extra node options from the kernel command line: hako.node_opts=--a,--b=c
+node_opts=
+for w in $(cat /proc/cmdline); do
+  case "$w" in hako.node_opts=*) node_opts=$(echo "\${w#hako.node_opts=}" | tr ',' ' ') ;; esac
+done
 cd /
-/usr/bin/node /opt/hako/hako-agent.js
+/usr/bin/node $node_opts /opt/hako/hako-agent.js
 stop_vm
 `;
 

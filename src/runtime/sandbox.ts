@@ -89,7 +89,9 @@ export class Sandbox {
         kernel: q.kernel,
         initrd: q.rootfs_type === "initrd" ? q.initrd : undefined,
         image: q.rootfs_type === "erofs" ? q.image : undefined,
-        kernelParams: [],
+        // Under TCG, V8's JIT makes QEMU retranslate the code it writes; the
+        // agent starts ~0.3 s faster and answers faster without it (make bench).
+        kernelParams: this.opts.accel === "tcg" ? ["hako.node_opts=--jitless"] : [],
         sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],
         consoleLog: this.consoleLog,
         verboseConsole: config.agent.debug,
@@ -149,10 +151,9 @@ export class Sandbox {
     if (this.stopped) return;
     this.stopped = true;
     const log = this.opts.logger;
-    if (this.agent) {
-      await this.agent.agent.destroySandbox({}, { timeoutMs: 3000 }).catch((err: unknown) => log.debug({ err, sandbox: this.id }, "DestroySandbox failed"));
-      this.agent.close();
-    }
+    // No DestroySandbox round trip: nothing in the guest outlives the VM, and
+    // the guest-side unmounts and crun deletes only delay the QMP quit.
+    this.agent?.close();
     if (this.vm) await this.vm.stop(2000).catch((err: unknown) => log.warn({ err, sandbox: this.id }, "VM stop failed"));
     if (this.share) await this.share.cleanup();
     await removeTree(this.id, this.dir);
