@@ -5,7 +5,7 @@ HAKO := build/bin/hako
 STAMP := build/.stamps
 
 # Debian packages hako needs at build, test and run time.
-APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static crun cpio erofs-utils xz-utils zstd \
+APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static crun containerd cpio erofs-utils xz-utils zstd \
 	iproute2 kmod util-linux procps
 # Only for `hako image build --kernel minimal` (benchmarks).
 APT_KERNEL_BUILD := linux-source-6.1 bc bison flex libelf-dev libssl-dev build-essential
@@ -48,7 +48,10 @@ typecheck: npm
 
 # Regenerates src/protocols/gen from the .proto files with Debian's protoc and
 # protoc-gen-es (generated code is committed; never edit it by hand).
-PROTOS := hako/agent/v1/agent.proto hako/agent/v1/health.proto ttrpc/ttrpc.proto
+PROTOS := hako/agent/v1/agent.proto hako/agent/v1/health.proto ttrpc/ttrpc.proto \
+	containerd/types/mount.proto containerd/types/task.proto containerd/runtime/task/v2/shim.proto \
+	containerd/events/task.proto containerd/services/events/ttrpc/v1/events.proto \
+	containerd/cgroups/v1/metrics.proto runtimeoptions/v1/api.proto
 gen: npm
 	@dpkg-query -W protobuf-compiler libprotobuf-dev >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler libprotobuf-dev >/dev/null
 	cd src/protocols/proto && protoc --plugin=protoc-gen-es=$(CURDIR)/node_modules/.bin/protoc-gen-es \

@@ -141,6 +141,12 @@ export class Sandbox {
     return res.pid;
   }
 
+  /** Removes a container from the guest and its shares from the host. */
+  async removeContainer(cid: string): Promise<void> {
+    if (this.agent && !this.stopped) await this.agent.agent.removeContainer({ containerId: cid, timeout: 0 }, { timeoutMs: 10_000 }).catch(() => undefined);
+    await this.share?.unshareContainer(cid);
+  }
+
   requireAgent(): AgentClient {
     if (!this.agent) throw new RuntimeError(Code.FAILED_PRECONDITION, this.id, `sandbox ${this.id} has no agent connection`);
     return this.agent;

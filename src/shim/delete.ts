@@ -1,0 +1,149 @@
+// `containerd-shim-hako-v2 … -id ID -bundle B delete`: containerd 1.6 runs it
+// after every shim connection closes (normal teardown included) and when a
+// shim is gone. It must be idempotent, touch only task ID, never stop a shim
+// that still serves other ids, and print a raw DeleteResponse protobuf on
+// stdout (stderr is logged by containerd as "cleanup warnings").
+import { loadConfig } from "../runtime/config.js";
+import { pidMatches, readState, sandboxDir } from "../runtime/state.js";
+import { removeTree } from "../resource/mounts.js";
+import { SANDBOX_ID_ANNOTATION } from "./shim-runtime.js";
+import { execFile } from "node:child_process";
+import { promises as fsp, writeSync } from "node:fs";
+import path from "node:path";
+import { promisify } from "node:util";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { DeleteResponseSchema } from "../protocols/gen/containerd/runtime/task/v2/shim_pb.js";
+import type { ShimFlags } from "./flags.js";
+
+const execFileAsync = promisify(execFile);
+
+/** Exit status reported for a task whose shim is gone (128 + SIGKILL). */
+export const DELETED_EXIT_STATUS = 137;
+
+/** Decodes the octal escapes (\040 …) the kernel uses in /proc/self/mountinfo. */
+function unescapeMountPath(p: string): string {
+  return p.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+/** True if `dir` (already resolved) is a mount point in this mount namespace. */
+export async function isMountPoint(dir: string): Promise<boolean> {
+  let info: string;
+  try {
+    info = await fsp.readFile("/proc/self/mountinfo", "utf8");
+  } catch {
+    return false;
+  }
+  for (const line of info.split("\n")) {
+    const fields = line.split(" ");
+    if (fields.length > 4 && unescapeMountPath(fields[4]!) === dir) return true;
+  }
+  return false;
+}
+
+/**
+ * Releases what the shim may have left for task `id` after it went away.
+ * Today: unmounts `<bundle>/rootfs` if it is mounted (stacked mounts too).
+ * Never throws; problems are written to stderr as one-line warnings
+ * (containerd logs the delete command's stderr as "cleanup warnings").
+ *
+ * The Task service owns the full cleanup logic and may extend this function.
+ */
+/**
+ * After a shim died: if `id` is a sandbox whose owning shim is gone, kill its
+ * VM (by PID, checked against its command line) and remove its state and
+ * mounts. A live owner is left alone: it serves other ids of the group.
+ * Returns false when a live shim still owns the task (then nothing is touched).
+ */
+async function cleanupSandbox(id: string, bundle: string): Promise<boolean> {
+  let stateDir = "/run/hako";
+  try {
+    stateDir = loadConfig().runtime.state_dir;
+  } catch {
+    /* a broken config must not stop cleanup: use the default state dir */
+  }
+  let sid = id;
+  try {
+    const spec = JSON.parse(await fsp.readFile(path.join(bundle, "config.json"), "utf8")) as { annotations?: Record<string, string> };
+    sid = spec.annotations?.[SANDBOX_ID_ANNOTATION] ?? id;
+  } catch {
+    /* no config.json: the id is its own sandbox */
+  }
+  const sbDir = sandboxDir(stateDir, sid);
+  const st = readState(sbDir);
+  if (st && pidMatches(st.ownerPid, "hako")) return false;
+  if (sid !== id || !st) return true;
+  if (pidMatches(st.vmmPid, "qemu")) {
+    process.kill(st.vmmPid, "SIGKILL");
+    for (let i = 0; i < 50 && pidMatches(st.vmmPid, "qemu"); i++) await new Promise((r) => setTimeout(r, 100));
+  }
+  await removeTree(id, sbDir);
+  return true;
+}
+
+export async function cleanupAfterShim(id: string, bundle: string, namespace: string): Promise<void> {
+  const warnings: string[] = [];
+  try {
+    if (!(await cleanupSandbox(id, bundle))) return;
+  } catch (err) {
+    warnings.push(`hako: ${namespace}/${id}: sandbox cleanup failed: ${firstLine(err)}`);
+  }
+  let rootfs = "";
+  try {
+    rootfs = await fsp.realpath(path.join(bundle, "rootfs"));
+  } catch {
+    /* no rootfs: nothing mounted there */
+  }
+  for (let i = 0; rootfs !== "" && i < 8 && (await isMountPoint(rootfs)); i++) {
+    try {
+      await execFileAsync("umount", [rootfs]);
+    } catch (err) {
+      try {
+        await execFileAsync("umount", ["-l", rootfs]);
+      } catch (lazyErr) {
+        warnings.push(
+          `hako: ${namespace}/${id}: unmounting ${rootfs} failed: ${firstLine(err)}; lazy unmount failed: ${firstLine(lazyErr)}`,
+        );
+        break;
+      }
+    }
+  }
+  for (const w of warnings) process.stderr.write(`${w}\n`);
+}
+
+function firstLine(err: unknown): string {
+  const e = err as { stderr?: unknown; message?: unknown };
+  const text = typeof e.stderr === "string" && e.stderr.trim() !== "" ? e.stderr : String(e.message ?? err);
+  return text.trim().split("\n")[0] ?? "";
+}
+
+/** The raw DeleteResponse{pid: 0, exit_status: 137, exited_at: now} the command prints. */
+export function deleteResponseBytes(nowMs: number = Date.now()): Uint8Array {
+  return toBinary(
+    DeleteResponseSchema,
+    create(DeleteResponseSchema, { pid: 0, exitStatus: DELETED_EXIT_STATUS, exitedAt: timestampFromMs(nowMs) }),
+  );
+}
+
+/** Runs the `delete` command; returns the process exit code. */
+export async function runDelete(flags: ShimFlags): Promise<number> {
+  try {
+    await cleanupAfterShim(flags.id, flags.bundle, flags.namespace);
+  } catch (err) {
+    process.stderr.write(`hako: ${flags.namespace}/${flags.id}: cleanup failed: ${firstLine(err)}\n`);
+  }
+  writeAll(1, deleteResponseBytes());
+  return 0;
+}
+
+/** Writes all of `data` to a (possibly non-blocking) fd synchronously. */
+export function writeAll(fd: number, data: Uint8Array): void {
+  let off = 0;
+  while (off < data.length) {
+    try {
+      off += writeSync(fd, data, off, data.length - off);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EAGAIN") throw err;
+    }
+  }
+}

@@ -1,0 +1,73 @@
+// The shim daemon: serves containerd.task.v2.Task for one group (a pod, or a
+// single container) on its unix socket, publishes task events to containerd,
+// and exits on Shutdown once no task is left.
+import { chmodSync, mkdirSync, rmSync } from "node:fs";
+import { dirname } from "node:path";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Task } from "../protocols/gen/containerd/runtime/task/v2/shim_pb.js";
+import {
+  TaskCreateSchema,
+  TaskDeleteSchema,
+  TaskExecAddedSchema,
+  TaskExecStartedSchema,
+  TaskExitSchema,
+  TaskPausedSchema,
+  TaskResumedSchema,
+  TaskStartSchema,
+} from "../protocols/gen/containerd/events/task_pb.js";
+import { TtrpcServer } from "../protocols/ttrpc/server.js";
+import { loadConfig } from "../runtime/config.js";
+import { createLogger } from "../runtime/logger.js";
+import { shimSocketAddress, socketPathOf } from "./address.js";
+import { EventPublisher, TaskTopic } from "./events.js";
+import type { ShimFlags } from "./flags.js";
+import { ShimRuntime, type TaskEvents } from "./shim-runtime.js";
+import { taskService } from "./task-service.js";
+
+export async function serveShim(flags: ShimFlags): Promise<void> {
+  const cfg = loadConfig();
+  // stderr is containerd's non-blocking `log` fifo: write asynchronously, never spin on EAGAIN.
+  const log = createLogger("containerd-shim-hako-v2", { level: flags.debug ? "debug" : cfg.runtime.log_level, sync: false }).child({ namespace: flags.namespace, group: flags.id });
+  const publisher = new EventPublisher({ logger: log });
+  const ns = flags.namespace;
+  const events: TaskEvents = {
+    create: (e) =>
+      publisher.publish(ns, TaskTopic.create, TaskCreateSchema, {
+        containerId: e.containerId,
+        bundle: e.bundle,
+        rootfs: e.rootfs.map((m) => ({ type: m.type, source: m.source, options: m.options })),
+        io: { stdin: e.io.stdin, stdout: e.io.stdout, stderr: e.io.stderr, terminal: e.io.terminal },
+        pid: e.pid,
+      }),
+    start: (e) => publisher.publish(ns, TaskTopic.start, TaskStartSchema, e),
+    exit: (e) => publisher.publish(ns, TaskTopic.exit, TaskExitSchema, { ...e, exitedAt: timestampFromDate(e.exitedAt) }),
+    delete: (e) => publisher.publish(ns, TaskTopic.delete, TaskDeleteSchema, { ...e, exitedAt: timestampFromDate(e.exitedAt) }),
+    execAdded: (e) => publisher.publish(ns, TaskTopic.execAdded, TaskExecAddedSchema, e),
+    execStarted: (e) => publisher.publish(ns, TaskTopic.execStarted, TaskExecStartedSchema, e),
+    paused: (containerId) => publisher.publish(ns, TaskTopic.paused, TaskPausedSchema, { containerId }),
+    resumed: (containerId) => publisher.publish(ns, TaskTopic.resumed, TaskResumedSchema, { containerId }),
+  };
+  const rt = new ShimRuntime(cfg, log, events);
+  const server = new TtrpcServer({ logger: log });
+  const socketPath = socketPathOf(flags.socket || shimSocketAddress(flags.address, flags.namespace, flags.id));
+  mkdirSync(dirname(socketPath), { recursive: true, mode: 0o711 });
+
+  let stopping = false;
+  const stop = async (reason: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ reason }, "shim exiting");
+    await rt.destroyAll().catch((err: unknown) => log.error({ err }, "teardown failed"));
+    await publisher.close(2000).catch(() => undefined);
+    await server.close().catch(() => undefined);
+    rmSync(socketPath, { force: true });
+    process.exit(0);
+  };
+  server.register(Task, taskService(rt, log, () => void stop("shutdown")));
+  for (const sig of ["SIGTERM", "SIGINT"] as const) process.on(sig, () => void stop(sig));
+  process.on("SIGPIPE", () => undefined);
+  process.on("uncaughtException", (err) => log.error({ err }, "uncaught exception"));
+  await server.listen(socketPath);
+  chmodSync(socketPath, 0o600);
+  log.info({ socket: socketPath, pid: process.pid }, "shim serving");
+}

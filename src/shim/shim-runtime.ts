@@ -1,0 +1,335 @@
+// What one shim process manages: the sandboxes (VMs) of its group and the
+// containerd tasks in them. Protocol-free: task-service.ts maps the ttRPC
+// Task API onto this, and events leave through the TaskEvents sink.
+import { Code } from "../protocols/ttrpc/status.js";
+import { createHypervisor } from "../hypervisor/index.js";
+import { chooseAccel } from "../runtime/accel.js";
+import type { HakoConfig } from "../runtime/config.js";
+import { RuntimeError } from "../runtime/errors.js";
+import type { Logger } from "../runtime/logger.js";
+import { loadBundle } from "../runtime/oci-spec.js";
+import { Sandbox } from "../runtime/sandbox.js";
+import { pumpInput, pumpOutput } from "../runtime/stdio-relay.js";
+import type { CgroupStatsLike } from "./metrics.js";
+import { mountRootfs, unmountRootfs, type RootfsMount } from "../resource/rootfs/rootfs-mount.js";
+import { endOutputs, openProcessIO, type ProcessIO } from "./stdio.js";
+
+export const SANDBOX_ID_ANNOTATION = "io.kubernetes.cri.sandbox-id";
+
+export type TaskStatus = "created" | "running" | "paused" | "stopped";
+
+export interface StdioPaths {
+  stdin: string;
+  stdout: string;
+  stderr: string;
+  terminal: boolean;
+}
+
+export interface TaskEvents {
+  create(e: { containerId: string; bundle: string; rootfs: RootfsMount[]; io: StdioPaths; pid: number }): void;
+  start(e: { containerId: string; pid: number }): void;
+  exit(e: { containerId: string; id: string; pid: number; exitStatus: number; exitedAt: Date }): void;
+  delete(e: { containerId: string; id: string; pid: number; exitStatus: number; exitedAt: Date }): void;
+  execAdded(e: { containerId: string; execId: string }): void;
+  execStarted(e: { containerId: string; execId: string; pid: number }): void;
+  paused(containerId: string): void;
+  resumed(containerId: string): void;
+}
+
+class ShimProcess {
+  status: TaskStatus = "created";
+  exitStatus = 0;
+  exitedAt: Date | undefined;
+  io: ProcessIO | undefined;
+  stopInput: (() => void) | undefined;
+  readonly exited: Promise<void>;
+  private resolveExited!: () => void;
+
+  constructor(
+    readonly containerId: string,
+    readonly execId: string,
+    readonly stdio: StdioPaths,
+    readonly processJson = "",
+  ) {
+    this.exited = new Promise((r) => (this.resolveExited = r));
+  }
+
+  markExited(status: number): boolean {
+    if (this.status === "stopped") return false;
+    this.status = "stopped";
+    this.exitStatus = status;
+    this.exitedAt = new Date();
+    this.resolveExited();
+    return true;
+  }
+}
+
+class ShimContainer {
+  readonly execs = new Map<string, ShimProcess>();
+  constructor(
+    readonly id: string,
+    readonly bundle: string,
+    readonly sandbox: Sandbox,
+    readonly ownsSandbox: boolean,
+    readonly init: ShimProcess,
+  ) {}
+}
+
+function notFound(id: string, what = "task"): RuntimeError {
+  return new RuntimeError(Code.NOT_FOUND, id, `${what} ${id} not found`);
+}
+
+export class ShimRuntime {
+  private readonly containers = new Map<string, ShimContainer>();
+  private readonly sandboxes = new Map<string, Sandbox>();
+  private readonly watched = new WeakSet<Sandbox>();
+
+  constructor(
+    private readonly cfg: HakoConfig,
+    private readonly log: Logger,
+    private readonly events: TaskEvents,
+  ) {}
+
+  get isEmpty(): boolean {
+    return this.containers.size === 0;
+  }
+
+  /** Host pid reported for every task: the VMM of its sandbox (as Kata does). */
+  private pidOf(c: ShimContainer): number {
+    return c.sandbox.vm?.pid ?? 0;
+  }
+
+  private container(id: string): ShimContainer {
+    const c = this.containers.get(id);
+    if (!c) throw notFound(id);
+    return c;
+  }
+
+  private process(id: string, execId: string): ShimProcess {
+    const c = this.container(id);
+    if (!execId) return c.init;
+    const p = c.execs.get(execId);
+    if (!p) throw notFound(execId, `exec process of ${id}:`);
+    return p;
+  }
+
+  async create(req: { id: string; bundle: string; rootfs: RootfsMount[]; stdio: StdioPaths }): Promise<number> {
+    const { id, bundle } = req;
+    if (this.containers.has(id)) throw new RuntimeError(Code.ALREADY_EXISTS, id, `task ${id} already exists`);
+    const mounted = await mountRootfs(id, bundle, req.rootfs);
+    let sandbox: Sandbox | undefined;
+    let owns = false;
+    let io: ProcessIO | undefined;
+    try {
+      const b = loadBundle(id, bundle);
+      const sid = b.spec.annotations?.[SANDBOX_ID_ANNOTATION];
+      sandbox = sid && sid !== id ? this.sandboxes.get(sid) : undefined;
+      if (!sandbox) {
+        owns = true;
+        sandbox = await this.bootSandbox(id, bundle);
+      }
+      io = openProcessIO(id, req.stdio);
+      if (req.stdio.terminal) b.spec.process = { ...b.spec.process, terminal: true };
+      await sandbox.createContainer(id, b, req.stdio.terminal);
+      const init = new ShimProcess(id, "", req.stdio);
+      init.io = io;
+      const c = new ShimContainer(id, bundle, sandbox, owns, init);
+      this.containers.set(id, c);
+      this.watchSandbox(sandbox);
+      const pid = this.pidOf(c);
+      this.events.create({ containerId: id, bundle, rootfs: req.rootfs, io: req.stdio, pid });
+      return pid;
+    } catch (err) {
+      io?.close();
+      if (owns && sandbox) {
+        await sandbox.destroy().catch(() => undefined);
+        this.sandboxes.delete(id);
+      } else if (sandbox) await sandbox.removeContainer(id).catch(() => undefined);
+      if (mounted) await unmountRootfs(id, bundle).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async bootSandbox(id: string, bundle: string): Promise<Sandbox> {
+    const probe = await chooseAccel(this.cfg, this.log);
+    const sb = new Sandbox(id, { config: this.cfg, hypervisor: createHypervisor(this.cfg, this.log), accel: probe.accel, logger: this.log.child({ sandbox: id }), bundle });
+    sb.claim();
+    this.sandboxes.set(id, sb);
+    try {
+      await sb.start();
+    } catch (err) {
+      this.sandboxes.delete(id);
+      await sb.destroy().catch(() => undefined);
+      throw err;
+    }
+    return sb;
+  }
+
+  /** When the VM dies under us, every task in it has exited. */
+  private watchSandbox(sb: Sandbox): void {
+    const vm = sb.vm;
+    if (!vm || this.watched.has(sb)) return;
+    this.watched.add(sb);
+    void vm.exited.then((e) => {
+      const status = e.signal ? 128 + 9 : e.code && e.code > 0 ? e.code : 255;
+      for (const c of this.containers.values()) {
+        if (c.sandbox !== sb) continue;
+        for (const p of [c.init, ...c.execs.values()]) void this.finish(c, p, status);
+      }
+    });
+  }
+
+  private async finish(c: ShimContainer, p: ShimProcess, status: number, drain?: Promise<unknown>): Promise<void> {
+    if (p.status === "stopped") return;
+    if (drain) await Promise.race([drain, new Promise((r) => setTimeout(r, 5000).unref())]);
+    p.stopInput?.();
+    if (!p.markExited(status)) return;
+    if (p.io) await endOutputs(p.io);
+    this.events.exit({ containerId: c.id, id: p.execId || c.id, pid: this.pidOf(c), exitStatus: p.exitStatus, exitedAt: p.exitedAt! });
+  }
+
+  private startIO(c: ShimContainer, p: ShimProcess): Promise<unknown> {
+    const agent = c.sandbox.requireAgent().agent;
+    const io = p.io;
+    const out = [
+      pumpOutput(agent, "stdout", c.id, p.execId, io?.stdout).catch(() => undefined),
+      pumpOutput(agent, "stderr", c.id, p.execId, io?.stderr).catch(() => undefined),
+    ];
+    if (io?.stdin) p.stopInput = pumpInput(agent, c.id, p.execId, io.stdin);
+    else if (!p.stdio.terminal) void agent.closeStdin({ containerId: c.id, execId: p.execId }).catch(() => undefined);
+    return Promise.all(out);
+  }
+
+  async start(id: string, execId: string): Promise<number> {
+    const c = this.container(id);
+    const p = this.process(id, execId);
+    if (p.status !== "created") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `${execId || id} is ${p.status}, not created`);
+    const agent = c.sandbox.requireAgent().agent;
+    if (execId) await agent.execProcess({ containerId: id, execId, processJson: p.processJson, terminal: p.stdio.terminal });
+    else await c.sandbox.startContainer(id);
+    p.status = "running";
+    const drain = this.startIO(c, p);
+    void agent
+      .waitProcess({ containerId: id, execId })
+      .then((w) => this.finish(c, p, w.status, drain))
+      .catch((err: unknown) => this.log.debug({ err, container: id, execId }, "WaitProcess ended"));
+    const pid = this.pidOf(c);
+    if (execId) this.events.execStarted({ containerId: id, execId, pid });
+    else this.events.start({ containerId: id, pid });
+    return pid;
+  }
+
+  state(id: string, execId: string): { pid: number; status: TaskStatus; bundle: string; stdio: StdioPaths; exitStatus: number; exitedAt: Date | undefined } {
+    const c = this.container(id);
+    const p = this.process(id, execId);
+    return { pid: this.pidOf(c), status: p.status, bundle: c.bundle, stdio: p.stdio, exitStatus: p.exitStatus, exitedAt: p.exitedAt };
+  }
+
+  async kill(id: string, execId: string, signal: number, all: boolean): Promise<void> {
+    const c = this.container(id);
+    const p = this.process(id, execId);
+    if (p.status === "stopped") throw new RuntimeError(Code.NOT_FOUND, id, `process ${execId || id} has already exited`);
+    if (p.status === "created") {
+      // Never started: nothing runs in the guest yet; it simply ends.
+      await this.finish(c, p, 128 + signal);
+      return;
+    }
+    await c.sandbox.requireAgent().agent.signalProcess({ containerId: id, execId, signal, all });
+  }
+
+  exec(id: string, execId: string, stdio: StdioPaths, processJson: string): void {
+    const c = this.container(id);
+    if (c.execs.has(execId)) throw new RuntimeError(Code.ALREADY_EXISTS, id, `exec ${execId} already exists in ${id}`);
+    if (c.init.status !== "running") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `container ${id} is not running`);
+    const p = new ShimProcess(id, execId, stdio, processJson);
+    p.io = openProcessIO(`${id}/${execId}`, stdio);
+    c.execs.set(execId, p);
+    this.events.execAdded({ containerId: id, execId });
+  }
+
+  async wait(id: string, execId: string): Promise<{ exitStatus: number; exitedAt: Date }> {
+    const p = this.process(id, execId);
+    await p.exited;
+    return { exitStatus: p.exitStatus, exitedAt: p.exitedAt! };
+  }
+
+  async delete(id: string, execId: string): Promise<{ pid: number; exitStatus: number; exitedAt: Date }> {
+    const c = this.container(id);
+    const p = this.process(id, execId);
+    if (p.status !== "stopped" && p.status !== "created")
+      throw new RuntimeError(Code.FAILED_PRECONDITION, id, `${execId || id} is ${p.status}: kill it before deleting`);
+    if (p.status === "created") await this.finish(c, p, 0);
+    const res = { pid: this.pidOf(c), exitStatus: p.exitStatus, exitedAt: p.exitedAt ?? new Date() };
+    if (execId) {
+      c.execs.delete(execId);
+      return res;
+    }
+    for (const e of c.execs.values()) e.io?.close();
+    this.containers.delete(id);
+    if (c.ownsSandbox) {
+      await c.sandbox.destroy();
+      this.sandboxes.delete(c.sandbox.id);
+    } else await c.sandbox.removeContainer(id);
+    await unmountRootfs(id, c.bundle);
+    this.events.delete({ containerId: id, id, pid: res.pid, exitStatus: res.exitStatus, exitedAt: res.exitedAt });
+    return res;
+  }
+
+  async pids(id: string): Promise<number[]> {
+    const c = this.container(id);
+    if (c.init.status === "stopped" || c.init.status === "created") return [];
+    const st = await c.sandbox.requireAgent().agent.statsContainer({ containerId: id });
+    return st.processIds;
+  }
+
+  async pause(id: string): Promise<void> {
+    const c = this.container(id);
+    if (c.init.status !== "running") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `container ${id} is ${c.init.status}, not running`);
+    await c.sandbox.requireAgent().agent.pauseContainer({ containerId: id });
+    c.init.status = "paused";
+    this.events.paused(id);
+  }
+
+  async resume(id: string): Promise<void> {
+    const c = this.container(id);
+    if (c.init.status !== "paused") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `container ${id} is ${c.init.status}, not paused`);
+    await c.sandbox.requireAgent().agent.resumeContainer({ containerId: id });
+    c.init.status = "running";
+    this.events.resumed(id);
+  }
+
+  async resizePty(id: string, execId: string, width: number, height: number): Promise<void> {
+    const c = this.container(id);
+    this.process(id, execId);
+    await c.sandbox.requireAgent().agent.ttyWinResize({ containerId: id, execId, column: width, row: height });
+  }
+
+  async closeIO(id: string, execId: string, stdin: boolean): Promise<void> {
+    const c = this.container(id);
+    const p = this.process(id, execId);
+    if (!stdin) return;
+    p.stopInput?.();
+    p.io?.stdin?.destroy();
+    await c.sandbox.requireAgent().agent.closeStdin({ containerId: id, execId });
+  }
+
+  async stats(id: string): Promise<CgroupStatsLike> {
+    const c = this.container(id);
+    return c.sandbox.requireAgent().agent.statsContainer({ containerId: id });
+  }
+
+  connectInfo(id: string): { taskPid: number } {
+    return { taskPid: this.pidOf(this.container(id)) };
+  }
+
+  /** Tears everything down (shim shutdown or signal). */
+  async destroyAll(): Promise<void> {
+    for (const c of this.containers.values()) {
+      for (const p of [c.init, ...c.execs.values()]) p.io?.close();
+      await unmountRootfs(c.id, c.bundle).catch(() => undefined);
+    }
+    this.containers.clear();
+    for (const sb of this.sandboxes.values()) await sb.destroy().catch(() => undefined);
+    this.sandboxes.clear();
+  }
+}

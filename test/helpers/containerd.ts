@@ -1,0 +1,349 @@
+// A private containerd (Debian's 1.6.20) for integration tests: its own root,
+// state, sockets and opt dir in a fresh temp dir; our build/bin first on its
+// PATH so `--runtime io.containerd.hako.v2` finds containerd-shim-hako-v2.
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { BUSYBOX_REF, busyboxImageTar } from "./oci-image.js";
+
+export const REPO = resolve(import.meta.dirname, "..", "..");
+export const CONTAINERD_TMP_PREFIX = "hako-test-containerd-";
+const CONTAINERD_BIN = "containerd";
+const CTR_BIN = "ctr";
+const RUNC_STATE_ROOT = "/run/containerd/runc";
+/** Keep at most this much daemon output (the tail) for logs(). */
+const LOG_LIMIT = 8 * 1024 * 1024;
+
+export interface CtrResult {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: Buffer;
+  stderr: string;
+}
+
+export interface CtrOptions {
+  input?: Buffer | string;
+  timeoutMs?: number;
+}
+
+export interface StartContainerdOptions {
+  /** Namespace ctr() and ctrSpawn() use; default "default" (ctr's own default). */
+  namespace?: string;
+  /** Extra environment for containerd (and so for the shims it starts). */
+  env?: Record<string, string>;
+}
+
+export interface Containerd {
+  /** The temp dir holding everything below. */
+  dir: string;
+  root: string;
+  state: string;
+  /** gRPC socket path (no unix:// prefix). */
+  address: string;
+  ttrpcAddress: string;
+  namespace: string;
+  configPath: string;
+  /** PID of the running containerd (changes on restart()). */
+  pid(): number | undefined;
+  ctr(args: string[], opts?: CtrOptions): Promise<CtrResult>;
+  ctrSpawn(args: string[]): ChildProcess;
+  restart(): Promise<void>;
+  stop(): Promise<void>;
+  logs(): string;
+}
+
+function tomlString(s: string): string {
+  return JSON.stringify(s);
+}
+
+function configToml(p: { root: string; state: string; address: string; ttrpcAddress: string; opt: string }): string {
+  return [
+    "version = 2",
+    `root = ${tomlString(p.root)}`,
+    `state = ${tomlString(p.state)}`,
+    // CRI comes later; the other snapshotters only log init errors on this host.
+    'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]',
+    "",
+    "[grpc]",
+    `  address = ${tomlString(p.address)}`,
+    "",
+    "[ttrpc]",
+    `  address = ${tomlString(p.ttrpcAddress)}`,
+    "",
+    "[debug]",
+    '  level = "info"',
+    "",
+    '[plugins."io.containerd.internal.v1.opt"]',
+    `  path = ${tomlString(p.opt)}`,
+    "",
+  ].join("\n");
+}
+
+function daemonEnv(extra: Record<string, string> | undefined): NodeJS.ProcessEnv {
+  const path = [join(REPO, "build", "bin"), ...(process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").split(":")];
+  // A `#!/usr/bin/env node` shim needs this node on containerd's PATH.
+  const nodeDir = dirname(process.execPath);
+  if (!path.includes(nodeDir)) path.push(nodeDir);
+  const env: NodeJS.ProcessEnv = { PATH: path.join(":") };
+  if (process.env.HAKO_CONFIG) env.HAKO_CONFIG = process.env.HAKO_CONFIG;
+  return { ...env, ...extra };
+}
+
+function unescapeMountPath(p: string): string {
+  return p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** Mount points at or below `dir`, deepest first. */
+export function mountsUnder(dir: string): string[] {
+  const prefix = dir.endsWith("/") ? dir : `${dir}/`;
+  return readFileSync("/proc/self/mountinfo", "utf8")
+    .split("\n")
+    .map((l) => unescapeMountPath(l.split(" ")[4] ?? ""))
+    .filter((m) => m === dir || m.startsWith(prefix))
+    .sort((a, b) => b.split("/").length - a.split("/").length || b.length - a.length);
+}
+
+/** PIDs of processes whose command line contains `needle`. */
+export function pidsMatching(needle: string): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync("/proc")) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${e}/cmdline`, "utf8").split("\0").includes(needle)) out.push(Number(e));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function runCtr(address: string, namespace: string, args: string[], opts: CtrOptions = {}): Promise<CtrResult> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(CTR_BIN, ["--address", address, "--namespace", namespace, ...args], { stdio: ["pipe", "pipe", "pipe"] });
+    const out: Buffer[] = [];
+    let err = "";
+    child.stdout.on("data", (d: Buffer) => out.push(d));
+    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`ctr ${args.join(" ")} timed out after ${opts.timeoutMs ?? 60_000} ms; stderr: ${err}`));
+    }, opts.timeoutMs ?? 60_000);
+    child.on("error", (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on("close", (status, signal) => {
+      clearTimeout(timer);
+      resolvePromise({ status, signal, stdout: Buffer.concat(out), stderr: err });
+    });
+    child.stdin.on("error", () => undefined);
+    if (opts.input !== undefined) child.stdin.end(opts.input);
+    else child.stdin.end();
+  });
+}
+
+/** Starts a private containerd and waits until `ctr version` answers. */
+export async function startContainerd(opts: StartContainerdOptions = {}): Promise<Containerd> {
+  const namespace = opts.namespace ?? "default";
+  const dir = mkdtempSync(join(tmpdir(), CONTAINERD_TMP_PREFIX));
+  const root = join(dir, "root");
+  const state = join(dir, "state");
+  const opt = join(dir, "opt");
+  const address = join(dir, "c.sock");
+  const ttrpcAddress = join(dir, "c.sock.ttrpc");
+  const configPath = join(dir, "config.toml");
+  for (const d of [root, state, opt]) mkdirSync(d, { mode: 0o711 });
+  writeFileSync(configPath, configToml({ root, state, address, ttrpcAddress, opt }));
+  const env = daemonEnv(opts.env);
+  // runc (via containerd-shim-runc-v2) keeps container state in the FIXED dir
+  // /run/containerd/runc/<namespace>; remove it at stop() only if we made it and it is empty.
+  const runcNsDir = join(RUNC_STATE_ROOT, namespace);
+  const runcNsDirExisted = existsSync(runcNsDir);
+
+  const log: Buffer[] = [];
+  let logBytes = 0;
+  const appendLog = (b: Buffer): void => {
+    log.push(b);
+    logBytes += b.length;
+    while (logBytes > LOG_LIMIT && log.length > 1) logBytes -= log.shift()!.length;
+  };
+  const note = (s: string): void => appendLog(Buffer.from(`[harness] ${s}\n`));
+
+  let proc: ChildProcess | undefined;
+  let exited: Promise<void> = Promise.resolve();
+  let stopped = false;
+  const onExit = (): void => {
+    // Test process is going away without stop(): do not leave a daemon behind.
+    if (proc?.pid !== undefined && proc.exitCode === null && proc.signalCode === null) {
+      try {
+        process.kill(proc.pid, "SIGKILL");
+      } catch {
+        /* gone */
+      }
+    }
+  };
+  process.on("exit", onExit);
+
+  const ctr = (args: string[], o?: CtrOptions): Promise<CtrResult> => runCtr(address, namespace, args, o);
+
+  const launch = async (): Promise<void> => {
+    const t0 = Date.now();
+    const child = spawn(CONTAINERD_BIN, ["--config", configPath], { env, cwd: dir, stdio: ["ignore", "pipe", "pipe"] });
+    proc = child;
+    let spawnError: Error | undefined;
+    child.on("error", (e) => (spawnError = e));
+    child.stdout!.on("data", appendLog);
+    child.stderr!.on("data", appendLog);
+    exited = new Promise((r) => child.once("exit", (code, sig) => (note(`containerd ${child.pid} exited: ${code ?? sig}`), r())));
+    // Let a forgotten stop() not hang the test runner (the exit hook kills it).
+    child.unref();
+    (child.stdout as unknown as { unref?: () => void }).unref?.();
+    (child.stderr as unknown as { unref?: () => void }).unref?.();
+    const deadline = Date.now() + 30_000;
+    let last = "";
+    for (;;) {
+      if (spawnError) throw new Error(`cannot start containerd: ${spawnError.message}`);
+      if (child.exitCode !== null || child.signalCode !== null) {
+        throw new Error(`containerd exited during startup (${child.exitCode ?? child.signalCode}):\n${Buffer.concat(log).toString()}`);
+      }
+      if (existsSync(address)) {
+        const r = await runCtr(address, namespace, ["version"], { timeoutMs: 5_000 }).catch((e: Error) => ({ status: -1, stderr: e.message }));
+        if (r.status === 0) break;
+        last = r.stderr;
+      }
+      if (Date.now() > deadline) {
+        throw new Error(`containerd not ready after 30 s (last ctr version: ${last}):\n${Buffer.concat(log).toString()}`);
+      }
+      await sleep(20);
+    }
+    note(`containerd ${child.pid} ready in ${Date.now() - t0} ms`);
+  };
+
+  const terminate = async (): Promise<void> => {
+    const child = proc;
+    if (!child?.pid || child.exitCode !== null || child.signalCode !== null) return;
+    child.kill("SIGTERM");
+    const timeout = new AbortController();
+    const done = await Promise.race([
+      exited.then(() => true),
+      sleep(10_000, false, { signal: timeout.signal }).catch(() => true),
+    ]);
+    timeout.abort();
+    if (!done) {
+      note(`containerd ${child.pid} ignored SIGTERM for 10 s: SIGKILL`);
+      child.kill("SIGKILL");
+      await exited;
+    }
+  };
+
+  /** Kills and deletes every task and container in every namespace. */
+  const removeAllContainers = async (): Promise<void> => {
+    const nsList = await runCtr(address, namespace, ["namespaces", "ls", "-q"], { timeoutMs: 15_000 });
+    const namespaces = new Set([namespace, ...nsList.stdout.toString().split("\n").filter(Boolean)]);
+    for (const ns of namespaces) {
+      const run = (args: string[]): Promise<CtrResult> =>
+        runCtr(address, ns, args, { timeoutMs: 30_000 }).catch((e: Error) => ({ status: -1, signal: null, stdout: Buffer.alloc(0), stderr: e.message }));
+      const ls = await run(["containers", "ls", "-q"]);
+      const ids = ls.stdout.toString().split("\n").filter(Boolean);
+      await Promise.all(
+        ids.map(async (id) => {
+          await run(["tasks", "kill", "-s", "KILL", id]);
+          const del = await run(["tasks", "delete", "-f", id]);
+          if (del.status !== 0 && !/not found/i.test(del.stderr)) note(`ctr -n ${ns} tasks delete -f ${id}: ${del.stderr.trim()}`);
+          const cdel = await run(["containers", "delete", id]);
+          if (cdel.status !== 0) note(`ctr -n ${ns} containers delete ${id}: ${cdel.stderr.trim()}`);
+        }),
+      );
+    }
+  };
+
+  const unmountAll = (): void => {
+    for (const m of mountsUnder(dir)) {
+      if (spawnSync("umount", [m], { stdio: "ignore" }).status !== 0) {
+        note(`umount ${m} failed: lazy unmount`);
+        spawnSync("umount", ["-l", m], { stdio: "ignore" });
+      }
+    }
+  };
+
+  const c: Containerd = {
+    dir,
+    root,
+    state,
+    address,
+    ttrpcAddress,
+    namespace,
+    configPath,
+    pid: () => proc?.pid,
+    ctr,
+    ctrSpawn: (args: string[]) => spawn(CTR_BIN, ["--address", address, "--namespace", namespace, ...args], { stdio: ["pipe", "pipe", "pipe"] }),
+    restart: async () => {
+      if (stopped) throw new Error("containerd harness already stopped");
+      await terminate();
+      await launch();
+    },
+    stop: async () => {
+      if (stopped) return;
+      stopped = true;
+      try {
+        if (proc && proc.exitCode === null && proc.signalCode === null) {
+          await removeAllContainers().catch((e: Error) => note(`cleanup: ${e.message}`));
+        }
+        await terminate();
+        // Shims serving our daemon (started with `-address <our socket>`): normally
+        // gone after their tasks were deleted; kill stragglers by PID.
+        for (const pid of pidsMatching(address)) {
+          note(`killing leftover shim ${pid}`);
+          try {
+            process.kill(pid, "SIGKILL");
+          } catch {
+            /* gone */
+          }
+        }
+        for (let i = 0; i < 100 && pidsMatching(address).some(alive); i++) await sleep(20);
+        unmountAll();
+        rmSync(dir, { recursive: true, force: true });
+        if (!runcNsDirExisted) {
+          try {
+            rmdirSync(runcNsDir);
+          } catch {
+            /* absent, or in use by another containerd */
+          }
+        }
+      } finally {
+        process.off("exit", onExit);
+      }
+    },
+    logs: () => Buffer.concat(log).toString(),
+  };
+
+  try {
+    await launch();
+  } catch (e) {
+    await c.stop().catch(() => undefined);
+    throw e;
+  }
+  return c;
+}
+
+/** Imports the (cached, locally built) busybox image into `c`'s namespace; returns its ref. */
+export async function importBusybox(c: Containerd): Promise<string> {
+  const tar = await busyboxImageTar(BUSYBOX_REF);
+  const r = await c.ctr(["images", "import", tar], { timeoutMs: 120_000 });
+  if (r.status !== 0) throw new Error(`ctr images import ${tar} failed (${r.status}): ${r.stderr}\n${r.stdout.toString()}`);
+  const ls = await c.ctr(["images", "ls", "-q"]);
+  const refs = ls.stdout.toString().split("\n").filter(Boolean);
+  if (!refs.includes(BUSYBOX_REF)) throw new Error(`image ${BUSYBOX_REF} missing after import; have: ${refs.join(", ")}; import said: ${r.stdout.toString()}`);
+  return BUSYBOX_REF;
+}
