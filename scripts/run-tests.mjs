@@ -15,7 +15,8 @@ const integration = only.length ? only.filter((f) => !f.includes("/unit/")) : fi
 let failed = false;
 const run = (list, concurrency) => {
   if (list.length === 0) return;
-  const r = spawnSync(process.execPath, ["--import", "tsx", "--test", "--test-reporter=spec", `--test-concurrency=${concurrency}`, ...list], {
+  // A hung test fails after 5 minutes instead of hanging CI.
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--test", "--test-reporter=spec", `--test-concurrency=${concurrency}`, "--test-timeout=300000", ...list], {
     cwd: root,
     stdio: "inherit",
     env: { ...process.env, HAKO_TEST_STATE_DIR: process.env.HAKO_TEST_STATE_DIR ?? "/run/hako-test" },

@@ -1,9 +1,11 @@
 // Developer tool: private containerd + busybox image, then ctr with the hako runtime.
+import { createRequire } from "node:module";
+const require = createRequire(import.meta.url);
 import { startContainerd, importBusybox } from "../../test/helpers/containerd.js";
 import { ensureTestConfig } from "../../test/helpers/hako.js";
 
 const args = process.argv.slice(2);
-const c = await startContainerd({ env: { HAKO_CONFIG: ensureTestConfig() } });
+const c = await startContainerd({ env: { HAKO_CONFIG: process.env.HAKO_CONFIG ?? ensureTestConfig() } });
 try {
   const ref = await importBusybox(c);
   const t0 = Date.now();
@@ -12,6 +14,8 @@ try {
   console.log("stdout", JSON.stringify(r.stdout.toString()));
   console.log("stderr", r.stderr);
 } finally {
-  console.log(c.logs().split("\n").filter((l) => /error|warn|hako/i.test(l)).slice(-30).join("\n"));
+  await new Promise((r) => setTimeout(r, 3000));
+  console.log(c.logs().split("\n").slice(-40).join("\n"));
+  console.log(require("node:child_process").execSync("pgrep -af qemu-system || true").toString());
   await c.stop();
 }

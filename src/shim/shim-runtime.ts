@@ -16,6 +16,9 @@ import { endOutputs, openProcessIO, type ProcessIO } from "./stdio.js";
 
 export const SANDBOX_ID_ANNOTATION = "io.kubernetes.cri.sandbox-id";
 
+/** Exit status reported for a process that failed to start. */
+export const FAILED_START_STATUS = 255;
+
 export type TaskStatus = "created" | "running" | "paused" | "stopped";
 
 export interface StdioPaths {
@@ -205,8 +208,13 @@ export class ShimRuntime {
     const p = this.process(id, execId);
     if (p.status !== "created") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `${execId || id} is ${p.status}, not created`);
     const agent = c.sandbox.requireAgent().agent;
-    if (execId) await agent.execProcess({ containerId: id, execId, processJson: p.processJson, terminal: p.stdio.terminal });
-    else await c.sandbox.startContainer(id);
+    try {
+      if (execId) await agent.execProcess({ containerId: id, execId, processJson: p.processJson, terminal: p.stdio.terminal });
+      else await c.sandbox.startContainer(id);
+    } catch (err) {
+      await this.failStart(c, p);
+      throw err;
+    }
     p.status = "running";
     const drain = this.startIO(c, p);
     void agent
@@ -217,6 +225,20 @@ export class ShimRuntime {
     if (execId) this.events.execStarted({ containerId: id, execId, pid });
     else this.events.start({ containerId: id, pid });
     return pid;
+  }
+
+  /**
+   * A process that could not start is STOPPED (status 255), so containerd can
+   * delete it; a container's own VM is stopped at once rather than left idle.
+   */
+  private async failStart(c: ShimContainer, p: ShimProcess): Promise<void> {
+    if (!p.markExited(FAILED_START_STATUS)) return;
+    if (p.io) await endOutputs(p.io);
+    if (!p.execId) {
+      if (c.ownsSandbox) await c.sandbox.destroy().catch((err: unknown) => this.log.warn({ err }, "sandbox teardown failed"));
+      else await c.sandbox.removeContainer(c.id).catch(() => undefined);
+    }
+    this.events.exit({ containerId: c.id, id: p.execId || c.id, pid: this.pidOf(c), exitStatus: p.exitStatus, exitedAt: p.exitedAt! });
   }
 
   state(id: string, execId: string): { pid: number; status: TaskStatus; bundle: string; stdio: StdioPaths; exitStatus: number; exitedAt: Date | undefined } {
