@@ -3,21 +3,36 @@
 //
 //   node --import tsx bench/run.ts [--runs N] [--quick] [--warmup N]
 //        [--kernels generic,minimal] [--accel auto|tcg|kvm] [--state-dir DIR]
+//        [--sections boot,containerd]
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { cpus, loadavg } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import type { Accel } from "../src/runtime/config.js";
+import { CONTAINERD_TMP_PREFIX } from "../test/helpers/containerd.js";
 import { killAll } from "./lib/children.js";
+import { containerdBaseline, containerdLeaks, runContainerdSection, type ContainerdSamples } from "./lib/containerd.js";
 import { KERNELS, setupEnv, teardownEnv, type BenchEnv, type KernelName } from "./lib/env.js";
 import { describeLeaks, findLeaks, hasLeaks, removeEmptyStateDir } from "./lib/leaks.js";
 import { measureCliStartup, measureFloor, measureHakoRun, measureSandbox } from "./lib/measure.js";
-import { comparisonTable, emptySamples, kernelTable, resultJson, summarizeKernel, type KernelSamples } from "./lib/report.js";
+import {
+  comparisonTable,
+  containerdTable,
+  emptySamples,
+  kernelTable,
+  resultJson,
+  summarizeContainerd,
+  summarizeKernel,
+  type KernelSamples,
+} from "./lib/report.js";
 
 const RESULTS_DIR = resolve(import.meta.dirname, "results");
 const MIN_RUNS = 5;
+const SECTIONS = ["boot", "containerd"] as const;
+/** The containerd section runs with this kernel only. */
+const CONTAINERD_KERNEL: KernelName = "generic";
 
 const { values: opts } = parseArgs({
   options: {
@@ -27,6 +42,7 @@ const { values: opts } = parseArgs({
     kernels: { type: "string", default: KERNELS.join(",") },
     accel: { type: "string", default: "auto" },
     "state-dir": { type: "string", default: "/run/hako-bench" },
+    sections: { type: "string", default: SECTIONS.join(",") },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -34,7 +50,8 @@ const { values: opts } = parseArgs({
 if (opts.help) {
   process.stdout.write(
     "usage: node --import tsx bench/run.ts [--runs N (≥5, default 5)] [--quick (N=5)] [--warmup N (default 1)]\n" +
-      "       [--kernels generic,minimal] [--accel auto|tcg|kvm] [--state-dir /run/hako-bench]\n",
+      "       [--kernels generic,minimal] [--accel auto|tcg|kvm] [--state-dir /run/hako-bench]\n" +
+      "       [--sections boot,containerd] (boot: floor/hako run/sandbox per kernel; containerd: ctr run hako vs runc, generic kernel)\n",
   );
   process.exit(0);
 }
@@ -50,6 +67,14 @@ const warmup = Number(opts.warmup);
 if (!Number.isInteger(warmup) || warmup < 0) fail("--warmup must be an integer ≥ 0");
 const kernels = opts.kernels.split(",").filter((k) => k !== "") as KernelName[];
 for (const k of kernels) if (!KERNELS.includes(k)) fail(`unknown kernel ${k} (known: ${KERNELS.join(", ")})`);
+const sections = new Set(opts.sections.split(",").filter((x) => x !== ""));
+for (const x of sections) if (!(SECTIONS as readonly string[]).includes(x)) fail(`unknown section ${x} (known: ${SECTIONS.join(", ")})`);
+if (sections.size === 0) fail("--sections: nothing to run");
+const doBoot = sections.has("boot");
+const doContainerd = sections.has("containerd");
+// The environment (configs, probe) covers the boot section's kernels plus the generic one for containerd.
+const envKernels = KERNELS.filter((k) => (doBoot && kernels.includes(k)) || (doContainerd && k === CONTAINERD_KERNEL));
+if (envKernels.length === 0) fail("--kernels: nothing to run");
 const accel = opts.accel as Accel;
 if (!["auto", "tcg", "kvm"].includes(accel)) fail("--accel must be auto, tcg or kvm");
 const stateDir = resolve(opts["state-dir"]);
@@ -72,6 +97,7 @@ function log(msg: string): void {
 const t0 = performance.now();
 const startedAt = new Date();
 const loadBefore = loadavg();
+const ctrdBaseline = containerdBaseline(tmpdir(), CONTAINERD_TMP_PREFIX);
 let env: BenchEnv | undefined;
 let interrupted = false;
 
@@ -92,14 +118,16 @@ for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
 
 let exitCode = 0;
 try {
-  env = await setupEnv(kernels, stateDir, accel);
+  env = await setupEnv(envKernels, stateDir, accel);
   for (const k of env.kernels) log(`bench: kernel ${k.kernel}: accel ${k.probe.accel} (${k.probe.reason})`);
-  log(`bench: ${runs} runs + ${warmup} warm-up per kernel; each iteration: floor, hako run, in-process sandbox, hako --version`);
+  const bootKernels = doBoot ? env.kernels.filter((k) => kernels.includes(k.kernel)) : [];
+  log(`bench: sections: ${[...sections].join(", ")}`);
+  if (doBoot) log(`bench: ${runs} runs + ${warmup} warm-up per kernel; each iteration: floor, hako run, in-process sandbox, hako --version`);
 
-  const samples = new Map<KernelName, KernelSamples>(env.kernels.map((k) => [k.kernel, emptySamples()]));
+  const samples = new Map<KernelName, KernelSamples>(bootKernels.map((k) => [k.kernel, emptySamples()]));
   let seq = 0;
-  for (let i = -warmup; i < runs && !interrupted; i++) {
-    for (const k of env.kernels) {
+  for (let i = -warmup; doBoot && i < runs && !interrupted; i++) {
+    for (const k of bootKernels) {
       const tag = i < 0 ? `warm-up ${i + warmup + 1}/${warmup}` : `run ${i + 1}/${runs}`;
       const id = `bench-${process.pid}-${seq++}`;
       const floor = await measureFloor(k);
@@ -119,17 +147,37 @@ try {
     }
   }
   if (interrupted) throw new Error("interrupted");
+  const bootMs = performance.now() - t0;
 
-  const results = env.kernels.map((k) => summarizeKernel(k, samples.get(k.kernel)!));
+  let ctrdSamples: ContainerdSamples | undefined;
+  let ctrdMs = 0;
+  if (doContainerd) {
+    const tc = performance.now();
+    const k = env.kernels.find((x) => x.kernel === CONTAINERD_KERNEL)!;
+    ctrdSamples = await runContainerdSection(k, stateDir, runs, warmup, log, () => interrupted);
+    ctrdMs = performance.now() - tc;
+    if (interrupted) throw new Error("interrupted");
+  }
+
+  const results = bootKernels.map((k) => summarizeKernel(k, samples.get(k.kernel)!));
+  const ctrd = ctrdSamples ? summarizeContainerd(ctrdSamples) : undefined;
   const durationMs = performance.now() - t0;
-  const out = [...results.map(kernelTable), ...(results.length > 1 ? [comparisonTable(results)] : [])].join("\n\n");
-  process.stdout.write(`\n${out}\n\nwhole benchmark: ${(durationMs / 1000).toFixed(1)} s\n`);
+  const hakoRun = results.find((r) => r.kernel === CONTAINERD_KERNEL)?.summaries.run?.median;
+  const out = [
+    ...results.map(kernelTable),
+    ...(results.length > 1 ? [comparisonTable(results)] : []),
+    ...(ctrd ? [containerdTable(ctrd, hakoRun)] : []),
+  ].join("\n\n");
+  const split = ctrd ? ` (setup + boot section ${(bootMs / 1000).toFixed(1)} s, containerd section ${(ctrdMs / 1000).toFixed(1)} s)` : "";
+  process.stdout.write(`\n${out}\n\nwhole benchmark: ${(durationMs / 1000).toFixed(1)} s${split}\n`);
 
   const meta = {
     startedAt: startedAt.toISOString(),
     durationMs: Math.round(durationMs),
     runs,
     warmup,
+    sections: [...sections],
+    sectionMs: { setupAndBoot: Math.round(bootMs), containerd: Math.round(ctrdMs) },
     host: {
       cpu: cpus()[0]?.model ?? "",
       cpus: cpus().length,
@@ -144,7 +192,7 @@ try {
   mkdirSync(RESULTS_DIR, { recursive: true });
   const ignore = join(RESULTS_DIR, ".gitignore");
   if (!existsSync(ignore) || !readFileSync(ignore, "utf8").includes("!.gitignore")) writeFileSync(ignore, "*\n!.gitignore\n");
-  const doc = JSON.stringify(resultJson(meta, results), null, 2) + "\n";
+  const doc = JSON.stringify(resultJson(meta, results, ctrd), null, 2) + "\n";
   const file = join(RESULTS_DIR, `run-${startedAt.toISOString().replace(/[:.]/g, "-")}.json`);
   writeFileSync(file, doc);
   writeFileSync(join(RESULTS_DIR, "latest.json"), doc);
@@ -154,12 +202,13 @@ try {
   exitCode = 1;
 } finally {
   await cleanup();
-  const leaks = findLeaks(stateDir, env ? [env.tmpDir, env.bundleDir] : []);
+  const cl = containerdLeaks(ctrdBaseline, tmpdir(), CONTAINERD_TMP_PREFIX);
+  const leaks = findLeaks(stateDir, [...(env ? [env.tmpDir, env.bundleDir] : []), ...cl.paths], cl.shims);
   if (hasLeaks(leaks)) {
     log(`bench: LEAKED after the benchmark:\n  ${describeLeaks(leaks)}`);
     exitCode = 3;
   } else {
-    log("bench: leak check: no QEMU, sandbox, mount or temp dir left behind");
+    log("bench: leak check: no QEMU, shim, sandbox, mount, containerd dir or temp dir left behind");
   }
 }
 process.exit(interrupted && exitCode !== 3 ? 130 : exitCode);

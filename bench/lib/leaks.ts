@@ -7,6 +7,8 @@ import { BENCH_TMP_PREFIX } from "./env.js";
 export interface LeakReport {
   processes: string[];
   qemu: string[];
+  /** containerd shims (hako or runc) serving the section's containerd, or orphaned since the start. */
+  shims: string[];
   sandboxes: string[];
   mounts: string[];
   paths: string[];
@@ -31,9 +33,10 @@ function qemuProcesses(needles: readonly string[]): string[] {
  * Looks for: live processes among those the benchmark started; any QEMU whose
  * command line names the bench state dir or temp dir; sandbox state dirs;
  * mounts under the state dir; the temp dir, the bundle dir and any other
- * hako-bench-* temp dir.
+ * hako-bench-* temp dir; plus `shims` (from containerdLeaks: the containerd
+ * section's dirs, sockets and strays come in `paths`).
  */
-export function findLeaks(stateDir: string, paths: readonly string[]): LeakReport {
+export function findLeaks(stateDir: string, paths: readonly string[], shims: readonly string[] = []): LeakReport {
   const processes = [...startedPids()].filter(([pid]) => alive(pid)).map(([pid, what]) => `${pid} (${what})`);
   const sbDir = `${stateDir}/sandboxes`;
   const sandboxes = existsSync(sbDir) ? readdirSync(sbDir).map((n) => `${sbDir}/${n}`) : [];
@@ -45,7 +48,7 @@ export function findLeaks(stateDir: string, paths: readonly string[]): LeakRepor
     .filter((n) => n.startsWith(BENCH_TMP_PREFIX))
     .map((n) => `${tmpdir()}/${n}`);
   const left = [...new Set([...paths.filter((p) => p !== "" && existsSync(p)), ...strays])];
-  return { processes, qemu: qemuProcesses([stateDir, ...paths.filter((p) => p !== "")]), sandboxes, mounts, paths: left };
+  return { processes, shims: [...shims], qemu: qemuProcesses([stateDir, ...paths.filter((p) => p !== "")]), sandboxes, mounts, paths: left };
 }
 
 export function describeLeaks(l: LeakReport): string {

@@ -1,4 +1,5 @@
 // Turns the raw samples into summaries, the printed tables and the JSON file.
+import type { ContainerdSamples } from "./containerd.js";
 import type { FloorSample, SandboxSample } from "./measure.js";
 import type { KernelEnv } from "./env.js";
 import { round, summarize, type Summary } from "./stats.js";
@@ -123,19 +124,87 @@ export function comparisonTable(results: readonly KernelResult[]): string {
   return lines.join("\n");
 }
 
+type Summaries = Record<string, Summary & { label: string; unit: string }>;
+
+export interface ContainerdResult {
+  containerdVersion: string;
+  kernel: string;
+  accel: string;
+  summaries: Summaries;
+  /** median(hako) / median(runc) of `ctr run --rm … /bin/true`. */
+  ratioOfMedians: number;
+  samples: ContainerdSamples;
+}
+
+export function summarizeContainerd(s: ContainerdSamples): ContainerdResult {
+  const n = Math.min(s.hako.length, s.runc.length);
+  const one = (x: number | undefined): number[] => (x === undefined ? [] : [x]);
+  const ms: Metric[] = [
+    { key: "ctr_run_hako", label: "ctr run --rm hako /bin/true (spawn → exit 0)", unit: "ms", values: s.hako },
+    { key: "ctr_run_runc", label: "ctr run --rm runc /bin/true (spawn → exit 0)", unit: "ms", values: s.runc },
+    { key: "ratio_hako_runc", label: "ratio hako / runc (paired)", unit: "x", values: [...Array(n).keys()].map((i) => s.hako[i]! / s.runc[i]!) },
+    { key: "ctr_start_hako", label: "ctr run -d hako sleep 600 → task RUNNING (1 run)", unit: "ms", values: one(s.mem?.startMs) },
+    { key: "shim_rss", label: "hako shim RSS, 1 container running", unit: "MiB", values: one(s.mem?.shimRssMiB) },
+    { key: "shim_pss", label: "hako shim PSS, 1 container running", unit: "MiB", values: one(s.mem?.shimPssMiB) },
+    { key: "qemu_rss", label: "its QEMU RSS", unit: "MiB", values: one(s.mem?.qemuRssMiB) },
+    { key: "qemu_pss", label: "its QEMU PSS", unit: "MiB", values: one(s.mem?.qemuPssMiB) },
+    { key: "runc_shim_rss", label: "runc shim RSS, 1 container running", unit: "MiB", values: one(s.runcMem?.shimRssMiB) },
+    { key: "runc_shim_pss", label: "runc shim PSS, 1 container running", unit: "MiB", values: one(s.runcMem?.shimPssMiB) },
+  ];
+  const summaries: Summaries = {};
+  for (const m of ms) summaries[m.key] = { ...summarize(m.values), label: m.label, unit: m.unit };
+  const ratioOfMedians = summaries.ctr_run_hako!.median / summaries.ctr_run_runc!.median;
+  return { containerdVersion: s.containerdVersion, kernel: s.kernel, accel: s.accel, summaries, ratioOfMedians, samples: s };
+}
+
+/** `hakoRunMs`: median `hako run /bin/true` of the same kernel from the boot section, when it ran. */
+export function containerdTable(r: ContainerdResult, hakoRunMs?: number): string {
+  const w = 52;
+  const hako = r.summaries.ctr_run_hako!.median;
+  const runc = r.summaries.ctr_run_runc!.median;
+  const lines = [
+    `== containerd ${r.containerdVersion} (ctr run, kernel ${r.kernel}, accel ${r.accel}), ${r.summaries.ctr_run_hako!.n} runs ==`,
+    `${pad("metric", w)}${pad("unit", 6)}${pad("median", 10, true)}${pad("min", 10, true)}${pad("max", 10, true)}`,
+    "-".repeat(w + 36),
+  ];
+  for (const s of Object.values(r.summaries)) {
+    lines.push(`${pad(s.label, w)}${pad(s.unit, 6)}${pad(fmt(s.median, s.unit), 10, true)}${pad(fmt(s.min, s.unit), 10, true)}${pad(fmt(s.max, s.unit), 10, true)}`);
+  }
+  lines.push("-".repeat(w + 36));
+  lines.push(`ctr run --rm /bin/true, medians: hako ${fmt(hako, "ms")} ms / runc ${fmt(runc, "ms")} ms = ${fmt(r.ratioOfMedians, "x")} (hako − runc = ${fmt(hako - runc, "ms")} ms)`);
+  if (hakoRunMs !== undefined) lines.push(`ctr run hako − hako run (boot section, same kernel) = ${fmt(hako - hakoRunMs, "ms")} ms`);
+  return lines.join("\n");
+}
+
+function roundSummaries(summaries: Summaries): Record<string, unknown> {
+  return Object.fromEntries(
+    Object.entries(summaries).map(([k, s]) => [k, { label: s.label, unit: s.unit, n: s.n, median: round(s.median, 3), min: round(s.min, 3), max: round(s.max, 3) }]),
+  );
+}
+
 /** The JSON document: summaries rounded, raw samples kept. */
-export function resultJson(meta: Record<string, unknown>, results: readonly KernelResult[]): unknown {
+export function resultJson(meta: Record<string, unknown>, results: readonly KernelResult[], ctrd?: ContainerdResult): unknown {
   return {
     ...meta,
+    ...(ctrd
+      ? {
+          containerd: {
+            containerdVersion: ctrd.containerdVersion,
+            kernel: ctrd.kernel,
+            accel: ctrd.accel,
+            ratioOfMedians: round(ctrd.ratioOfMedians, 3),
+            summary: roundSummaries(ctrd.summaries),
+            samples: ctrd.samples,
+          },
+        }
+      : {}),
     kernels: results.map((r) => ({
       kernel: r.kernel,
       release: r.release,
       accel: r.accel,
       accelReason: r.accelReason,
       target: { ...r.target, value: round(r.target.value, 3), floorMs: round(r.target.floorMs), agentStartMs: round(r.target.agentStartMs), runMs: round(r.target.runMs) },
-      summary: Object.fromEntries(
-        Object.entries(r.summaries).map(([k, s]) => [k, { label: s.label, unit: s.unit, n: s.n, median: round(s.median, 3), min: round(s.min, 3), max: round(s.max, 3) }]),
-      ),
+      summary: roundSummaries(r.summaries),
       samples: r.samples,
     })),
   };

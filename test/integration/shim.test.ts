@@ -2,7 +2,7 @@
 // tasks that run in VMs. Each test leaves no shim, QEMU, mount or state behind.
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as pty from "node-pty";
@@ -16,20 +16,46 @@ const RT = ["--runtime", "io.containerd.hako.v2"];
 const HOST_KERNEL = execFileSync("uname", ["-r"], { encoding: "utf8" }).trim();
 let c: Containerd;
 let image: string;
+let eventLines: string[] = [];
+let eventsProc: ChildProcess | undefined;
 
 before(async () => {
   c = await startContainerd({ env: { HAKO_CONFIG: ensureTestConfig() } });
   image = await importBusybox(c);
+  // `ctr events` prints one line per event: time, namespace, topic, payload.
+  eventsProc = c.ctrSpawn(["events"]);
+  let buf = "";
+  eventsProc.stdout!.on("data", (d: Buffer) => {
+    buf += d.toString();
+    const lines = buf.split("\n");
+    buf = lines.pop() ?? "";
+    eventLines.push(...lines);
+  });
+  await new Promise((r) => setTimeout(r, 300));
 });
 after(async () => {
+  eventsProc?.kill();
   await c?.stop();
 });
+
+/** Shim processes of our containerd (its socket is in their argv; so it is in `ctr events`'). */
+function shimPids(): number[] {
+  return pidsMatching(c.address).filter((p) => p !== eventsProc?.pid);
+}
+
+/** The /tasks/ topics published for a container, in arrival order. */
+async function taskTopics(id: string, want: number): Promise<string[]> {
+  const pick = (): string[] =>
+    eventLines.filter((l) => l.includes(`"${id}"`) || l.includes(`container_id:"${id}"`) || l.includes(`"container_id":"${id}"`)).map((l) => /\/tasks\/[a-z-]+/.exec(l)?.[0] ?? "").filter(Boolean);
+  for (let i = 0; i < 50 && pick().length < want; i++) await new Promise((r) => setTimeout(r, 100));
+  return pick();
+}
 afterEach(async () => {
   // Tasks started by a test are gone after it; shims exit once they serve nothing.
-  for (let i = 0; i < 50 && pidsMatching(c.address).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  for (let i = 0; i < 50 && shimPids().length > 0; i++) await new Promise((r) => setTimeout(r, 100));
   const l = findLeaks(TEST_STATE_DIR);
   assert.ok(!hasLeaks(l), `leaked: ${describeLeaks(l)}`);
-  assert.deepEqual(pidsMatching(c.address), [], "no shim process left");
+  assert.deepEqual(shimPids(), [], "no shim process left");
 });
 
 async function ctrOk(args: string[], input?: string): Promise<string> {
@@ -58,10 +84,12 @@ function shimClient(id: string): Promise<{ task: ReturnType<typeof createService
   }));
 }
 
-test("ctr run --rm prints the guest kernel and passes the exit status through", async () => {
+test("ctr run --rm prints the guest kernel and passes the exit status through; events in order", async () => {
+  eventLines = [];
   const out = await ctrOk(["run", "--rm", ...RT, image, "s1", "uname", "-r"]);
   assert.match(out.trim(), /^\d+\.\d+\.\d+/);
   assert.notEqual(out.trim(), HOST_KERNEL);
+  assert.deepEqual(await taskTopics("s1", 4), ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"], eventLines.join("\n"));
   const r = await c.ctr(["run", "--rm", ...RT, image, "s2", "sh", "-c", "exit 3"], { timeoutMs: 120_000 });
   assert.equal(r.status, 3, r.stderr);
 });
@@ -77,7 +105,9 @@ test("detached task: exec, ps, metrics, pause/resume, TERM → 143, delete", asy
   await ctrOk(["run", "-d", ...RT, image, id, "sh", "-c", "trap 'exit 143' TERM; while true; do sleep 1; done"]);
   try {
     await waitForStatus(id, "RUNNING");
+    eventLines = [];
     assert.equal((await ctrOk(["task", "exec", "--exec-id", "e1", id, "hostname"])).trim(), id);
+    assert.deepEqual((await taskTopics(id, 3)).slice(0, 3), ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"], eventLines.join("\n"));
     const r = await c.ctr(["task", "exec", "--exec-id", "e2", id, "sh", "-c", "exit 4"], { timeoutMs: 60_000 });
     assert.equal(r.status, 4);
     const ps = await ctrOk(["task", "ps", id]);
@@ -131,7 +161,7 @@ test("two tasks with the same io.kubernetes.cri.sandbox-id share one VM and one 
     await ctrOk(["run", "-d", ...RT, "--annotation", "io.kubernetes.cri.sandbox-id=p1", image, "p1c", "sleep", "600"]);
     const boot = async (id: string): Promise<string> => (await ctrOk(["task", "exec", "--exec-id", `b-${id}`, id, "cat", "/proc/sys/kernel/random/boot_id"])).trim();
     assert.equal(await boot("p1"), await boot("p1c"));
-    assert.equal(pidsMatching(c.address).length, 1, "one shim process");
+    assert.equal(shimPids().length, 1, "one shim process");
     assert.equal(findLeaks(TEST_STATE_DIR).qemu.length, 1, "one QEMU");
   } finally {
     for (const id of ["p1c", "p1"]) {
@@ -163,7 +193,7 @@ test("kill -9 of the shim: containerd cleans up through delete, the VM goes away
   await ctrOk(["run", "-d", ...RT, image, id, "sleep", "600"]);
   try {
     await waitForStatus(id, "RUNNING");
-    const shims = pidsMatching(c.address);
+    const shims = shimPids();
     assert.equal(shims.length, 1);
     process.kill(shims[0]!, "SIGKILL");
     // containerd notices the closed connection and runs `containerd-shim-hako-v2 delete`.
