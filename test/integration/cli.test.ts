@@ -68,3 +68,19 @@ test("hako image build is idempotent: an up-to-date image is not rebuilt", async
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stderr, /up to date/);
 });
+
+test("make install PREFIX=... installs hako, the shim, the guest assets and the default configuration", async () => {
+  const { execFileSync } = await import("node:child_process");
+  const prefix = makeTempDir("prefix");
+  try {
+    execFileSync("make", ["-s", "install", `PREFIX=${prefix}`], { cwd: join(import.meta.dirname, "..", ".."), stdio: "pipe" });
+    for (const f of ["bin/hako", "bin/containerd-shim-hako-v2", "share/hako/configuration.toml", "share/hako/guest/manifest.json", "share/hako/guest/hako-rootfs.initrd", "lib/hako/hako-agent.js"])
+      assert.ok(existsSync(join(prefix, f)), f);
+    const env = JSON.parse(execFileSync(join(prefix, "bin", "hako"), ["env", "--json"], { encoding: "utf8", env: { ...process.env, HAKO_CONFIG: "" } })) as { configFile: string; config: { hypervisor: { qemu: { kernel: string } } } };
+    if (!existsSync("/etc/hako/configuration.toml")) assert.equal(env.configFile, join(prefix, "share", "hako", "configuration.toml"));
+    assert.equal(env.config.hypervisor.qemu.kernel, join(prefix, "share", "hako", "guest", "vmlinux-generic"));
+    assert.match(execFileSync(join(prefix, "bin", "containerd-shim-hako-v2"), ["-v"], { encoding: "utf8" }), /containerd-shim-hako-v2 version/);
+  } finally {
+    removeDir(prefix);
+  }
+});
