@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { BUSYBOX_REF, busyboxImageTar } from "./oci-image.js";
+import { pidAlive as alive } from "../../src/runtime/state.js";
 
 export const REPO = resolve(import.meta.dirname, "..", "..");
 export const CONTAINERD_TMP_PREFIX = "hako-test-containerd-";
@@ -119,14 +120,6 @@ export function pidsMatching(needle: string): number[] {
   return out;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function runCtr(address: string, namespace: string, args: string[], opts: CtrOptions = {}): Promise<CtrResult> {
   return new Promise((resolvePromise, reject) => {

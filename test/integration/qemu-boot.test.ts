@@ -13,6 +13,7 @@ import { HypervisorError } from "../../src/runtime/errors.js";
 import type { VmSpec } from "../../src/hypervisor/hypervisor.js";
 import { QemuHypervisor, QemuVirtualMachine } from "../../src/hypervisor/qemu/qemu-hypervisor.js";
 import { probeAccelerator, probeBoot } from "../../src/hypervisor/accel-probe.js";
+import { pidAlive as alive } from "../../src/runtime/state.js";
 
 const repo = resolve(fileURLToPath(import.meta.url), "..", "..", "..");
 const guestDir = process.env.HAKO_GUEST_DIR ?? join(repo, "build", "share", "hako", "guest");
@@ -25,14 +26,6 @@ const skip = missing.length > 0 ? `missing ${missing.join(", ")}` : false;
 const dir = mkdtempSync(join(tmpdir(), "hako-qemu-boot-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function spec(name: string, over: Partial<VmSpec> = {}): VmSpec {
   const runDir = join(dir, name);

@@ -10,6 +10,7 @@ import type { VmSpec } from "../../src/hypervisor/hypervisor.js";
 import { QemuHypervisor, TailBuffer, fileTail } from "../../src/hypervisor/qemu/qemu-hypervisor.js";
 import { HypervisorError } from "../../src/runtime/errors.js";
 import { Code } from "../../src/protocols/ttrpc/status.js";
+import { pidAlive as alive } from "../../src/runtime/state.js";
 
 const dir = mkdtempSync(join(tmpdir(), "hako-qhv-test-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -42,14 +43,6 @@ function spec(): VmSpec {
   };
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const hv = (q: QemuConfig): QemuHypervisor => new QemuHypervisor(q, undefined, { hostTscKhz: 1000 });
 

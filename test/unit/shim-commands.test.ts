@@ -24,6 +24,7 @@ import { shimSocketAddress, socketPathOf } from "../../src/shim/address.js";
 import { deleteResponseBytes } from "../../src/shim/delete.js";
 import { parseShimFlags } from "../../src/shim/flags.js";
 import { decodeRuntimeOptions, startShim } from "../../src/shim/start.js";
+import { pidAlive as alive } from "../../src/runtime/state.js";
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const mainTs = path.join(root, "src", "shim", "main.ts");
@@ -78,14 +79,6 @@ function flagsFor(id: string, b: string, ns = "k8s.io"): ReturnType<typeof parse
   return parseShimFlags(["-namespace", ns, "-address", CTRD, "-publish-binary", "/usr/bin/containerd", "-id", id, "-bundle", b, "start"]);
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const optionsAny = (configPath: string): Uint8Array =>
   toBinary(
