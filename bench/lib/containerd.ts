@@ -1,8 +1,9 @@
 // The "containerd" section: one private containerd 1.6 (test/helpers/containerd.ts),
 // `ctr run --rm … /bin/true` with the hako shim and with runc, alternated, then
 // the memory of the hako shim (and of its QEMU) while one container runs.
-import { spawn } from "node:child_process";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { importBusybox, pidsMatching, startContainerd, type Containerd } from "../../test/helpers/containerd.js";
 import { shimSocketAddress, socketPathOf } from "../../src/shim/address.js";
@@ -15,6 +16,9 @@ export const RUNC_RUNTIME = "io.containerd.runc.v2";
 /** Our own namespace: runc keeps state in the shared /run/containerd/runc/<namespace>. */
 export const NAMESPACE = "hako-bench";
 const RUN_TIMEOUT_MS = 120_000;
+/** On interruption the section finishes its current `ctr run` (a shim killed mid-create leaves state) for at most this long. */
+const WIND_DOWN_MS = 60_000;
+const HAKO_BIN = resolve(import.meta.dirname, "..", "..", "build", "bin", "hako");
 
 /** What the section made, for the final leak check (filled as it goes). */
 export const made = { dirs: [] as string[], addresses: [] as string[], shimSockets: [] as string[] };
@@ -123,6 +127,24 @@ async function removeTask(c: Containerd, id: string, binary: string): Promise<vo
 
 const mib = (kb: number): number => kb / 1024;
 
+/**
+ * Last resort after containerd stopped: sandboxes of ours still in the state dir
+ * (a shim killed mid-create) go through `hako delete --force`; shim sockets of
+ * ours that no live shim serves are removed.
+ */
+function sweep(k: KernelEnv, stateDir: string, log: (s: string) => void): void {
+  const sbDir = `${stateDir}/sandboxes`;
+  const ours = existsSync(sbDir) ? readdirSync(sbDir).filter((n) => n.startsWith(`bench-${process.pid}-`)) : [];
+  for (const id of ours) {
+    log(`bench: containerd: sandbox ${id} left by its shim: hako delete --force`);
+    spawnSync(HAKO_BIN, ["--config", k.configFile, "delete", "--force", id], { stdio: "ignore", timeout: 60_000 });
+  }
+  const served = new Set(allShims().flatMap((p) => p.argv));
+  for (const sock of made.shimSockets) {
+    if (existsSync(sock) && !served.has(sock) && !served.has(`unix://${sock}`)) rmSync(sock, { force: true });
+  }
+}
+
 /** Runs the section; `log` gets one line per sample. */
 export async function runContainerdSection(
   k: KernelEnv,
@@ -135,8 +157,21 @@ export async function runContainerdSection(
   const c = await startContainerd({ namespace: NAMESPACE, env: { HAKO_CONFIG: k.configFile } });
   made.dirs.push(c.dir);
   made.addresses.push(c.address);
-  track(c.pid(), "containerd");
-  const forget = onInterrupt(() => c.stop());
+  const pid = c.pid();
+  track(pid, "containerd");
+  // c.stop() returns at once when a stop is under way: share one promise so that
+  // both the interruption and the finally below wait for the whole teardown.
+  let stopping: Promise<void> | undefined;
+  const stopOnce = (): Promise<void> => (stopping ??= c.stop().finally(() => sweep(k, stateDir, log)));
+  // On interruption: let the section notice stop() and wind down (bounded), then stop containerd.
+  let done: () => void = () => undefined;
+  const finished = new Promise<void>((r) => (done = r));
+  const forget = onInterrupt(async () => {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([finished, new Promise<void>((r) => (timer = setTimeout(r, WIND_DOWN_MS)))]);
+    clearTimeout(timer);
+    await stopOnce();
+  });
   const shimSocket = (id: string): void => void made.shimSockets.push(socketPathOf(shimSocketAddress(c.address, NAMESPACE, id)));
   try {
     const image = await importBusybox(c);
@@ -200,6 +235,8 @@ export async function runContainerdSection(
       if (s.mem) untrack(s.mem.qemuPid);
     }
 
+    if (stop()) return s;
+
     // The same for runc's shim (no VM), as a reference.
     const rid = `bench-${process.pid}-runc-mem`;
     shimSocket(rid);
@@ -216,10 +253,10 @@ export async function runContainerdSection(
     }
     return s;
   } finally {
-    const pid = c.pid();
-    await c.stop();
+    await stopOnce();
     untrack(pid);
     forget();
+    done();
   }
 }
 

@@ -7,6 +7,7 @@ import { loadConfig } from "../runtime/config.js";
 import { pidMatches, readState, sandboxDir } from "../runtime/state.js";
 import { removeTree } from "../resource/mounts.js";
 import { SANDBOX_ID_ANNOTATION } from "./shim-runtime.js";
+import { isSocketConnectable, readAddressFile, socketPathOf } from "./address.js";
 import { execFile } from "node:child_process";
 import { promises as fsp, writeSync } from "node:fs";
 import path from "node:path";
@@ -87,6 +88,13 @@ export async function cleanupAfterShim(id: string, bundle: string, namespace: st
     if (!(await cleanupSandbox(id, bundle))) return;
   } catch (err) {
     warnings.push(`hako: ${namespace}/${id}: sandbox cleanup failed: ${firstLine(err)}`);
+  }
+  // A shim that died (kill -9) leaves its socket; nobody serves it any more.
+  try {
+    const address = await readAddressFile(bundle);
+    if (address !== "" && !(await isSocketConnectable(address))) await fsp.rm(socketPathOf(address), { force: true });
+  } catch {
+    /* no address file: the shim never started */
   }
   let rootfs = "";
   try {

@@ -3,7 +3,8 @@
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, type ChildProcess } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { shimSocketAddress, socketPathOf } from "../../src/shim/address.js";
 import { join } from "node:path";
 import * as pty from "node-pty";
 import { startContainerd, importBusybox, pidsMatching, type Containerd } from "../helpers/containerd.js";
@@ -198,7 +199,8 @@ test("kill -9 of the shim: containerd cleans up through delete, the VM goes away
     process.kill(shims[0]!, "SIGKILL");
     // containerd notices the closed connection and runs `containerd-shim-hako-v2 delete`.
     const deadline = Date.now() + 30_000;
-    while (findLeaks(TEST_STATE_DIR).qemu.length > 0 || findLeaks(TEST_STATE_DIR).sandboxes.length > 0) {
+    const socket = socketPathOf(shimSocketAddress(c.address, c.namespace, id));
+    while (findLeaks(TEST_STATE_DIR).qemu.length > 0 || findLeaks(TEST_STATE_DIR).sandboxes.length > 0 || existsSync(socket)) {
       if (Date.now() > deadline) throw new Error(`not cleaned after the shim died: ${describeLeaks(findLeaks(TEST_STATE_DIR))}`);
       await new Promise((r) => setTimeout(r, 200));
     }
