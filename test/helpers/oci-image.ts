@@ -21,7 +21,7 @@ import { dirname, join } from "node:path";
 export const BUSYBOX_REF = "localhost/busybox:latest";
 const BUSYBOX = "/bin/busybox";
 /** Bump when the layout produced here changes, so stale cached tars are not reused. */
-const FORMAT = 1;
+const FORMAT = 2;
 const TAR_DETERMINISTIC = ["--format=gnu", "--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0"];
 
 const MT_INDEX = "application/vnd.oci.image.index.v1+json";
@@ -79,6 +79,9 @@ function writeRootfs(dir: string): void {
   writeFileSync(join(dir, "etc", "group"), "root:x:0:\nnogroup:x:65534:\n");
   chmodSync(join(dir, "etc", "passwd"), 0o644);
   chmodSync(join(dir, "etc", "group"), 0o644);
+  // As in distribution images (containerd's CRI mounts its own over it; ctr does not).
+  writeFileSync(join(dir, "etc", "hostname"), "busybox\n");
+  chmodSync(join(dir, "etc", "hostname"), 0o644);
 }
 
 /**

@@ -3,7 +3,7 @@
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, type ChildProcess } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { shimSocketAddress, socketPathOf } from "../../src/shim/address.js";
 import { join } from "node:path";
 import * as pty from "node-pty";
@@ -19,24 +19,38 @@ let c: Containerd;
 let image: string;
 let eventLines: string[] = [];
 let eventsProc: ChildProcess | undefined;
+let stopping = false;
 
-before(async () => {
-  c = await startContainerd({ env: { HAKO_CONFIG: ensureTestConfig() } });
-  image = await importBusybox(c);
-  // `ctr events` prints one line per event: time, namespace, topic, payload.
-  eventsProc = c.ctrSpawn(["events"]);
+/** `ctr events` prints one line per event (time, namespace, topic, payload); it ends when containerd restarts. */
+function listenEvents(): void {
+  const p = c.ctrSpawn(["events"]);
+  eventsProc = p;
   let buf = "";
-  eventsProc.stdout!.on("data", (d: Buffer) => {
+  p.stdout!.on("data", (d: Buffer) => {
     buf += d.toString();
     const lines = buf.split("\n");
     buf = lines.pop() ?? "";
     eventLines.push(...lines);
   });
+  p.on("close", () => {
+    if (!stopping) setTimeout(listenEvents, 200);
+  });
+}
+
+before(async () => {
+  c = await startContainerd({ env: { HAKO_CONFIG: ensureTestConfig() } });
+  image = await importBusybox(c);
+  listenEvents();
   await new Promise((r) => setTimeout(r, 300));
 });
+const fifoDir = "/run/containerd/fifo";
+const fifosBefore = new Set(existsSync(fifoDir) ? readdirSync(fifoDir) : []);
 after(async () => {
+  stopping = true;
   eventsProc?.kill();
   await c?.stop();
+  const left = (existsSync(fifoDir) ? readdirSync(fifoDir) : []).filter((f) => !fifosBefore.has(f));
+  assert.deepEqual(left, [], "no fifo directory left by the tests' ctr runs");
 });
 
 /** Shim processes of our containerd (its socket is in their argv; so it is in `ctr events`'). */
@@ -107,7 +121,8 @@ test("detached task: exec, ps, metrics, pause/resume, TERM → 143, delete", asy
   try {
     await waitForStatus(id, "RUNNING");
     eventLines = [];
-    assert.equal((await ctrOk(["task", "exec", "--exec-id", "e1", id, "hostname"])).trim(), id);
+    assert.equal((await ctrOk(["task", "exec", "--exec-id", "e1", id, "cat", "/etc/hostname"])).trim(), "busybox");
+    assert.equal((await ctrOk(["task", "exec", "--exec-id", "e0", id, "hostname"])).trim(), id);
     assert.deepEqual((await taskTopics(id, 3)).slice(0, 3), ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"], eventLines.join("\n"));
     const r = await c.ctr(["task", "exec", "--exec-id", "e2", id, "sh", "-c", "exit 4"], { timeoutMs: 60_000 });
     assert.equal(r.status, 4);
@@ -207,6 +222,9 @@ test("kill -9 of the shim: containerd cleans up through delete, the VM goes away
   } finally {
     await c.ctr(["task", "delete", "-f", id]);
     await c.ctr(["container", "delete", id]);
+    // containerd already removed the task of the dead shim, so ctr never gets
+    // to delete the fifos it made for `run -d`: that is ctr's leftover, removed here.
+    for (const f of readdirSync(fifoDir).filter((f) => !fifosBefore.has(f))) rmSync(join(fifoDir, f), { recursive: true, force: true });
   }
 });
 
@@ -217,8 +235,10 @@ test("kill -9 of QEMU: the task exits with a non-zero status and everything is c
     await waitForStatus(id, "RUNNING");
     const [q] = findLeaks(TEST_STATE_DIR).qemu;
     assert.ok(q);
+    eventLines = [];
     process.kill(Number(q.split(" ")[0]), "SIGKILL");
     await waitForStatus(id, "STOPPED");
+    assert.deepEqual(await taskTopics(id, 1), ["/tasks/exit"], eventLines.join("\n"));
     const st = await shimClient(id);
     try {
       assert.notEqual((await st.task.state({ id })).exitStatus, 0);
