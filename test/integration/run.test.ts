@@ -79,6 +79,18 @@ test("a process killed by a signal reports 128+N", async () => {
   assert.equal(r.status, 137, r.stderr);
 });
 
+test("the guest reaps orphans: no zombie is left after orphaned children exit", async () => {
+  // Without a pid namespace the container sees every guest process, zombies included.
+  const script = "for i in 1 2 3 4; do (sleep 0.2 &); done; sleep 2; cat /proc/[0-9]*/stat 2>/dev/null | awk '$3 == \"Z\"' | wc -l";
+  const b = bundle(["sh", "-c", script]);
+  const cfg = JSON.parse(readFileSync(join(b, "config.json"), "utf8")) as { linux: { namespaces: Array<{ type: string }> } };
+  cfg.linux.namespaces = cfg.linux.namespaces.filter((n) => n.type !== "pid");
+  writeFileSync(join(b, "config.json"), JSON.stringify(cfg));
+  const r = await hako(["run", "--bundle", b, newId()]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.toString().trim(), "0");
+});
+
 test("hako run -t gives the process a terminal of the caller's size, and follows resizes", async () => {
   const b = bundle(["sh", "-c", "test -t 0 && test -t 1 && echo IS_A_TTY; stty size; read line; stty size"], { terminal: true });
   const out = await new Promise<{ text: string; code: number }>((resolve) => {
