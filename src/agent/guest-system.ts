@@ -16,8 +16,23 @@ export interface StorageSpec {
   mountPoint: string;
 }
 
+/** True if `source` is already mounted on `mountPoint` with filesystem type `fstype` (e.g. by the guest's init). */
+function alreadyMounted(source: string, mountPoint: string, fstype: string): boolean {
+  try {
+    return readFileSync("/proc/mounts", "utf8")
+      .split("\n")
+      .some((l) => {
+        const [src, mp, type] = l.split(" ");
+        return src === source && mp === mountPoint && type === fstype;
+      });
+  } catch {
+    return false;
+  }
+}
+
 export async function mountStorage(s: StorageSpec): Promise<void> {
   if (!s.mountPoint.startsWith("/")) throw new AgentError("", `storage mount point ${s.mountPoint} must be absolute`, { code: Code.INVALID_ARGUMENT });
+  if (s.driver === "9p" && alreadyMounted(s.source, s.mountPoint, "9p")) return;
   mkdirSync(s.mountPoint, { recursive: true });
   let args: string[];
   switch (s.driver) {

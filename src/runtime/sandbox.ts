@@ -91,7 +91,7 @@ export class Sandbox {
         image: q.rootfs_type === "erofs" ? q.image : undefined,
         // Under TCG, V8's JIT makes QEMU retranslate the code it writes; the
         // agent starts ~0.3 s faster and answers faster without it (make bench).
-        kernelParams: this.opts.accel === "tcg" ? ["hako.node_opts=--jitless"] : [],
+        kernelParams: [...(this.opts.accel === "tcg" ? ["hako.node_opts=--jitless"] : []), `hako.share=${this.share.tag},${q.msize_9p}`],
         sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],
         consoleLog: this.consoleLog,
         verboseConsole: config.agent.debug,

@@ -1,0 +1,216 @@
+// The tcfilter network model (Kata's default): for one veth in the pod netns,
+// a tap `tap<N>_hako` is created next to it and two tc ingress filters
+// redirect every frame from one to the other. The VMM later opens the tap
+// (from inside the netns), so the guest NIC sees exactly the veth's traffic.
+//
+// Only u32 is used as the classifier: `u32 match u32 0 0` matches every frame,
+// and unlike matchall/flower it is built into every kernel we target.
+import { ResourceError } from "../../runtime/errors.js";
+import { NetnsCommandError, nsenterRunner, sleep, type NetnsRunner } from "./netns-exec.js";
+import { HAKO_TAP_PATTERN, parseJsonArray } from "./netns-scan.js";
+import type { NetworkEndpoint } from "./network-endpoint.js";
+
+/** Filter priority used for our redirects, so they can be removed alone from a shared ingress qdisc. */
+export const HAKO_FILTER_PREF = 42000;
+
+export const tapNameFor = (index: number): string => `tap${index}_hako`;
+
+export interface TcFilterEndpointOptions {
+  /** Path of the pod netns (/var/run/netns/<name>, /proc/<pid>/ns/net). */
+  netnsPath: string;
+  /** The interface in that netns to carry into the guest (the CNI veth, e.g. eth0). */
+  veth: string;
+  /** N in tap<N>_hako. Default: the lowest N not in use at create() time; pass it when creating several endpoints in one netns. */
+  tapIndex?: number;
+  /** Injected for tests; defaults to nsenter into netnsPath. */
+  runner?: NetnsRunner;
+  /** Retries of tc commands that fail with EBUSY (default 5 attempts, 10 ms apart). */
+  busyRetries?: { attempts: number; backoffMs: number };
+}
+
+interface SideState {
+  /** We added the ingress qdisc (so deleting it removes our filter too). */
+  ownQdisc: boolean;
+  /** Our redirect filter is installed on this device. */
+  filter: boolean;
+}
+
+export class TcFilterEndpoint implements NetworkEndpoint {
+  readonly name: string;
+  readonly tapName: string;
+  readonly mac: string;
+  readonly mtu: number;
+  readonly netnsPath: string;
+
+  private readonly run: NetnsRunner;
+  private readonly retries: { attempts: number; backoffMs: number };
+  private tapCreated = false;
+  private readonly veth: SideState = { ownQdisc: false, filter: false };
+  private readonly tap: SideState = { ownQdisc: false, filter: false };
+  private attached = false;
+
+  private constructor(opts: TcFilterEndpointOptions & { tapName: string; mac: string; mtu: number; runner: NetnsRunner }) {
+    this.netnsPath = opts.netnsPath;
+    this.name = opts.veth;
+    this.tapName = opts.tapName;
+    this.mac = opts.mac;
+    this.mtu = opts.mtu;
+    this.run = opts.runner;
+    this.retries = opts.busyRetries ?? { attempts: 5, backoffMs: 10 };
+  }
+
+  /** Reads the veth's MAC and MTU and chooses the tap name. Changes nothing in the netns. */
+  static async create(opts: TcFilterEndpointOptions): Promise<TcFilterEndpoint> {
+    const run = opts.runner ?? nsenterRunner(opts.netnsPath);
+    const ns = opts.netnsPath;
+    if (HAKO_TAP_PATTERN.test(opts.veth)) {
+      throw new ResourceError(ns, `interface ${opts.veth} in netns ${ns} is a hako tap, not a pod interface`, { hint: "pass the CNI-created interface (e.g. eth0)" });
+    }
+    let links;
+    try {
+      links = parseJsonArray(await run("ip", ["-j", "link", "show"]), "ip -j link");
+    } catch (err) {
+      throw wrap(ns, opts.veth, "reading links", err, "check that the netns exists and iproute2 supports -j");
+    }
+    const link = links.find((l) => l["ifname"] === opts.veth);
+    if (link === undefined) {
+      throw new ResourceError(ns, `interface ${opts.veth} not found in netns ${ns}`, { hint: "check the CNI result; the pod interface must exist before the endpoint is created" });
+    }
+    const mac = typeof link["address"] === "string" ? link["address"].toLowerCase() : "";
+    const mtu = typeof link["mtu"] === "number" ? link["mtu"] : 1500;
+    if (link["link_type"] !== "ether" || mac === "") {
+      throw new ResourceError(ns, `interface ${opts.veth} in netns ${ns} is not an Ethernet device (link_type ${String(link["link_type"])})`, { hint: "the tcfilter model carries Ethernet interfaces only" });
+    }
+    let index = opts.tapIndex;
+    if (index === undefined) {
+      const used = new Set(links.map((l) => l["ifname"]));
+      index = 0;
+      while (used.has(tapNameFor(index))) index++;
+    }
+    return new TcFilterEndpoint({ ...opts, runner: run, tapName: tapNameFor(index), mac, mtu });
+  }
+
+  async attach(): Promise<void> {
+    if (this.attached) return;
+    try {
+      await this.createTap();
+      await this.addIngress(this.name, this.veth);
+      await this.addIngress(this.tapName, this.tap);
+      await this.addRedirect(this.name, this.tapName, this.veth);
+      await this.addRedirect(this.tapName, this.name, this.tap);
+      this.attached = true;
+    } catch (err) {
+      await this.detach().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  async detach(): Promise<void> {
+    const problems: string[] = [];
+    const step = async (what: string, args: { tool: "ip" | "tc"; argv: string[] }, done: () => void): Promise<boolean> => {
+      try {
+        await this.withBusyRetry(() => this.run(args.tool, args.argv));
+        done();
+      } catch (err) {
+        if (err instanceof NetnsCommandError && err.netnsMissing) {
+          this.forgetAll();
+          return false;
+        }
+        if (err instanceof NetnsCommandError && err.notFound) done();
+        else problems.push(`${what}: ${err instanceof Error ? err.message : String(err)}`);
+      }
+      return true;
+    };
+    // The veth is not ours: remove only our qdisc, or only our filter from a shared qdisc.
+    if (this.veth.ownQdisc) {
+      if (!(await step(`removing ingress qdisc from ${this.name}`, { tool: "tc", argv: ["qdisc", "del", "dev", this.name, "ingress"] }, () => {
+        this.veth.ownQdisc = false;
+        this.veth.filter = false;
+      }))) return;
+    } else if (this.veth.filter) {
+      if (!(await step(`removing redirect filter from ${this.name}`, { tool: "tc", argv: ["filter", "del", "dev", this.name, "parent", "ffff:", "protocol", "all", "pref", String(HAKO_FILTER_PREF), "u32"] }, () => {
+        this.veth.filter = false;
+      }))) return;
+    }
+    // Deleting the tap takes its qdisc and filter with it.
+    if (this.tapCreated) {
+      if (!(await step(`deleting tap ${this.tapName}`, { tool: "ip", argv: ["link", "del", "dev", this.tapName] }, () => {
+        this.tapCreated = false;
+        this.tap.ownQdisc = false;
+        this.tap.filter = false;
+      }))) return;
+    }
+    if (problems.length > 0) {
+      throw new ResourceError(this.netnsPath, `detaching ${this.name} (tap ${this.tapName}) in netns ${this.netnsPath} failed: ${problems.join("; ")}`, {
+        hint: `retry the delete; by hand: nsenter --net=${this.netnsPath} tc qdisc del dev ${this.name} ingress; nsenter --net=${this.netnsPath} ip link del ${this.tapName}`,
+      });
+    }
+    this.attached = false;
+  }
+
+  private forgetAll(): void {
+    this.tapCreated = false;
+    this.veth.ownQdisc = this.veth.filter = false;
+    this.tap.ownQdisc = this.tap.filter = false;
+    this.attached = false;
+  }
+
+  private async createTap(): Promise<void> {
+    try {
+      await this.run("ip", ["tuntap", "add", "dev", this.tapName, "mode", "tap"]);
+    } catch (err) {
+      const exists = err instanceof NetnsCommandError && (err.exists || /Device or resource busy/i.test(err.stderr));
+      throw wrap(this.netnsPath, this.tapName, "creating tap", err, exists
+        ? `a device named ${this.tapName} already exists (stale from an earlier run?); remove it with \`nsenter --net=${this.netnsPath} ip link del ${this.tapName}\` or pick another tap index`
+        : "the tun module and /dev/net/tun are required; check `ip tuntap add mode tap` works as root");
+    }
+    this.tapCreated = true;
+    try {
+      await this.run("ip", ["link", "set", "dev", this.tapName, "mtu", String(this.mtu), "up"]);
+    } catch (err) {
+      throw wrap(this.netnsPath, this.tapName, `setting MTU ${this.mtu} and up`, err, "check the veth MTU is within the tap's limits (68..65521)");
+    }
+  }
+
+  private async addIngress(dev: string, side: SideState): Promise<void> {
+    try {
+      await this.withBusyRetry(() => this.run("tc", ["qdisc", "add", "dev", dev, "ingress"]));
+      side.ownQdisc = true;
+    } catch (err) {
+      // Another component (e.g. a CNI plugin) already has an ingress qdisc here: share it, never delete it.
+      if (err instanceof NetnsCommandError && err.exists) return;
+      throw wrap(this.netnsPath, dev, "adding the ingress qdisc", err, "the sch_ingress module is required; check `tc qdisc add dev <dev> ingress` works in a test netns");
+    }
+  }
+
+  private async addRedirect(from: string, to: string, side: SideState): Promise<void> {
+    const argv = ["filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "pref", String(HAKO_FILTER_PREF), "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", to];
+    try {
+      await this.withBusyRetry(() => this.run("tc", argv));
+      side.filter = true;
+    } catch (err) {
+      throw wrap(this.netnsPath, from, `adding the redirect filter to ${to}`, err, "the cls_u32 and act_mirred modules are required; a filter at pref " + HAKO_FILTER_PREF + " may already exist on the device");
+    }
+  }
+
+  private async withBusyRetry<T>(fn: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await fn();
+      } catch (err) {
+        if (!(err instanceof NetnsCommandError && err.busy) || attempt >= this.retries.attempts) throw err;
+        await sleep(this.retries.backoffMs);
+      }
+    }
+  }
+}
+
+function wrap(netnsPath: string, device: string, what: string, err: unknown, hint: string): ResourceError {
+  if (err instanceof ResourceError) return err;
+  const detail = err instanceof NetnsCommandError ? err.stderr.trim() : err instanceof Error ? err.message : String(err);
+  const missing = err instanceof NetnsCommandError && err.netnsMissing;
+  return new ResourceError(netnsPath, `${what} on ${device} in netns ${netnsPath} failed: ${detail}`, {
+    hint: missing ? "the netns is gone; the pod sandbox was probably deleted" : hint,
+    cause: err,
+  });
+}
