@@ -157,11 +157,14 @@ test("a TTY run (ctr run -t) from a pty works and follows resizes", async () => 
     let resized = false;
     p.onData((d) => {
       text += d;
-      // ctr sends ResizePty right after Start; the first `stty size` may still see 24 80.
+      // ctr sends its first ResizePty right after Start (the first `stty size` may still see
+      // 24 80) and containerd may deliver it late: resize only once it has surely landed.
       if (!resized && /IS_A_TTY[\s\S]*\d+ \d+/.test(text)) {
         resized = true;
-        p.resize(111, 44);
-        setTimeout(() => p.write("go\r"), 1500);
+        setTimeout(() => {
+          p.resize(111, 44);
+          setTimeout(() => p.write("go\r"), 1500);
+        }, 1500);
       }
     });
     p.onExit(({ exitCode }) => resolve({ text, code: exitCode }));
