@@ -1,6 +1,4 @@
 // Developer tool: private containerd + busybox image, then ctr with the hako runtime.
-import { createRequire } from "node:module";
-const require = createRequire(import.meta.url);
 import { startContainerd, importBusybox } from "../../test/helpers/containerd.js";
 import { ensureTestConfig } from "../../test/helpers/hako.js";
 
@@ -14,8 +12,6 @@ try {
   console.log("stdout", JSON.stringify(r.stdout.toString()));
   console.log("stderr", r.stderr);
 } finally {
-  await new Promise((r) => setTimeout(r, 3000));
   console.log(c.logs().split("\n").slice(-40).join("\n"));
-  console.log(require("node:child_process").execSync("pgrep -af qemu-system || true").toString());
   await c.stop();
 }

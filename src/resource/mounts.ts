@@ -11,7 +11,10 @@ function unescapeMountPath(p: string): string {
   return p.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(Number.parseInt(oct, 8)));
 }
 
-/** Mount points at or below `dir`, deepest first. */
+/**
+ * Mount points at or below `dir`, deepest first. A point with stacked mounts
+ * appears once per mount, so unmounting each entry once clears the stack.
+ */
 export function mountsUnder(dir: string): string[] {
   let text = "";
   try {
@@ -20,13 +23,11 @@ export function mountsUnder(dir: string): string[] {
     return [];
   }
   const prefix = dir.endsWith("/") ? dir : `${dir}/`;
-  const found = text
+  return text
     .split("\n")
-    .map((l) => l.split(" ")[4])
-    .filter((p): p is string => !!p)
-    .map(unescapeMountPath)
-    .filter((p) => p === dir || p.startsWith(prefix));
-  return [...new Set(found)].sort((a, b) => b.length - a.length);
+    .map((l) => unescapeMountPath(l.split(" ")[4] ?? ""))
+    .filter((p) => p === dir || p.startsWith(prefix))
+    .sort((a, b) => b.split("/").length - a.split("/").length || b.length - a.length);
 }
 
 export async function bindMount(id: string, source: string, target: string, readonly = false): Promise<void> {

@@ -6,50 +6,19 @@
 import { loadConfig } from "../runtime/config.js";
 import { pidMatches, readState, sandboxDir } from "../runtime/state.js";
 import { removeTree } from "../resource/mounts.js";
+import { unmountRootfs } from "../resource/rootfs/rootfs-mount.js";
 import { SANDBOX_ID_ANNOTATION } from "./shim-runtime.js";
 import { isSocketConnectable, readAddressFile, socketPathOf } from "./address.js";
-import { execFile } from "node:child_process";
 import { promises as fsp, writeSync } from "node:fs";
 import path from "node:path";
-import { promisify } from "node:util";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { DeleteResponseSchema } from "../protocols/gen/containerd/runtime/task/v2/shim_pb.js";
 import type { ShimFlags } from "./flags.js";
 
-const execFileAsync = promisify(execFile);
-
 /** Exit status reported for a task whose shim is gone (128 + SIGKILL). */
 export const DELETED_EXIT_STATUS = 137;
 
-/** Decodes the octal escapes (\040 …) the kernel uses in /proc/self/mountinfo. */
-function unescapeMountPath(p: string): string {
-  return p.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(parseInt(oct, 8)));
-}
-
-/** True if `dir` (already resolved) is a mount point in this mount namespace. */
-export async function isMountPoint(dir: string): Promise<boolean> {
-  let info: string;
-  try {
-    info = await fsp.readFile("/proc/self/mountinfo", "utf8");
-  } catch {
-    return false;
-  }
-  for (const line of info.split("\n")) {
-    const fields = line.split(" ");
-    if (fields.length > 4 && unescapeMountPath(fields[4]!) === dir) return true;
-  }
-  return false;
-}
-
-/**
- * Releases what the shim may have left for task `id` after it went away.
- * Today: unmounts `<bundle>/rootfs` if it is mounted (stacked mounts too).
- * Never throws; problems are written to stderr as one-line warnings
- * (containerd logs the delete command's stderr as "cleanup warnings").
- *
- * The Task service owns the full cleanup logic and may extend this function.
- */
 /**
  * After a shim died: if `id` is a sandbox whose owning shim is gone, kill its
  * VM (by PID, checked against its command line) and remove its state and
@@ -82,6 +51,12 @@ async function cleanupSandbox(id: string, bundle: string): Promise<boolean> {
   return true;
 }
 
+/**
+ * Releases what a task may hold after its shim went away: its sandbox (when no
+ * live shim owns it), the dead shim's socket, the bundle's rootfs mount. Never
+ * throws; problems become one-line warnings on stderr, which containerd logs
+ * as "cleanup warnings".
+ */
 export async function cleanupAfterShim(id: string, bundle: string, namespace: string): Promise<void> {
   const warnings: string[] = [];
   try {
@@ -96,25 +71,10 @@ export async function cleanupAfterShim(id: string, bundle: string, namespace: st
   } catch {
     /* no address file: the shim never started */
   }
-  let rootfs = "";
   try {
-    rootfs = await fsp.realpath(path.join(bundle, "rootfs"));
-  } catch {
-    /* no rootfs: nothing mounted there */
-  }
-  for (let i = 0; rootfs !== "" && i < 8 && (await isMountPoint(rootfs)); i++) {
-    try {
-      await execFileAsync("umount", [rootfs]);
-    } catch (err) {
-      try {
-        await execFileAsync("umount", ["-l", rootfs]);
-      } catch (lazyErr) {
-        warnings.push(
-          `hako: ${namespace}/${id}: unmounting ${rootfs} failed: ${firstLine(err)}; lazy unmount failed: ${firstLine(lazyErr)}`,
-        );
-        break;
-      }
-    }
+    await unmountRootfs(id, bundle);
+  } catch (err) {
+    warnings.push(`hako: ${namespace}/${id}: unmounting the rootfs failed: ${firstLine(err)}`);
   }
   for (const w of warnings) process.stderr.write(`${w}\n`);
 }

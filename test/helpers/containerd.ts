@@ -8,6 +8,9 @@ import { dirname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { BUSYBOX_REF, busyboxImageTar } from "./oci-image.js";
 import { pidAlive as alive } from "../../src/runtime/state.js";
+import { mountsUnder } from "../../src/resource/mounts.js";
+
+export { mountsUnder };
 
 export const REPO = resolve(import.meta.dirname, "..", "..");
 export const CONTAINERD_TMP_PREFIX = "hako-test-containerd-";
@@ -90,20 +93,6 @@ function daemonEnv(extra: Record<string, string> | undefined): NodeJS.ProcessEnv
   const env: NodeJS.ProcessEnv = { PATH: path.join(":") };
   if (process.env.HAKO_CONFIG) env.HAKO_CONFIG = process.env.HAKO_CONFIG;
   return { ...env, ...extra };
-}
-
-function unescapeMountPath(p: string): string {
-  return p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
-/** Mount points at or below `dir`, deepest first. */
-export function mountsUnder(dir: string): string[] {
-  const prefix = dir.endsWith("/") ? dir : `${dir}/`;
-  return readFileSync("/proc/self/mountinfo", "utf8")
-    .split("\n")
-    .map((l) => unescapeMountPath(l.split(" ")[4] ?? ""))
-    .filter((m) => m === dir || m.startsWith(prefix))
-    .sort((a, b) => b.split("/").length - a.split("/").length || b.length - a.length);
 }
 
 /** PIDs of processes whose command line contains `needle`. */

@@ -1,7 +1,7 @@
 // Container root filesystems from containerd: the snapshotter's mounts
 // (overlay, bind) are mounted on <bundle>/rootfs on the host, as runc's shim
 // does; the sandbox share then bind-mounts that into the VM.
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, realpathSync } from "node:fs";
 import { join } from "node:path";
 import { mount, mountsUnder, unmountAllUnder } from "../mounts.js";
 
@@ -25,7 +25,14 @@ export async function mountRootfs(id: string, bundle: string, mounts: RootfsMoun
   return true;
 }
 
+/** Unmounts <bundle>/rootfs (stacked mounts too); a no-op when nothing is mounted there. */
 export async function unmountRootfs(id: string, bundle: string): Promise<void> {
-  const target = join(bundle, "rootfs");
+  let target = join(bundle, "rootfs");
+  try {
+    // mountinfo holds resolved paths; the bundle path may run through a symlink.
+    target = realpathSync(target);
+  } catch {
+    return; // no rootfs directory: nothing can be mounted there
+  }
   if (mountsUnder(target).length > 0) await unmountAllUnder(id, target);
 }
