@@ -4,15 +4,13 @@
 // the same for extra processes.
 import { mkdirSync, writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
 import { join } from "node:path";
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
 import { Code } from "../protocols/ttrpc/status.js";
 import { AgentError } from "../runtime/errors.js";
 import { GuestProcess, type ExitInfo } from "./guest-process.js";
 import { readCgroupStats, type CgroupStats } from "./cgroup-stats.js";
 import type { Logger } from "../runtime/logger.js";
+import { commandErrorText, execFileAsync as run } from "../runtime/command.js";
 
-const run = promisify(execFile);
 export const CRUN = process.env.HAKO_CRUN ?? "/usr/bin/crun";
 export const CONTAINERS_DIR = "/run/hako/containers";
 const CRUN_ROOT = "/run/crun";
@@ -246,8 +244,7 @@ export class ContainerManager {
     try {
       await run(CRUN, ["--root", CRUN_ROOT, ...args]);
     } catch (err) {
-      const e = err as { stderr?: string; message: string };
-      throw new AgentError(id, `crun ${args[0]} ${id} failed: ${(e.stderr || e.message).trim()}`, { code: Code.FAILED_PRECONDITION });
+        throw new AgentError(id, `crun ${args[0]} ${id} failed: ${commandErrorText(err)}`, { code: Code.FAILED_PRECONDITION });
     }
   }
 }

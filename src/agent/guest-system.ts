@@ -1,12 +1,10 @@
 // Guest-wide set-up the agent performs: hostname, mounts, clock, details.
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, release, totalmem } from "node:os";
 import { Code } from "../protocols/ttrpc/status.js";
 import { AgentError } from "../runtime/errors.js";
+import { commandErrorText, execFileAsync as run } from "../runtime/command.js";
 
-const run = promisify(execFile);
 
 export interface StorageSpec {
   driver: string;
@@ -51,8 +49,7 @@ export async function mountStorage(s: StorageSpec): Promise<void> {
   try {
     await run("/bin/mount", args);
   } catch (err) {
-    const e = err as { stderr?: string; message: string };
-    throw new AgentError("", `mount ${s.driver} ${s.source} on ${s.mountPoint} failed: ${(e.stderr || e.message).trim()}`, { code: Code.INTERNAL });
+    throw new AgentError("", `mount ${s.driver} ${s.source} on ${s.mountPoint} failed: ${commandErrorText(err)}`, { code: Code.INTERNAL });
   }
 }
 

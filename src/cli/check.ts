@@ -1,14 +1,11 @@
 // `hako check`: can this host run hako? Every item is verified by doing the
 // thing (booting a VM, creating a tc mirred filter), not by looking for files.
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
 import { existsSync, statfsSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { probeBoot } from "../hypervisor/accel-probe.js";
 import { chooseAccel } from "../runtime/accel.js";
 import { setup, type GlobalOptions } from "./common.js";
-
-const run = promisify(execFile);
+import { commandErrorText, execFileAsync as run } from "../runtime/command.js";
 
 export interface CheckItem {
   name: string;
@@ -23,8 +20,7 @@ async function cmd(file: string, args: string[]): Promise<{ ok: boolean; out: st
     const r = await run(file, args, { timeout: 20_000 });
     return { ok: true, out: `${r.stdout}${r.stderr}`.trim() };
   } catch (err) {
-    const e = err as { stderr?: string; message: string };
-    return { ok: false, out: (e.stderr || e.message).trim() };
+    return { ok: false, out: commandErrorText(err) };
   }
 }
 

@@ -1,11 +1,9 @@
 // Host mount helpers. Teardown unmounts everything below a directory before
 // anything is removed, so a bind-mounted user rootfs is never deleted.
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
 import { readFileSync, rmSync, existsSync } from "node:fs";
 import { ResourceError } from "../runtime/errors.js";
+import { commandErrorText, execFileAsync as run } from "../runtime/command.js";
 
-const run = promisify(execFile);
 
 function unescapeMountPath(p: string): string {
   return p.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(Number.parseInt(oct, 8)));
@@ -35,8 +33,7 @@ export async function bindMount(id: string, source: string, target: string, read
     await run("mount", ["--bind", source, target]);
     if (readonly) await run("mount", ["-o", "remount,bind,ro", target]);
   } catch (err) {
-    const e = err as { stderr?: string; message: string };
-    throw new ResourceError(id, `bind mount of ${source} on ${target} failed: ${(e.stderr || e.message).trim()}`);
+    throw new ResourceError(id, `bind mount of ${source} on ${target} failed: ${commandErrorText(err)}`);
   }
 }
 
@@ -44,8 +41,7 @@ export async function mount(id: string, type: string, source: string, target: st
   try {
     await run("mount", ["-t", type, ...(options.length ? ["-o", options.join(",")] : []), source, target]);
   } catch (err) {
-    const e = err as { stderr?: string; message: string };
-    throw new ResourceError(id, `mount -t ${type} ${source} on ${target} failed: ${(e.stderr || e.message).trim()}`);
+    throw new ResourceError(id, `mount -t ${type} ${source} on ${target} failed: ${commandErrorText(err)}`);
   }
 }
 

@@ -7,6 +7,7 @@ import { loadConfig } from "../runtime/config.js";
 import { pidMatches, readState, sandboxDir } from "../runtime/state.js";
 import { removeTree } from "../resource/mounts.js";
 import { unmountRootfs } from "../resource/rootfs/rootfs-mount.js";
+import { commandErrorText } from "../runtime/command.js";
 import { SANDBOX_ID_ANNOTATION } from "./shim-runtime.js";
 import { isSocketConnectable, readAddressFile, socketPathOf } from "./address.js";
 import { promises as fsp, writeSync } from "node:fs";
@@ -80,9 +81,7 @@ export async function cleanupAfterShim(id: string, bundle: string, namespace: st
 }
 
 function firstLine(err: unknown): string {
-  const e = err as { stderr?: unknown; message?: unknown };
-  const text = typeof e.stderr === "string" && e.stderr.trim() !== "" ? e.stderr : String(e.message ?? err);
-  return text.trim().split("\n")[0] ?? "";
+  return commandErrorText(err).split("\n")[0] ?? "";
 }
 
 /** The raw DeleteResponse{pid: 0, exit_status: 137, exited_at: now} the command prints. */

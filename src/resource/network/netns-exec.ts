@@ -2,10 +2,7 @@
 // path. `ip -n NAME` only understands names under /var/run/netns, while CRI
 // hands us arbitrary paths (/var/run/netns/cni-…, /proc/<pid>/ns/net), so every
 // command goes through `nsenter --net=<path>`.
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
-
-const execFileAsync = promisify(execFile);
+import { execFileAsync } from "../../runtime/command.js";
 
 export type NetnsTool = "ip" | "tc";
 
