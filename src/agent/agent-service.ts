@@ -81,7 +81,8 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
     async waitProcess(req) {
       const p = containers.process(req.containerId, req.execId);
       const e = await p.exited;
-      return { status: e.status, oomKilled: false };
+      const init = !req.execId || req.execId === req.containerId;
+      return { status: e.status, oomKilled: init && containers.oomKilled(req.containerId) };
     },
     async writeStdin(req) {
       const p = containers.process(req.containerId, req.execId);
@@ -124,7 +125,9 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
       await setClock(req.sec);
       return {};
     },
-    getOOMEvent: () => unimplemented("GetOOMEvent"),
+    async getOOMEvent(_req, ctx) {
+      return { containerId: await containers.oom.next(ctx.signal) };
+    },
   });
 
   server.register(Health, {

@@ -8,6 +8,7 @@ import { Code } from "../protocols/ttrpc/status.js";
 import { AgentError } from "../runtime/errors.js";
 import { GuestProcess, type ExitInfo } from "./guest-process.js";
 import { readCgroupStats, type CgroupStats } from "./cgroup-stats.js";
+import { OomWatcher } from "./oom-watcher.js";
 import type { Logger } from "../runtime/logger.js";
 import { commandErrorText, execFileAsync as run } from "../runtime/command.js";
 
@@ -77,6 +78,7 @@ async function waitForPidFile(path: string, proc: GuestProcess, timeoutMs: numbe
 
 export class ContainerManager {
   private readonly containers = new Map<string, Container>();
+  readonly oom = new OomWatcher();
 
   constructor(private readonly log: Logger) {
     mkdirSync(CONTAINERS_DIR, { recursive: true });
@@ -140,12 +142,15 @@ export class ContainerManager {
       const lines = text.split("\n").slice(-3).join(" | ");
       throw new AgentError(id, `crun could not start container ${id} (status ${proc.exitInfo.status}): ${lines || "no error output"}`, { code: Code.FAILED_PRECONDITION });
     }
+    if (c.initPid > 0) this.oom.watch(id, c.cgroupPath);
     this.log.info({ container: id, pid: c.initPid }, "container started");
     return c.initPid;
   }
 
   private async onInitExit(c: Container, e: ExitInfo): Promise<void> {
     c.status = "stopped";
+    // A kill the watch has not reported yet (the cgroup may still be there).
+    this.oom.check(c.id);
     this.log.info({ container: c.id, status: e.status }, "container init exited");
     // Any exec still running dies with the container's pid namespace.
     await run(CRUN, ["--root", CRUN_ROOT, "delete", "--force", c.id]).catch(() => undefined);
@@ -214,6 +219,11 @@ export class ContainerManager {
     c.status = "running";
   }
 
+  /** True if the kernel OOM-killed a process of this container. */
+  oomKilled(id: string): boolean {
+    return this.oom.sawKill(id);
+  }
+
   stats(id: string): CgroupStats {
     const c = this.get(id);
     return readCgroupStats(c.cgroupPath);
@@ -232,6 +242,7 @@ export class ContainerManager {
     }
     await run(CRUN, ["--root", CRUN_ROOT, "delete", "--force", id]).catch(() => undefined);
     rmSync(c.dir, { recursive: true, force: true });
+    this.oom.unwatch(id);
     this.containers.delete(id);
     this.log.info({ container: id }, "container removed");
   }

@@ -11,6 +11,7 @@ import type { HakoConfig } from "./config.js";
 import { connectAgentWhenReady, type AgentClient } from "./agent-client.js";
 import { RuntimeError } from "./errors.js";
 import type { Logger } from "./logger.js";
+import type { SandboxSize } from "./sandbox-sizing.js";
 import { bindMountsToShare, guestSpec, type Bundle } from "./oci-spec.js";
 import { pidMatches, readState, sandboxDir, writeState, type SandboxState } from "./state.js";
 
@@ -20,6 +21,10 @@ export interface SandboxOptions {
   accel: "kvm" | "tcg";
   logger: Logger;
   bundle: string;
+  /** VM size; default: the configured default_vcpus / default_memory. */
+  size?: SandboxSize;
+  /** Guest hostname (a pod's hostname from CRI); default: the sandbox id. */
+  hostname?: string;
 }
 
 export class Sandbox {
@@ -84,8 +89,8 @@ export class Sandbox {
         id: this.id,
         runDir: this.dir,
         accel: this.opts.accel,
-        vcpus: q.default_vcpus,
-        memoryMiB: q.default_memory,
+        vcpus: this.opts.size?.vcpus ?? q.default_vcpus,
+        memoryMiB: this.opts.size?.memoryMiB ?? q.default_memory,
         kernel: q.kernel,
         initrd: q.rootfs_type === "initrd" ? q.initrd : undefined,
         image: q.rootfs_type === "erofs" ? q.image : undefined,
@@ -106,7 +111,7 @@ export class Sandbox {
     this.mark("agent_ready");
     await this.agent.agent.createSandbox({
       sandboxId: this.id,
-      hostname: this.id.slice(0, 63),
+      hostname: (this.opts.hostname || this.id).slice(0, 63),
       storages: [{ driver: "9p", source: this.share.tag, fstype: "9p", options: this.share.guestMountOptions(), mountPoint: this.share.guestDir }],
       hostTimeUnixNano: BigInt(Date.now()) * 1_000_000n,
     });

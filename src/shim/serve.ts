@@ -12,7 +12,7 @@ import {
   TaskExecStartedSchema,
   TaskExitSchema,
   TaskPausedSchema,
-  TaskResumedSchema,
+  TaskResumedSchema, TaskOOMSchema,
   TaskStartSchema,
 } from "../protocols/gen/containerd/events/task_pb.js";
 import { TtrpcServer } from "../protocols/ttrpc/server.js";
@@ -46,6 +46,7 @@ export async function serveShim(flags: ShimFlags): Promise<void> {
     execStarted: (e) => publisher.publish(ns, TaskTopic.execStarted, TaskExecStartedSchema, e),
     paused: (containerId) => publisher.publish(ns, TaskTopic.paused, TaskPausedSchema, { containerId }),
     resumed: (containerId) => publisher.publish(ns, TaskTopic.resumed, TaskResumedSchema, { containerId }),
+    oom: (containerId) => publisher.publish(ns, TaskTopic.oom, TaskOOMSchema, { containerId }),
   };
   const rt = new ShimRuntime(cfg, log, events);
   const server = new TtrpcServer({ logger: log });

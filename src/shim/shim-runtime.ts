@@ -1,7 +1,7 @@
 // What one shim process manages: the sandboxes (VMs) of its group and the
 // containerd tasks in them. Protocol-free: task-service.ts maps the ttRPC
 // Task API onto this, and events leave through the TaskEvents sink.
-import { Code } from "../protocols/ttrpc/status.js";
+import { Code, TtrpcError } from "../protocols/ttrpc/status.js";
 import { createHypervisor } from "../hypervisor/index.js";
 import { chooseAccel } from "../runtime/accel.js";
 import type { HakoConfig } from "../runtime/config.js";
@@ -9,12 +9,15 @@ import { RuntimeError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { loadBundle } from "../runtime/oci-spec.js";
 import { Sandbox } from "../runtime/sandbox.js";
+import { sandboxSize, type SandboxSize } from "../runtime/sandbox-sizing.js";
 import { pumpInput, pumpOutput } from "../runtime/stdio-relay.js";
 import type { CgroupStatsLike } from "./metrics.js";
 import { mountRootfs, unmountRootfs, type RootfsMount } from "../resource/rootfs/rootfs-mount.js";
 import { endOutputs, openProcessIO, type ProcessIO } from "./stdio.js";
 
 export const SANDBOX_ID_ANNOTATION = "io.kubernetes.cri.sandbox-id";
+/** "sandbox" for a pod's infra (pause) container, "container" for the others. */
+export const CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type";
 
 /** Exit status reported for a process that failed to start. */
 export const FAILED_START_STATUS = 255;
@@ -37,6 +40,7 @@ export interface TaskEvents {
   execStarted(e: { containerId: string; execId: string; pid: number }): void;
   paused(containerId: string): void;
   resumed(containerId: string): void;
+  oom(containerId: string): void;
 }
 
 class ShimProcess {
@@ -67,6 +71,13 @@ class ShimProcess {
   }
 }
 
+/**
+ * "container": a process tree in the guest. "pod-sandbox": CRI's infra
+ * (pause) container: nothing runs for it in the guest; the VM is the pod, and
+ * its task lives until the pod is stopped.
+ */
+type ContainerKind = "container" | "pod-sandbox";
+
 class ShimContainer {
   readonly execs = new Map<string, ShimProcess>();
   constructor(
@@ -75,6 +86,7 @@ class ShimContainer {
     readonly sandbox: Sandbox,
     readonly ownsSandbox: boolean,
     readonly init: ShimProcess,
+    readonly kind: ContainerKind,
   ) {}
 }
 
@@ -125,18 +137,29 @@ export class ShimRuntime {
     let io: ProcessIO | undefined;
     try {
       const b = loadBundle(id, bundle);
-      const sid = b.spec.annotations?.[SANDBOX_ID_ANNOTATION];
+      const annotations = b.spec.annotations ?? {};
+      const sid = annotations[SANDBOX_ID_ANNOTATION];
+      const kind: ContainerKind = annotations[CONTAINER_TYPE_ANNOTATION] === "sandbox" ? "pod-sandbox" : "container";
       sandbox = sid && sid !== id ? this.sandboxes.get(sid) : undefined;
+      if (!sandbox && kind === "container" && annotations[CONTAINER_TYPE_ANNOTATION] === "container")
+        throw new RuntimeError(Code.NOT_FOUND, id, `pod sandbox ${sid ?? "(none)"} of container ${id} is not running in this shim`, {
+          hint: "create the container in a running pod (RunPodSandbox first)",
+        });
       if (!sandbox) {
         owns = true;
-        sandbox = await this.bootSandbox(id, bundle);
+        sandbox = await this.bootSandbox(id, bundle, {
+          size: sandboxSize(id, annotations, { vcpus: this.cfg.hypervisor.qemu.default_vcpus, memoryMiB: this.cfg.hypervisor.qemu.default_memory }),
+          hostname: kind === "pod-sandbox" ? b.spec.hostname : undefined,
+        });
       }
       io = openProcessIO(id, req.stdio);
-      if (req.stdio.terminal) b.spec.process = { ...b.spec.process, terminal: true };
-      await sandbox.createContainer(id, b, req.stdio.terminal);
+      if (kind === "container") {
+        if (req.stdio.terminal) b.spec.process = { ...b.spec.process, terminal: true };
+        await sandbox.createContainer(id, b, req.stdio.terminal);
+      }
       const init = new ShimProcess(id, "", req.stdio);
       init.io = io;
-      const c = new ShimContainer(id, bundle, sandbox, owns, init);
+      const c = new ShimContainer(id, bundle, sandbox, owns, init, kind);
       this.containers.set(id, c);
       this.watchSandbox(sandbox);
       const pid = this.pidOf(c);
@@ -153,9 +176,17 @@ export class ShimRuntime {
     }
   }
 
-  private async bootSandbox(id: string, bundle: string): Promise<Sandbox> {
+  private async bootSandbox(id: string, bundle: string, opts: { size: SandboxSize; hostname: string | undefined }): Promise<Sandbox> {
     const probe = await chooseAccel(this.cfg, this.log);
-    const sb = new Sandbox(id, { config: this.cfg, hypervisor: createHypervisor(this.cfg, this.log), accel: probe.accel, logger: this.log.child({ sandbox: id }), bundle });
+    const sb = new Sandbox(id, {
+      config: this.cfg,
+      hypervisor: createHypervisor(this.cfg, this.log),
+      accel: probe.accel,
+      logger: this.log.child({ sandbox: id }),
+      bundle,
+      size: opts.size,
+      hostname: opts.hostname,
+    });
     sb.claim();
     this.sandboxes.set(id, sb);
     try {
@@ -165,7 +196,34 @@ export class ShimRuntime {
       await sb.destroy().catch(() => undefined);
       throw err;
     }
+    void this.forwardOomEvents(sb);
     return sb;
+  }
+
+  /**
+   * The agent reports every OOM kill in a container's cgroup (GetOOMEvent
+   * long-polls); each becomes a TaskOOM event, which CRI turns into the
+   * container's reason "OOMKilled". Ends with the agent connection.
+   */
+  private async forwardOomEvents(sb: Sandbox): Promise<void> {
+    const agent = sb.agent;
+    if (!agent) return;
+    let closed = false;
+    void agent.closed.then(() => (closed = true));
+    while (!closed) {
+      try {
+        const ev = await agent.agent.getOOMEvent({}, { timeoutMs: 0 });
+        if (this.containers.get(ev.containerId)?.sandbox === sb) {
+          this.log.info({ sandbox: sb.id, container: ev.containerId }, "container OOM-killed in the guest");
+          this.events.oom(ev.containerId);
+        }
+      } catch (err) {
+        if (closed || sb.agent !== agent) return;
+        if (err instanceof TtrpcError && err.code === Code.UNIMPLEMENTED) return;
+        this.log.debug({ err, sandbox: sb.id }, "GetOOMEvent failed; retrying");
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
   }
 
   /** When the VM dies under us, every task in it has exited. */
@@ -207,6 +265,12 @@ export class ShimRuntime {
     const c = this.container(id);
     const p = this.process(id, execId);
     if (p.status !== "created") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `${execId || id} is ${p.status}, not created`);
+    if (c.kind === "pod-sandbox") {
+      if (execId) throw new RuntimeError(Code.FAILED_PRECONDITION, id, `${id} is a pod sandbox: exec into one of its containers instead`);
+      p.status = "running";
+      this.events.start({ containerId: id, pid: this.pidOf(c) });
+      return this.pidOf(c);
+    }
     const agent = c.sandbox.requireAgent().agent;
     try {
       if (execId) await agent.execProcess({ containerId: id, execId, processJson: p.processJson, terminal: p.stdio.terminal });
@@ -256,11 +320,19 @@ export class ShimRuntime {
       await this.finish(c, p, 128 + signal);
       return;
     }
+    if (c.kind === "pod-sandbox") {
+      // Signalling the pod's infra container stops the pod: the VM goes, and
+      // with it every container still in it (CRI has stopped them already).
+      await this.finish(c, p, 128 + signal);
+      await c.sandbox.destroy();
+      return;
+    }
     await c.sandbox.requireAgent().agent.signalProcess({ containerId: id, execId, signal, all });
   }
 
   exec(id: string, execId: string, stdio: StdioPaths, processJson: string): void {
     const c = this.container(id);
+    if (c.kind === "pod-sandbox") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `${id} is a pod sandbox: exec into one of its containers instead`);
     if (c.execs.has(execId)) throw new RuntimeError(Code.ALREADY_EXISTS, id, `exec ${execId} already exists in ${id}`);
     if (c.init.status !== "running") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `container ${id} is not running`);
     const p = new ShimProcess(id, execId, stdio, processJson);
@@ -299,13 +371,14 @@ export class ShimRuntime {
 
   async pids(id: string): Promise<number[]> {
     const c = this.container(id);
-    if (c.init.status === "stopped" || c.init.status === "created") return [];
+    if (c.kind === "pod-sandbox" || c.init.status === "stopped" || c.init.status === "created") return [];
     const st = await c.sandbox.requireAgent().agent.statsContainer({ containerId: id });
     return st.processIds;
   }
 
   async pause(id: string): Promise<void> {
     const c = this.container(id);
+    if (c.kind === "pod-sandbox") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `${id} is a pod sandbox: pause its containers instead`);
     if (c.init.status !== "running") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `container ${id} is ${c.init.status}, not running`);
     await c.sandbox.requireAgent().agent.pauseContainer({ containerId: id });
     c.init.status = "paused";
@@ -337,6 +410,7 @@ export class ShimRuntime {
 
   async stats(id: string): Promise<CgroupStatsLike> {
     const c = this.container(id);
+    if (c.kind === "pod-sandbox") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `${id} is a pod sandbox: it has no processes of its own; ask for its containers' stats`);
     return c.sandbox.requireAgent().agent.statsContainer({ containerId: id });
   }
 

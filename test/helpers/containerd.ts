@@ -37,6 +37,13 @@ export interface StartContainerdOptions {
   namespace?: string;
   /** Extra environment for containerd (and so for the shims it starts). */
   env?: Record<string, string>;
+  /**
+   * Enables the CRI plugin: returns the TOML of its section, given the
+   * harness's temp dir (see cri-containerd.ts).
+   */
+  criConfig?: (dir: string) => string;
+  /** Runs at stop(), after the daemon and its shims are gone, before the temp dir is removed. */
+  afterStop?: (dir: string) => void | Promise<void>;
 }
 
 export interface Containerd {
@@ -62,13 +69,15 @@ function tomlString(s: string): string {
   return JSON.stringify(s);
 }
 
-function configToml(p: { root: string; state: string; address: string; ttrpcAddress: string; opt: string }): string {
+function configToml(p: { root: string; state: string; address: string; ttrpcAddress: string; opt: string; cri: string | undefined }): string {
+  // The other snapshotters only log init errors on this host.
+  const disabled = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"];
+  if (p.cri === undefined) disabled.unshift("io.containerd.grpc.v1.cri");
   return [
     "version = 2",
     `root = ${tomlString(p.root)}`,
     `state = ${tomlString(p.state)}`,
-    // CRI comes later; the other snapshotters only log init errors on this host.
-    'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]',
+    `disabled_plugins = [${disabled.map(tomlString).join(", ")}]`,
     "",
     "[grpc]",
     `  address = ${tomlString(p.address)}`,
@@ -82,6 +91,7 @@ function configToml(p: { root: string; state: string; address: string; ttrpcAddr
     '[plugins."io.containerd.internal.v1.opt"]',
     `  path = ${tomlString(p.opt)}`,
     "",
+    p.cri ?? "",
   ].join("\n");
 }
 
@@ -146,7 +156,7 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
   const ttrpcAddress = join(dir, "c.sock.ttrpc");
   const configPath = join(dir, "config.toml");
   for (const d of [root, state, opt]) mkdirSync(d, { mode: 0o711 });
-  writeFileSync(configPath, configToml({ root, state, address, ttrpcAddress, opt }));
+  writeFileSync(configPath, configToml({ root, state, address, ttrpcAddress, opt, cri: opts.criConfig?.(dir) }));
   const env = daemonEnv(opts.env);
   // runc (via containerd-shim-runc-v2) keeps container state in the FIXED dir
   // /run/containerd/runc/<namespace>; remove it at stop() only if we made it and it is empty.
@@ -295,6 +305,7 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
         }
         for (let i = 0; i < 100 && pidsMatching(address).some(alive); i++) await sleep(20);
         unmountAll();
+        if (opts.afterStop) await Promise.resolve(opts.afterStop(dir)).catch((e: Error) => note(`afterStop: ${e.message}`));
         rmSync(dir, { recursive: true, force: true });
         if (!runcNsDirExisted) {
           try {
@@ -319,13 +330,13 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
   return c;
 }
 
-/** Imports the (cached, locally built) busybox image into `c`'s namespace; returns its ref. */
-export async function importBusybox(c: Containerd): Promise<string> {
-  const tar = await busyboxImageTar(BUSYBOX_REF);
+/** Imports a (cached, locally built) busybox image into `c`'s namespace; returns its ref. */
+export async function importBusybox(c: Containerd, ref = BUSYBOX_REF, cmd?: string[]): Promise<string> {
+  const tar = await busyboxImageTar(ref, cmd);
   const r = await c.ctr(["images", "import", tar], { timeoutMs: 120_000 });
   if (r.status !== 0) throw new Error(`ctr images import ${tar} failed (${r.status}): ${r.stderr}\n${r.stdout.toString()}`);
   const ls = await c.ctr(["images", "ls", "-q"]);
   const refs = ls.stdout.toString().split("\n").filter(Boolean);
-  if (!refs.includes(BUSYBOX_REF)) throw new Error(`image ${BUSYBOX_REF} missing after import; have: ${refs.join(", ")}; import said: ${r.stdout.toString()}`);
-  return BUSYBOX_REF;
+  if (!refs.includes(ref)) throw new Error(`image ${ref} missing after import; have: ${refs.join(", ")}; import said: ${r.stdout.toString()}`);
+  return ref;
 }

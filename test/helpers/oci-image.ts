@@ -19,6 +19,13 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 
 export const BUSYBOX_REF = "localhost/busybox:latest";
+const DEFAULT_CMD = ["sh"];
+/**
+ * The CRI sandbox ("pause") image: busybox sleeping for ever. runc runs it as
+ * the pod's infra container; hako never runs it (the VM is the sandbox).
+ */
+export const PAUSE_REF = "localhost/pause:hako-test";
+export const PAUSE_CMD = ["/bin/sleep", "infinity"];
 const BUSYBOX = "/bin/busybox";
 /** Bump when the layout produced here changes, so stale cached tars are not reused. */
 const FORMAT = 2;
@@ -54,9 +61,9 @@ export function busyboxVersion(): string {
 }
 
 /** Where the cached image tarball for the installed busybox lives. */
-export function cachedBusyboxTarPath(ref = BUSYBOX_REF): string {
+export function cachedBusyboxTarPath(ref = BUSYBOX_REF, cmd = DEFAULT_CMD): string {
   const bin = readFileSync(BUSYBOX);
-  const key = sha256(Buffer.concat([bin, Buffer.from(`\0${ref}\0${FORMAT}`)])).slice(0, 12);
+  const key = sha256(Buffer.concat([bin, Buffer.from(`\0${ref}\0${FORMAT}\0${JSON.stringify(cmd)}`)])).slice(0, 12);
   const version = busyboxVersion().replace(/[^A-Za-z0-9.+_-]/g, "_");
   return join(IMAGE_CACHE_DIR, `busybox-${version}-${key}.tar`);
 }
@@ -89,7 +96,7 @@ function writeRootfs(dir: string): void {
  * (one uncompressed layer; written atomically). Deterministic: the same
  * busybox binary and ref give byte-identical output.
  */
-export async function buildBusyboxImage(outTar: string, ref = BUSYBOX_REF): Promise<void> {
+export async function buildBusyboxImage(outTar: string, ref = BUSYBOX_REF, cmd = DEFAULT_CMD): Promise<void> {
   const work = mkdtempSync(join(tmpdir(), "hako-test-ociimg-"));
   try {
     const rootfs = join(work, "rootfs");
@@ -119,7 +126,7 @@ export async function buildBusyboxImage(outTar: string, ref = BUSYBOX_REF): Prom
       os: "linux",
       config: {
         Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-        Cmd: ["sh"],
+        Cmd: cmd,
       },
       rootfs: { type: "layers", diff_ids: [`sha256:${layerDigest}`] },
       history: [{ created: "1970-01-01T00:00:00Z", created_by: "hako test/helpers/oci-image.ts (busybox-static)" }],
@@ -162,8 +169,8 @@ export async function buildBusyboxImage(outTar: string, ref = BUSYBOX_REF): Prom
 }
 
 /** The cached busybox image tarball, built on first use (once per machine). */
-export async function busyboxImageTar(ref = BUSYBOX_REF): Promise<string> {
-  const path = cachedBusyboxTarPath(ref);
-  if (!existsSync(path)) await buildBusyboxImage(path, ref);
+export async function busyboxImageTar(ref = BUSYBOX_REF, cmd = DEFAULT_CMD): Promise<string> {
+  const path = cachedBusyboxTarPath(ref, cmd);
+  if (!existsSync(path)) await buildBusyboxImage(path, ref, cmd);
   return path;
 }

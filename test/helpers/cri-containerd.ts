@@ -1,0 +1,108 @@
+// A private containerd with the CRI plugin on, for the Kubernetes-level
+// tests: runtime handlers `hako` (our shim, with the test configuration as
+// its ConfigPath option) and `runc`, a CNI bridge + host-local network of its
+// own, and the busybox and pause images imported into `k8s.io`.
+//
+// What cannot be private (host-notes.md): pod netns are /var/run/netns/cni-*,
+// CNI caches results in /var/lib/cni/results, and the bridge is a host link.
+// stop() removes the bridge and this network's cached results; the tests
+// assert that no netns they caused is left.
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { spawnSync } from "node:child_process";
+import { importBusybox, startContainerd, type Containerd } from "./containerd.js";
+import { BUSYBOX_REF, PAUSE_CMD, PAUSE_REF } from "./oci-image.js";
+import { ensureTestConfig } from "./hako.js";
+
+export const CNI_NETWORK = "hako-test-pods";
+export const CNI_BRIDGE = "hakotest0";
+/** Not 10.88.0.0/16 (podman's default, host-notes). */
+export const CNI_SUBNET = "10.217.0.0/24";
+export const CNI_GATEWAY = "10.217.0.1";
+const CNI_BIN_DIR = "/usr/lib/cni";
+const CNI_RESULTS_DIR = "/var/lib/cni/results";
+export const NETNS_DIR = "/var/run/netns";
+
+export interface CriContainerd extends Containerd {
+  /** unix:// address for CRI clients. */
+  criAddress: string;
+  busybox: string;
+  pause: string;
+}
+
+function cniConfList(ipamDir: string): string {
+  return JSON.stringify(
+    {
+      cniVersion: "1.0.0",
+      name: CNI_NETWORK,
+      plugins: [
+        {
+          type: "bridge",
+          bridge: CNI_BRIDGE,
+          isGateway: true,
+          ipMasq: false,
+          hairpinMode: true,
+          ipam: { type: "host-local", ranges: [[{ subnet: CNI_SUBNET, gateway: CNI_GATEWAY }]], routes: [{ dst: "0.0.0.0/0" }], dataDir: ipamDir },
+        },
+      ],
+    },
+    null,
+    2,
+  );
+}
+
+function criToml(dir: string, hakoConfig: string): string {
+  const cniConf = join(dir, "cni", "net.d");
+  mkdirSync(cniConf, { recursive: true });
+  writeFileSync(join(cniConf, "10-hako-test.conflist"), cniConfList(join(dir, "cni", "ipam")));
+  const s = JSON.stringify;
+  return [
+    '[plugins."io.containerd.grpc.v1.cri"]',
+    `  sandbox_image = ${s(PAUSE_REF)}`,
+    // Root here lacks CAP_SYS_RESOURCE: runc cannot lower oom_score_adj (host-notes).
+    "  restrict_oom_score_adj = true",
+    '  [plugins."io.containerd.grpc.v1.cri".containerd]',
+    '    default_runtime_name = "runc"',
+    '    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]',
+    '      runtime_type = "io.containerd.runc.v2"',
+    '    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hako]',
+    '      runtime_type = "io.containerd.hako.v2"',
+    '      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hako.options]',
+    `        ConfigPath = ${s(hakoConfig)}`,
+    '  [plugins."io.containerd.grpc.v1.cri".cni]',
+    `    bin_dir = ${s(CNI_BIN_DIR)}`,
+    `    conf_dir = ${s(cniConf)}`,
+    "    max_conf_num = 1",
+    "",
+  ].join("\n");
+}
+
+/** Removes the host side of the test network: the bridge and cached CNI results. */
+export function removeTestNetwork(): void {
+  if (existsSync(`/sys/class/net/${CNI_BRIDGE}`)) spawnSync("ip", ["link", "del", CNI_BRIDGE], { stdio: "ignore" });
+  if (existsSync(CNI_RESULTS_DIR)) {
+    for (const f of readdirSync(CNI_RESULTS_DIR)) if (f.startsWith(`${CNI_NETWORK}-`)) rmSync(join(CNI_RESULTS_DIR, f), { force: true });
+  }
+}
+
+/** Pod network namespaces CNI created on this host (cni-*). */
+export function cniNetns(): string[] {
+  return existsSync(NETNS_DIR) ? readdirSync(NETNS_DIR).filter((n) => n.startsWith("cni-")) : [];
+}
+
+export async function startCriContainerd(): Promise<CriContainerd> {
+  const hakoConfig = ensureTestConfig();
+  const c = await startContainerd({
+    namespace: "k8s.io",
+    criConfig: (dir) => criToml(dir, hakoConfig),
+    afterStop: () => removeTestNetwork(),
+  });
+  try {
+    const busybox = await importBusybox(c, BUSYBOX_REF);
+    const pause = await importBusybox(c, PAUSE_REF, PAUSE_CMD);
+    return Object.assign(c, { criAddress: `unix://${c.address}`, busybox, pause });
+  } catch (err) {
+    await c.stop();
+    throw err;
+  }
+}
