@@ -1,5 +1,7 @@
 // The AgentService and Health implementations served over ttRPC in the guest.
+import { mkdirSync } from "node:fs";
 import { Code } from "../protocols/ttrpc/status.js";
+import { GUEST_POD_SHM_DIR } from "../runtime/oci-spec.js";
 import { AgentError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import { AgentService } from "../protocols/gen/hako/agent/v1/agent_pb.js";
@@ -37,6 +39,7 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
   server.register(AgentService, {
     async createSandbox(req) {
       setHostname(req.hostname);
+      mkdirSync(GUEST_POD_SHM_DIR, { recursive: true, mode: 0o1777 });
       setDns(req.dns);
       // The guest reads the (host-synced) RTC at boot; only a clock that is
       // off by more than a second is set (a process spawn costs ~0.1 s under TCG).

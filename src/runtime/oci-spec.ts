@@ -86,6 +86,16 @@ export function validateSpec(id: string, dir: string, spec: OciSpec): string {
 const GUEST_NAMESPACES = new Set(["pid", "mount", "ipc", "uts", "cgroup"]);
 
 /**
+ * The pod's /dev/shm in the guest (a directory on the guest's /run tmpfs,
+ * made by the agent): containers of a pod share it, as CRI asks by binding
+ * the sandbox's shm into each of them; a 9p copy could not share memory.
+ */
+export const GUEST_POD_SHM_DIR = "/run/hako/pod-shm";
+
+const isBindMount = (m: { type?: string; options?: string[] }): boolean =>
+  m.type === "bind" || (m.options ?? []).some((o) => o === "bind" || o === "rbind");
+
+/**
  * The spec crun runs in the guest: root on the shared filesystem, network
  * shared with the VM (the VM is the pod), cgroup under /hako, host-only
  * security labels dropped, bind mounts replaced by their shared copies.
@@ -95,6 +105,7 @@ export function guestSpec(id: string, spec: OciSpec, guestRoot: string, guestMou
   out.root = { path: guestRoot, readonly: spec.root?.readonly ?? false };
   out.process = { ...out.process, terminal: false };
   out.mounts = (spec.mounts ?? []).map((m, i) => {
+    if (m.destination === "/dev/shm" && isBindMount(m)) return { ...m, source: GUEST_POD_SHM_DIR };
     const shared = guestMounts.get(i);
     return shared ? { ...m, source: shared } : m;
   });
@@ -103,8 +114,10 @@ export function guestSpec(id: string, spec: OciSpec, guestRoot: string, guestMou
   if (!out.mounts.some((m) => m.destination === "/dev"))
     out.mounts.unshift({ destination: "/dev", type: "tmpfs", source: "tmpfs", options: ["nosuid", "strictatime", "mode=755", "size=65536k"] });
   const linux = { ...(out.linux ?? {}) };
+  // A namespace given by path is one to join: in a pod, the sandbox's. The
+  // guest's own namespaces are the pod's, so joining means not creating one.
   linux.namespaces = (linux.namespaces ?? [])
-    .filter((n) => GUEST_NAMESPACES.has(n.type))
+    .filter((n) => GUEST_NAMESPACES.has(n.type) && !n.path)
     .map((n) => ({ type: n.type }));
   linux.cgroupsPath = `/hako/${id}`;
   delete linux["seccomp"];
@@ -120,8 +133,8 @@ export function guestSpec(id: string, spec: OciSpec, guestRoot: string, guestMou
 export function bindMountsToShare(spec: OciSpec): Array<{ index: number; source: string; readonly: boolean }> {
   const out: Array<{ index: number; source: string; readonly: boolean }> = [];
   (spec.mounts ?? []).forEach((m, index) => {
-    const isBind = m.type === "bind" || (m.options ?? []).some((o) => o === "bind" || o === "rbind");
-    if (isBind && m.source && isAbsolute(m.source)) out.push({ index, source: m.source, readonly: (m.options ?? []).includes("ro") });
+    if (m.destination === "/dev/shm") return;
+    if (isBindMount(m) && m.source && isAbsolute(m.source)) out.push({ index, source: m.source, readonly: (m.options ?? []).includes("ro") });
   });
   return out;
 }

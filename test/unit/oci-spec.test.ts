@@ -67,3 +67,29 @@ test("guestSpec puts root on the share, keeps per-container namespaces, drops th
   assert.equal(g.mounts?.[0]?.destination, "/dev", "a tmpfs /dev is added when the spec has none");
   assert.equal(spec.root?.path, "rootfs", "the input spec is not modified");
 });
+
+test("guestSpec: namespaces given by path are joined (the VM's), /dev/shm is the pod's guest shm", () => {
+  const spec: OciSpec = {
+    process: { args: ["sh"] },
+    root: { path: "rootfs" },
+    mounts: [
+      { destination: "/dev/shm", type: "bind", source: "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/p1/shm", options: ["rbind", "ro"] },
+      { destination: "/etc/hosts", type: "bind", source: "/var/lib/x/hosts", options: ["rbind", "rprivate", "rw"] },
+    ],
+    linux: {
+      namespaces: [
+        { type: "pid" },
+        { type: "ipc", path: "/proc/42/ns/ipc" },
+        { type: "uts", path: "/proc/42/ns/uts" },
+        { type: "mount" },
+        { type: "network", path: "/proc/42/ns/net" },
+      ],
+    },
+  };
+  assert.deepEqual(bindMountsToShare(spec).map((m) => m.index), [1], "/dev/shm is not shared over 9p");
+  const g = guestSpec("c1", spec, "/run/hako/shared/c1/rootfs", new Map([[1, "/run/hako/shared/c1/mounts/1"]]));
+  assert.deepEqual(g.linux?.namespaces, [{ type: "pid" }, { type: "mount" }]);
+  const shm = g.mounts?.find((m) => m.destination === "/dev/shm");
+  assert.equal(shm?.source, "/run/hako/pod-shm");
+  assert.equal(g.mounts?.find((m) => m.destination === "/etc/hosts")?.source, "/run/hako/shared/c1/mounts/1");
+});
