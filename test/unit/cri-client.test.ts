@@ -258,7 +258,7 @@ describe("CriClient against a fake CRI server", () => {
 
   test("the hako CLI exits with the exec'd command's exit code", async () => {
     const main = join(import.meta.dirname, "..", "..", "src", "cli", "main.ts");
-    const args = ["--import", "tsx", main, "cri", "--address", fake.address, "--timeout", "20s", "exec", "c1", "--", "sh", "-c", "exit 7"];
+    const args = ["--import", "tsx", main, "cri", "--address", fake.address, "--timeout", "20s", "exec", "c1", "--timeout", "9", "--", "sh", "-c", "exit 7"];
     const result = await new Promise<{ code: number | null; stdout: Buffer; stderr: string }>((resolve) => {
       execFile(process.execPath, args, { encoding: "buffer", timeout: 60_000 }, (err, stdout, stderr) => {
         const code = err && typeof err.code === "number" ? err.code : err ? null : 0;
@@ -268,6 +268,8 @@ describe("CriClient against a fake CRI server", () => {
     assert.equal(result.code, 7, `stderr: ${result.stderr}`);
     assert.deepEqual(new Uint8Array(result.stdout), NON_UTF8);
     assert.equal(result.stderr, "ran sh -c exit 7");
+    const reqs = fake.requests.get("ExecSync") as ExecSyncRequest[];
+    assert.equal(reqs[reqs.length - 1]?.timeout, 9n, "exec's own --timeout goes into the request");
   });
 });
 
