@@ -51,7 +51,8 @@ typecheck: npm
 PROTOS := hako/agent/v1/agent.proto hako/agent/v1/health.proto ttrpc/ttrpc.proto \
 	containerd/types/mount.proto containerd/types/task.proto containerd/runtime/task/v2/shim.proto \
 	containerd/events/task.proto containerd/services/events/ttrpc/v1/events.proto \
-	containerd/cgroups/v1/metrics.proto runtimeoptions/v1/api.proto
+	containerd/cgroups/v1/metrics.proto runtimeoptions/v1/api.proto \
+	cri/runtime/v1/api.proto
 gen: npm
 	@dpkg-query -W protobuf-compiler libprotobuf-dev >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler libprotobuf-dev >/dev/null
 	cd src/protocols/proto && protoc --plugin=protoc-gen-es=$(CURDIR)/node_modules/.bin/protoc-gen-es \

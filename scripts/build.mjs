@@ -21,7 +21,10 @@ const common = {
   target: "node20",
   sourcemap: false,
   logLevel: "warning",
-  external: ["node-pty"],
+  // @grpc/proto-loader (with protobufjs, ~1 MB) is required by grpc-js only
+  // lazily, to serve its channelz/ORCA services from .proto files that a
+  // bundle does not carry anyway; hako's CRI client encodes with protobuf-es.
+  external: ["node-pty", "@grpc/proto-loader"],
   legalComments: "none",
 };
 const esmBanner = { js: "import { createRequire as __hakoCreateRequire } from 'node:module'; const require = __hakoCreateRequire(import.meta.url);" };

@@ -7,6 +7,7 @@ import { containerState, deleteContainer, execInContainer, killContainer, listCo
 import { printEnv } from "./env.js";
 import { runCheck } from "./check.js";
 import { imageBuild } from "./image.js";
+import { registerCriCommands } from "./cri/commands.js";
 
 const program = new Command();
 program
@@ -110,5 +111,8 @@ image
   .option("--out <dir>", "output directory (default: <data dir>/guest)")
   .option("--force", "rebuild even if up to date")
   .action((o: { kernel?: string; format: string; out?: string; force?: boolean }) => guarded(() => imageBuild(o)));
+
+// `hako cri …`: a crictl-like CRI v1 client (src/cli/cri).
+registerCriCommands(program, guarded);
 
 await program.parseAsync(process.argv);

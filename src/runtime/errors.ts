@@ -3,7 +3,7 @@
 // (shim, agent, proxy) map them to wire statuses in one place: statusOf().
 import { Code } from "../protocols/ttrpc/status.js";
 
-export type Domain = "config" | "bundle" | "hypervisor" | "agent" | "runtime" | "image" | "resource";
+export type Domain = "config" | "bundle" | "hypervisor" | "agent" | "runtime" | "image" | "resource" | "cri";
 
 export class HakoError extends Error {
   readonly domain: Domain;
