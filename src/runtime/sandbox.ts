@@ -35,6 +35,7 @@ export class Sandbox {
   share: ShareFs | undefined;
   private readonly t0 = Date.now();
   private stopped = false;
+  private destroying: Promise<void> | undefined;
 
   constructor(
     readonly id: string,
@@ -157,9 +158,13 @@ export class Sandbox {
     return this.agent;
   }
 
-  /** Stops the VM and removes every host resource of the sandbox. Idempotent. */
-  async destroy(): Promise<void> {
-    if (this.stopped) return;
+  /** Stops the VM and removes every host resource of the sandbox. Idempotent; concurrent calls share one teardown. */
+  destroy(): Promise<void> {
+    this.destroying ??= this.teardown();
+    return this.destroying;
+  }
+
+  private async teardown(): Promise<void> {
     this.stopped = true;
     const log = this.opts.logger;
     // No DestroySandbox round trip: nothing in the guest outlives the VM, and

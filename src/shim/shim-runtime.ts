@@ -323,8 +323,10 @@ export class ShimRuntime {
     if (c.kind === "pod-sandbox") {
       // Signalling the pod's infra container stops the pod: the VM goes, and
       // with it every container still in it (CRI has stopped them already).
+      // Like a real kill, this returns before the exit: CRI's Wait then sees
+      // the exit and deletes the task, which waits for the teardown.
       await this.finish(c, p, 128 + signal);
-      await c.sandbox.destroy();
+      void c.sandbox.destroy().catch((err: unknown) => this.log.warn({ err, sandbox: c.sandbox.id }, "pod teardown failed"));
       return;
     }
     await c.sandbox.requireAgent().agent.signalProcess({ containerId: id, execId, signal, all });

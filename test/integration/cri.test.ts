@@ -1,0 +1,299 @@
+// Kubernetes through CRI: a private containerd with the CRI plugin and a CNI
+// bridge, pods with runtime handler "hako" (one VM each) and "runc" side by
+// side, driven by our CRI client as kubelet would drive it.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { get } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { CriClient } from "../../src/cli/cri/cri-client.js";
+import { cniNetns, startCriContainerd, CNI_BRIDGE, type CriContainerd } from "../helpers/cri-containerd.js";
+import { pidsMatching } from "../helpers/containerd.js";
+import { TEST_STATE_DIR } from "../helpers/hako.js";
+import { findLeaks, describeLeaks, hasLeaks } from "../helpers/leaks.js";
+import { TMP_PREFIX } from "../helpers/bundle.js";
+import { podConfig, containerConfig, type ContainerExtra, type PodSpec } from "../helpers/cri-specs.js";
+
+let c: CriContainerd;
+let cri: CriClient;
+let work: string;
+let netnsBefore: string[];
+
+function httpGet(url: string, timeoutMs = 10_000): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = get(url, { timeout: timeoutMs }, (res) => {
+      let body = "";
+      res.on("data", (d: Buffer) => (body += d.toString()));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on("timeout", () => req.destroy(new Error(`GET ${url} timed out`)));
+    req.on("error", reject);
+  });
+}
+
+/** QEMU processes of this test run (their command lines hold the state dir). */
+function qemuPids(): number[] {
+  return findLeaks(TEST_STATE_DIR).qemu.map((l) => Number(l.split(" ")[0]));
+}
+
+async function exec(cid: string, cmd: string[], timeout = 30): Promise<{ stdout: string; stderr: string; exitCode: number }> {
+  const r = await cri.execSync(cid, cmd, { timeoutSeconds: timeout });
+  return { stdout: Buffer.from(r.stdout).toString(), stderr: Buffer.from(r.stderr).toString(), exitCode: r.exitCode };
+}
+
+async function startPod(spec: PodSpec, handler: string): Promise<string> {
+  return cri.runPodSandbox(podConfig(spec), handler);
+}
+
+async function startContainer(podId: string, spec: PodSpec, name: string, args: string[], extra: Omit<ContainerExtra, "image"> = {}): Promise<string> {
+  const cid = await cri.createContainer(podId, containerConfig(name, args, { image: c.busybox, ...extra }), podConfig(spec));
+  await cri.startContainer(cid);
+  return cid;
+}
+
+async function removePod(podId: string): Promise<void> {
+  await cri.stopPodSandbox(podId);
+  await cri.removePodSandbox(podId);
+}
+
+async function waitForLog(path: string, text: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(existsSync(path) && readFileSync(path, "utf8").includes(text))) {
+    if (Date.now() > deadline) throw new Error(`"${text}" not in ${path} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function waitExited(cid: string, timeoutMs = 60_000): Promise<{ exitCode: number; reason: string }> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const s = await cri.containerStatus(cid);
+    const st = s.status!;
+    if (st.state === 2 /* CONTAINER_EXITED */) return { exitCode: st.exitCode, reason: st.reason };
+    if (Date.now() > deadline) throw new Error(`container ${cid} still ${st.state} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+before(async () => {
+  netnsBefore = cniNetns();
+  work = mkdtempSync(join(tmpdir(), `${TMP_PREFIX}cri-`));
+  c = await startCriContainerd();
+  cri = new CriClient(c.criAddress, { defaultTimeoutMs: 120_000 });
+});
+
+after(async () => {
+  try {
+    cri?.close();
+    await c?.stop();
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+  assert.deepEqual(cniNetns().filter((n) => !netnsBefore.includes(n)), [], "pod netns left behind");
+  assert.equal(existsSync(`/sys/class/net/${CNI_BRIDGE}`), false, "test bridge left behind");
+});
+
+describe("a hako pod: two containers in one VM", () => {
+  const spec: PodSpec = { name: "pod-a", uid: "uid-a", hostname: "pod-a", logDir: "", dns: ["10.217.0.10"], search: ["hako.test"] };
+  let pod = "";
+  let web = "";
+  let client = "";
+  let rwDir = "";
+  let roDir = "";
+
+  before(async () => {
+    spec.logDir = join(work, "logs-a");
+    rwDir = join(work, "rw");
+    roDir = join(work, "ro");
+    for (const d of [spec.logDir, rwDir, roDir]) mkdirSync(d, { recursive: true });
+    writeFileSync(join(roDir, "seed"), "seed\n");
+    pod = await startPod(spec, "hako");
+    web = await startContainer(pod, spec, "web", ["sh", "-c", "mkdir -p /www && echo hello-from-hako > /www/index.html && echo web-started && exec httpd -f -p 8080 -h /www"], {
+      logPath: "web.log",
+      mounts: [
+        { containerPath: "/data", hostPath: rwDir, readonly: false },
+        { containerPath: "/ro", hostPath: roDir, readonly: true },
+      ],
+    });
+    client = await startContainer(pod, spec, "client", ["sleep", "3600"], { logPath: "client.log" });
+  });
+
+  after(async () => {
+    if (pod) await removePod(pod);
+    assert.deepEqual(qemuPids(), [], "no QEMU after RemovePodSandbox");
+    assert.deepEqual(pidsMatching(c.address), [], "no shim after RemovePodSandbox");
+    const l = findLeaks(TEST_STATE_DIR);
+    assert.equal(hasLeaks(l), false, describeLeaks(l));
+  });
+
+  test("both containers run in the same VM (one QEMU, guest kernel ≠ host)", async () => {
+    const a = await exec(web, ["cat", "/proc/sys/kernel/random/boot_id"]);
+    const b = await exec(client, ["cat", "/proc/sys/kernel/random/boot_id"]);
+    assert.equal(a.exitCode, 0, a.stderr);
+    assert.equal(a.stdout, b.stdout);
+    assert.notEqual(a.stdout.trim(), readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim());
+    const k = await exec(client, ["uname", "-r"]);
+    assert.notEqual(k.stdout.trim(), readFileSync("/proc/sys/kernel/osrelease", "utf8").trim());
+    assert.equal(qemuPids().length, 1);
+  });
+
+  test("container B reaches container A on localhost", async () => {
+    const r = await exec(client, ["wget", "-q", "-O-", "http://127.0.0.1:8080/"]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.equal(r.stdout.trim(), "hello-from-hako");
+  });
+
+  test("the host reaches httpd in the pod at the pod IP from PodSandboxStatus", async () => {
+    const st = await cri.podSandboxStatus(pod);
+    const ip = st.status?.network?.ip ?? "";
+    assert.match(ip, /^10\.217\.0\.\d+$/);
+    const r = await httpGet(`http://${ip}:8080/`);
+    assert.equal(r.status, 200);
+    assert.equal(r.body.trim(), "hello-from-hako");
+  });
+
+  test("hostname, resolv.conf and hosts from CRI reach the containers", async () => {
+    assert.equal((await exec(client, ["cat", "/etc/hostname"])).stdout.trim(), "pod-a");
+    assert.equal((await exec(client, ["hostname"])).stdout.trim(), "pod-a");
+    const resolv = (await exec(client, ["cat", "/etc/resolv.conf"])).stdout;
+    assert.match(resolv, /nameserver 10\.217\.0\.10/);
+    assert.match(resolv, /search hako\.test/);
+    assert.match((await exec(client, ["cat", "/etc/hosts"])).stdout, /localhost/);
+  });
+
+  test("a rw volume writes through to the host at once; a ro volume rejects writes", async () => {
+    const w = await exec(web, ["sh", "-c", "echo written-in-guest > /data/out.txt"]);
+    assert.equal(w.exitCode, 0, w.stderr);
+    assert.equal(readFileSync(join(rwDir, "out.txt"), "utf8"), "written-in-guest\n");
+    assert.equal((await exec(web, ["cat", "/ro/seed"])).stdout, "seed\n");
+    const ro = await exec(web, ["sh", "-c", "echo x > /ro/new.txt"]);
+    assert.notEqual(ro.exitCode, 0);
+    assert.match(ro.stderr, /Read-only file system/);
+    assert.equal(existsSync(join(roDir, "new.txt")), false);
+  });
+
+  test("ExecSync returns stdout, stderr and the exit code", async () => {
+    const r = await exec(client, ["sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert.deepEqual(r, { stdout: "out\n", stderr: "err\n", exitCode: 3 });
+  });
+
+  test("the CRI log file holds the container's output", async () => {
+    const path = join(spec.logDir, "web.log");
+    await waitForLog(path, "web-started");
+    assert.match(readFileSync(path, "utf8"), /^\S+ stdout F web-started$/m);
+  });
+
+  test("ContainerStats and ListContainerStats report CPU and memory from the guest", async () => {
+    const s = await cri.containerStats(web);
+    assert.ok((s?.cpu?.usageCoreNanoSeconds?.value ?? 0n) > 0n, "cpu usage");
+    assert.ok((s?.memory?.workingSetBytes?.value ?? 0n) > 0n, "memory working set");
+    const all = await cri.listContainerStats({ podSandboxId: pod });
+    assert.deepEqual(all.map((x) => x.attributes?.id).sort(), [web, client].sort());
+  });
+
+  test("a container over its 32 MiB memory limit is OOM-killed: reason OOMKilled", async () => {
+    const hog = await startContainer(pod, spec, "hog", ["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"], {
+      logPath: "hog.log",
+      memoryLimitBytes: 32n * 1024n * 1024n,
+    });
+    const r = await waitExited(hog);
+    assert.equal(r.reason, "OOMKilled");
+    assert.equal(r.exitCode, 137);
+    await cri.removeContainer(hog);
+  });
+
+  test("StopContainer with timeout 2 kills a process that ignores TERM within ~3 s (137)", async () => {
+    const stubborn = await startContainer(pod, spec, "stubborn", ["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"], { logPath: "stubborn.log" });
+    // TERM must not arrive before the trap is set (the shell is slow to start under TCG).
+    await waitForLog(join(spec.logDir, "stubborn.log"), "ready");
+    const t0 = Date.now();
+    await cri.stopContainer(stubborn, 2);
+    const took = Date.now() - t0;
+    const r = await waitExited(stubborn, 5_000);
+    assert.equal(r.exitCode, 137);
+    assert.ok(took >= 1_900 && took < 3_500, `StopContainer took ${took} ms`);
+    await cri.removeContainer(stubborn);
+  });
+});
+
+describe("two pods: hako ↔ hako traffic, and the same spec under runc", () => {
+  const specB: PodSpec = { name: "pod-b", uid: "uid-b", hostname: "pod-b", logDir: "" };
+  const specC: PodSpec = { name: "pod-c", uid: "uid-c", hostname: "pod-c", logDir: "" };
+  const pods: string[] = [];
+
+  after(async () => {
+    for (const p of pods) await removePod(p).catch(() => undefined);
+    assert.deepEqual(qemuPids(), []);
+  });
+
+  test("pod-to-pod between two hako pods, and a runc pod beside them", async () => {
+    specB.logDir = join(work, "logs-b");
+    specC.logDir = join(work, "logs-c");
+    mkdirSync(specB.logDir, { recursive: true });
+    mkdirSync(specC.logDir, { recursive: true });
+    const server = await startPod(specB, "hako");
+    pods.push(server);
+    await startContainer(server, specB, "web", ["sh", "-c", "mkdir -p /www && echo pod-b > /www/index.html && exec httpd -f -p 8080 -h /www"], { logPath: "web.log" });
+    const serverIp = (await cri.podSandboxStatus(server)).status?.network?.ip ?? "";
+
+    const hakoClient = await startPod({ ...specC, name: "pod-c-hako", uid: "uid-c-hako" }, "hako");
+    pods.push(hakoClient);
+    const hc = await startContainer(hakoClient, { ...specC, name: "pod-c-hako", uid: "uid-c-hako" }, "client", ["sleep", "3600"], { logPath: "hc.log" });
+    const viaHako = await exec(hc, ["wget", "-q", "-O-", `http://${serverIp}:8080/`]);
+    assert.equal(viaHako.stdout.trim(), "pod-b", viaHako.stderr);
+
+    // The same pod spec with the runc handler, in the same containerd.
+    const runcPod = await startPod(specC, "runc");
+    pods.push(runcPod);
+    const rc = await startContainer(runcPod, specC, "client", ["sleep", "3600"], { logPath: "rc.log" });
+    const viaRunc = await exec(rc, ["wget", "-q", "-O-", `http://${serverIp}:8080/`]);
+    assert.equal(viaRunc.stdout.trim(), "pod-b", viaRunc.stderr);
+    assert.equal((await exec(rc, ["uname", "-r"])).stdout.trim(), readFileSync("/proc/sys/kernel/osrelease", "utf8").trim(), "runc shares the host kernel");
+    assert.equal(qemuPids().length, 2, "one QEMU per hako pod, none for runc");
+    const listed = await cri.listPodSandbox();
+    const handlers = new Map(listed.map((p) => [p.id, p.runtimeHandler]));
+    assert.equal(handlers.get(runcPod), "runc");
+    assert.equal(handlers.get(server), "hako");
+
+    while (pods.length) await removePod(pods.pop()!);
+    assert.deepEqual(qemuPids(), []);
+  });
+});
+
+describe("bad input fails with a clear CRI error and leaves nothing", () => {
+  test("unknown runtime handler", async () => {
+    const before = cniNetns();
+    await assert.rejects(
+      cri.runPodSandbox(podConfig({ name: "bad-handler", uid: "uid-bad", hostname: "bad", logDir: work }), "no-such-handler"),
+      /no-such-handler/,
+    );
+    assert.deepEqual(cniNetns(), before);
+    assert.deepEqual(qemuPids(), []);
+  });
+
+  test("a volume whose host path cannot exist; a container in a removed pod", async () => {
+    const spec: PodSpec = { name: "pod-d", uid: "uid-d", hostname: "pod-d", logDir: join(work, "logs-d") };
+    mkdirSync(spec.logDir, { recursive: true });
+    const pod = await startPod(spec, "hako");
+    try {
+      // Under a regular file: CRI cannot create it, the container is not created.
+      const missing = join(work, "logs-d", "not-a-dir", "vol");
+      writeFileSync(join(work, "logs-d", "not-a-dir"), "");
+      await assert.rejects(
+        cri.createContainer(pod, containerConfig("vol", ["true"], { image: c.busybox, logPath: "vol.log", mounts: [{ containerPath: "/v", hostPath: missing, readonly: false }] }), podConfig(spec)),
+        /not-a-dir/,
+      );
+      assert.deepEqual(await cri.listContainers({ podSandboxId: pod }), []);
+    } finally {
+      await removePod(pod);
+    }
+    await assert.rejects(
+      cri.createContainer(pod, containerConfig("late", ["true"], { image: c.busybox, logPath: "late.log" }), podConfig(spec)),
+      /not found|does not exist/i,
+    );
+    assert.deepEqual(qemuPids(), []);
+    const l = findLeaks(TEST_STATE_DIR);
+    assert.equal(hasLeaks(l), false, describeLeaks(l));
+  });
+});
