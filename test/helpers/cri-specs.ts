@@ -12,6 +12,8 @@ export interface PodSpec {
   dns?: string[];
   search?: string[];
   annotations?: Record<string, string>;
+  /** Pod resource totals (kubelet ≥ 1.23 sends them; containerd annotates the sandbox with them). */
+  memoryBytes?: bigint;
 }
 
 export type PodConfig = MessageInitShape<typeof PodSandboxConfigSchema>;
@@ -25,7 +27,7 @@ export function podConfig(p: PodSpec): PodConfig {
     dnsConfig: p.dns ? { servers: p.dns, searches: p.search ?? [], options: [] } : undefined,
     labels: { app: p.name },
     annotations: p.annotations ?? {},
-    linux: {},
+    linux: p.memoryBytes ? { resources: { memoryLimitInBytes: p.memoryBytes } } : {},
   };
 }
 

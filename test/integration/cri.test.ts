@@ -3,13 +3,13 @@
 // side, driven by our CRI client as kubelet would drive it.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { get } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CriClient } from "../../src/cli/cri/cri-client.js";
 import { cniNetns, startCriContainerd, CNI_BRIDGE, type CriContainerd } from "../helpers/cri-containerd.js";
-import { pidsMatching } from "../helpers/containerd.js";
+import { mountsUnder, pidsMatching } from "../helpers/containerd.js";
 import { TEST_STATE_DIR } from "../helpers/hako.js";
 import { findLeaks, describeLeaks, hasLeaks } from "../helpers/leaks.js";
 import { TMP_PREFIX } from "../helpers/bundle.js";
@@ -76,6 +76,26 @@ async function waitExited(cid: string, timeoutMs = 60_000): Promise<{ exitCode: 
   }
 }
 
+/** The pod's netns path, from the sandbox's OCI spec in containerd's state. */
+function podNetnsPath(pod: string): string {
+  const spec = JSON.parse(readFileSync(join(c.state, "io.containerd.runtime.v2.task", "k8s.io", pod, "config.json"), "utf8")) as {
+    linux?: { namespaces?: Array<{ type: string; path?: string }> };
+  };
+  return spec.linux?.namespaces?.find((n) => n.type === "network")?.path ?? "";
+}
+
+/** After RemovePodSandbox: no QEMU, shim, tap, netns, mount or state of ours left. */
+function assertPodGone(netnsPath: string): void {
+  assert.deepEqual(qemuPids(), [], "no QEMU after RemovePodSandbox");
+  assert.deepEqual(pidsMatching(c.address), [], "no shim after RemovePodSandbox");
+  assert.ok(netnsPath.startsWith("/var/run/netns/cni-"), `pod netns ${netnsPath}`);
+  assert.equal(existsSync(netnsPath), false, `pod netns ${netnsPath} removed`);
+  assert.deepEqual(readdirSync("/sys/class/net").filter((n) => /^tap\d+_hako$/.test(n)), [], "no tap in the host netns");
+  assert.deepEqual(mountsUnder(join(c.state, "io.containerd.runtime.v2.task")), [], "no task rootfs mount");
+  const l = findLeaks(TEST_STATE_DIR);
+  assert.equal(hasLeaks(l), false, describeLeaks(l));
+}
+
 before(async () => {
   netnsBefore = cniNetns();
   work = mkdtempSync(join(tmpdir(), `${TMP_PREFIX}cri-`));
@@ -95,7 +115,7 @@ after(async () => {
 });
 
 describe("a hako pod: two containers in one VM", () => {
-  const spec: PodSpec = { name: "pod-a", uid: "uid-a", hostname: "pod-a", logDir: "", dns: ["10.217.0.10"], search: ["hako.test"] };
+  const spec: PodSpec = { name: "pod-a", uid: "uid-a", hostname: "pod-a", logDir: "", dns: ["10.217.0.10"], search: ["hako.test"], memoryBytes: 256n << 20n };
   let pod = "";
   let web = "";
   let client = "";
@@ -116,15 +136,14 @@ describe("a hako pod: two containers in one VM", () => {
         { containerPath: "/ro", hostPath: roDir, readonly: true },
       ],
     });
-    client = await startContainer(pod, spec, "client", ["sleep", "3600"], { logPath: "client.log" });
+    client = await startContainer(pod, spec, "client", ["sleep", "3600"], { logPath: "client.log", memoryLimitBytes: 64n << 20n, cpuQuota: 50_000n, cpuPeriod: 100_000n });
   });
 
   after(async () => {
-    if (pod) await removePod(pod);
-    assert.deepEqual(qemuPids(), [], "no QEMU after RemovePodSandbox");
-    assert.deepEqual(pidsMatching(c.address), [], "no shim after RemovePodSandbox");
-    const l = findLeaks(TEST_STATE_DIR);
-    assert.equal(hasLeaks(l), false, describeLeaks(l));
+    if (!pod) return;
+    const netns = podNetnsPath(pod);
+    await removePod(pod);
+    assertPodGone(netns);
   });
 
   test("both containers run in the same VM (one QEMU, guest kernel ≠ host)", async () => {
@@ -136,6 +155,15 @@ describe("a hako pod: two containers in one VM", () => {
     const k = await exec(client, ["uname", "-r"]);
     assert.notEqual(k.stdout.trim(), readFileSync("/proc/sys/kernel/osrelease", "utf8").trim());
     assert.equal(qemuPids().length, 1);
+  });
+
+  test("the VM is sized from the pod's resources; container limits are guest cgroup limits", async () => {
+    // default_memory (512 MiB) + the pod's 256 MiB, minus what the guest kernel keeps.
+    const mem = (await exec(client, ["sh", "-c", "grep MemTotal /proc/meminfo"])).stdout;
+    const kib = Number(/MemTotal:\s+(\d+)/.exec(mem)?.[1] ?? 0);
+    assert.ok(kib > 640 * 1024 && kib <= 768 * 1024, `guest MemTotal ${kib} kB`);
+    assert.equal((await exec(client, ["cat", "/sys/fs/cgroup/memory.max"])).stdout.trim(), String(64 << 20));
+    assert.equal((await exec(client, ["cat", "/sys/fs/cgroup/cpu.max"])).stdout.trim(), "50000 100000");
   });
 
   test("container B reaches container A on localhost", async () => {
@@ -256,8 +284,9 @@ describe("two pods: hako ↔ hako traffic, and the same spec under runc", () => 
     assert.equal(handlers.get(runcPod), "runc");
     assert.equal(handlers.get(server), "hako");
 
+    const netns = pods.map(podNetnsPath);
     while (pods.length) await removePod(pods.pop()!);
-    assert.deepEqual(qemuPids(), []);
+    for (const n of netns) assertPodGone(n);
   });
 });
 
