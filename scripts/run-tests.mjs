@@ -12,6 +12,9 @@ const only = process.argv.slice(2);
 const unit = only.length ? only.filter((f) => f.includes("/unit/")) : files("test/unit");
 const integration = only.length ? only.filter((f) => !f.includes("/unit/")) : files("test/integration");
 
+const netnsDir = "/var/run/netns";
+const netnsBefore = existsSync(netnsDir) ? readdirSync(netnsDir).join(",") : "";
+
 let failed = false;
 const run = (list, concurrency) => {
   if (list.length === 0) return;
@@ -26,6 +29,10 @@ const run = (list, concurrency) => {
 run(unit, 2);
 run(integration, 1);
 
-const leaks = spawnSync(process.execPath, ["--import", "tsx", join(root, "test", "helpers", "leak-report.ts")], { cwd: root, stdio: "inherit" });
+const leaks = spawnSync(process.execPath, ["--import", "tsx", join(root, "test", "helpers", "leak-report.ts")], {
+  cwd: root,
+  stdio: "inherit",
+  env: { ...process.env, HAKO_TEST_NETNS_BEFORE: netnsBefore },
+});
 if (leaks.status !== 0) failed = true;
 process.exit(failed ? 1 : 0);

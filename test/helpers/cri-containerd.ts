@@ -13,6 +13,7 @@ import { spawnSync } from "node:child_process";
 import { importBusybox, startContainerd, type Containerd } from "./containerd.js";
 import { BUSYBOX_REF, PAUSE_CMD, PAUSE_REF } from "./oci-image.js";
 import { ensureTestConfig } from "./hako.js";
+import { CriClient } from "../../src/cli/cri/cri-client.js";
 
 export const CNI_NETWORK = "hako-test-pods";
 export const CNI_BRIDGE = "hakotest0";
@@ -90,6 +91,27 @@ export function cniNetns(): string[] {
   return existsSync(NETNS_DIR) ? readdirSync(NETNS_DIR).filter((n) => n.startsWith("cni-")) : [];
 }
 
+/**
+ * Stops and removes every pod through CRI, so that CNI is torn down and the
+ * pod netns are deleted (ctr, which the base harness uses, knows nothing of
+ * either). Errors are collected, not thrown: stop() must go on.
+ */
+async function removeAllPods(address: string): Promise<string[]> {
+  const problems: string[] = [];
+  const cri = new CriClient(address, { defaultTimeoutMs: 60_000 });
+  try {
+    for (const pod of await cri.listPodSandbox()) {
+      await cri.stopPodSandbox(pod.id).catch((e: Error) => problems.push(`StopPodSandbox ${pod.id}: ${e.message}`));
+      await cri.removePodSandbox(pod.id).catch((e: Error) => problems.push(`RemovePodSandbox ${pod.id}: ${e.message}`));
+    }
+  } catch (e) {
+    problems.push(`ListPodSandbox: ${(e as Error).message}`);
+  } finally {
+    cri.close();
+  }
+  return problems;
+}
+
 export async function startCriContainerd(): Promise<CriContainerd> {
   const hakoConfig = ensureTestConfig();
   const c = await startContainerd({
@@ -97,12 +119,21 @@ export async function startCriContainerd(): Promise<CriContainerd> {
     criConfig: (dir) => criToml(dir, hakoConfig),
     afterStop: () => removeTestNetwork(),
   });
+  const criAddress = `unix://${c.address}`;
+  const stopDaemon = c.stop;
+  const stop = async (): Promise<void> => {
+    if (c.pid() !== undefined) {
+      const problems = await removeAllPods(criAddress);
+      if (problems.length) process.stderr.write(`cri-containerd: cleanup: ${problems.join("; ")}\n`);
+    }
+    await stopDaemon();
+  };
   try {
     const busybox = await importBusybox(c, BUSYBOX_REF);
     const pause = await importBusybox(c, PAUSE_REF, PAUSE_CMD);
-    return Object.assign(c, { criAddress: `unix://${c.address}`, busybox, pause });
+    return Object.assign(c, { criAddress, busybox, pause, stop });
   } catch (err) {
-    await c.stop();
+    await stop();
     throw err;
   }
 }

@@ -5,9 +5,20 @@ import { TMP_PREFIX } from "./bundle.js";
 
 export interface Leaks {
   qemu: string[];
+  shims: string[];
   mounts: string[];
   tempDirs: string[];
   sandboxes: string[];
+  /** Network namespaces not in the `netnsBefore` list (pod netns, test netns). */
+  netns: string[];
+  /** hako taps in the host netns. */
+  links: string[];
+}
+
+const NETNS_DIR = "/var/run/netns";
+
+export function listNetns(): string[] {
+  return existsSync(NETNS_DIR) ? readdirSync(NETNS_DIR).sort() : [];
 }
 
 function cmdlines(): Array<{ pid: number; cmd: string }> {
@@ -24,9 +35,12 @@ function cmdlines(): Array<{ pid: number; cmd: string }> {
 }
 
 /** Everything under `stateDir` (the test config's runtime.state_dir) that still exists. */
-export function findLeaks(stateDir: string): Leaks {
+export function findLeaks(stateDir: string, netnsBefore?: readonly string[]): Leaks {
   const procs = cmdlines();
   const qemu = procs.filter((p) => p.cmd.includes("qemu-system") && p.cmd.includes(stateDir)).map((p) => `${p.pid} ${p.cmd.slice(0, 160)}`);
+  const shims = procs.filter((p) => p.cmd.includes("containerd-shim-hako-v2") && p.pid !== process.pid).map((p) => `${p.pid} ${p.cmd.slice(0, 160)}`);
+  const netns = netnsBefore ? listNetns().filter((n) => !netnsBefore.includes(n)) : [];
+  const links = existsSync("/sys/class/net") ? readdirSync("/sys/class/net").filter((n) => /^tap\d+_hako$/.test(n)) : [];
   const mounts = readFileSync("/proc/self/mountinfo", "utf8")
     .split("\n")
     .map((l) => l.split(" ")[4] ?? "")
@@ -36,7 +50,7 @@ export function findLeaks(stateDir: string): Leaks {
     .map((n) => `${tmpdir()}/${n}`);
   const sbDir = `${stateDir}/sandboxes`;
   const sandboxes = existsSync(sbDir) ? readdirSync(sbDir) : [];
-  return { qemu, mounts, tempDirs, sandboxes };
+  return { qemu, shims, mounts, tempDirs, sandboxes, netns, links };
 }
 
 export function describeLeaks(l: Leaks): string {
@@ -47,5 +61,5 @@ export function describeLeaks(l: Leaks): string {
 }
 
 export function hasLeaks(l: Leaks): boolean {
-  return l.qemu.length + l.mounts.length + l.sandboxes.length > 0;
+  return l.qemu.length + l.shims.length + l.mounts.length + l.sandboxes.length + l.netns.length + l.links.length > 0;
 }
