@@ -1,6 +1,7 @@
 // Leak detection: what a test (or the whole suite) must not leave behind.
 import { readdirSync, readFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import { TMP_PREFIX } from "./bundle.js";
 
 export interface Leaks {
@@ -16,6 +17,7 @@ export interface Leaks {
 }
 
 const NETNS_DIR = "/var/run/netns";
+const SHIM_BUNDLE = join(resolve(import.meta.dirname, "..", ".."), "build", "lib", "hako", "containerd-shim-hako-v2");
 
 export function listNetns(): string[] {
   return existsSync(NETNS_DIR) ? readdirSync(NETNS_DIR).sort() : [];
@@ -38,7 +40,8 @@ function cmdlines(): Array<{ pid: number; cmd: string }> {
 export function findLeaks(stateDir: string, netnsBefore?: readonly string[]): Leaks {
   const procs = cmdlines();
   const qemu = procs.filter((p) => p.cmd.includes("qemu-system") && p.cmd.includes(stateDir)).map((p) => `${p.pid} ${p.cmd.slice(0, 160)}`);
-  const shims = procs.filter((p) => p.cmd.includes("containerd-shim-hako-v2") && p.pid !== process.pid).map((p) => `${p.pid} ${p.cmd.slice(0, 160)}`);
+  // Shims of this checkout (another checkout's runs are not ours to judge).
+  const shims = procs.filter((p) => p.cmd.includes(SHIM_BUNDLE) && p.pid !== process.pid).map((p) => `${p.pid} ${p.cmd.slice(0, 160)}`);
   const netns = netnsBefore ? listNetns().filter((n) => !netnsBefore.includes(n)) : [];
   const links = existsSync("/sys/class/net") ? readdirSync("/sys/class/net").filter((n) => /^tap\d+_hako$/.test(n)) : [];
   const mounts = readFileSync("/proc/self/mountinfo", "utf8")
