@@ -55,11 +55,11 @@ function startSummaries(s: CriSamples): Summaries {
   return out;
 }
 
-/** Per-pod PSS of the processes in a role: "qemu", "shim", "pause", or "container" (any other: the container's processes). */
-function rolePss(d: DensitySample, role: "qemu" | "shim" | "pause" | "container"): number[] {
+/** Per-pod PSS (or its anonymous part) of the processes in a role: "qemu", "shim", "pause", or "container" (any other: the container's processes). */
+function rolePss(d: DensitySample, role: "qemu" | "shim" | "pause" | "container", part: "pssMiB" | "pssAnonMiB" = "pssMiB"): number[] {
   const named = ["qemu", "shim", "pause"];
   return d.perPod.map((p) =>
-    p.processes.filter((m) => (role === "container" ? !named.includes(m.role) : m.role === role)).reduce((acc, m) => acc + m.pssMiB, 0),
+    p.processes.filter((m) => (role === "container" ? !named.includes(m.role) : m.role === role)).reduce((acc, m) => acc + m[part], 0),
   );
 }
 
@@ -70,6 +70,7 @@ function memorySummaries(s: CriSamples): Summaries {
   if (hako) {
     out.hako_pod_pss = entry(`hako pod PSS (shim + QEMU), ${hako.pods} idle pods`, "MiB", hako.perPod.map((p) => p.pssMiB));
     out.hako_qemu_pss = entry("  its QEMU PSS", "MiB", rolePss(hako, "qemu"));
+    out.hako_qemu_pss_anon = entry("    of which anonymous (Pss_Anon: guest RAM, TCG cache)", "MiB", rolePss(hako, "qemu", "pssAnonMiB"));
     out.hako_shim_pss = entry("  its shim PSS", "MiB", rolePss(hako, "shim"));
     out.hako_pod_rss = entry("hako pod RSS (shim + QEMU)", "MiB", hako.perPod.map((p) => p.rssMiB));
     out.hako_pod_start = entry("hako pod start while the others idle", "ms", hako.startMs);
@@ -121,6 +122,11 @@ function fmt(x: number, unit: string): string {
   return unit === "x" ? `${x.toFixed(2)}x` : unit === "MiB" ? x.toFixed(1) : x.toFixed(0);
 }
 
+/** MiB with an explicit sign: "−3679.2", "+179.1". */
+function signed(mibValue: number): string {
+  return `${mibValue < 0 ? "−" : "+"}${fmt(Math.abs(mibValue), "MiB")}`;
+}
+
 function pad(s: string, n: number, right = false): string {
   return right ? s.padStart(n) : s.padEnd(n);
 }
@@ -153,10 +159,10 @@ export function criTables(r: CriResult): string {
   for (const h of HANDLERS) {
     const x = d[h];
     if (!x) continue;
-    const drop = x.memAvailableBeforeMiB - x.memAvailableSettledMiB;
+    const change = x.memAvailableSettledMiB - x.memAvailableBeforeMiB;
     mem.push(
       `${h}: ${x.pods} pods, total PSS ${fmt(x.totalPssMiB, "MiB")} MiB; host MemAvailable ${fmt(x.memAvailableBeforeMiB, "MiB")} before → ` +
-        `${fmt(x.memAvailableSettledMiB, "MiB")} with the pods (−${fmt(drop, "MiB")}, ${fmt(drop / Math.max(x.pods, 1), "MiB")} per pod) → ${fmt(x.memAvailableAfterMiB, "MiB")} after teardown`,
+        `${fmt(x.memAvailableSettledMiB, "MiB")} with the pods (${signed(change)}, ${signed(change / Math.max(x.pods, 1))} per pod) → ${fmt(x.memAvailableAfterMiB, "MiB")} after teardown`,
     );
   }
   const hp = r.memory.hako_pod_pss?.median;

@@ -31,6 +31,8 @@ export interface ProcessMemory {
   role: string;
   rssMiB: number;
   pssMiB: number;
+  /** The anonymous part of the PSS (the rest is file-backed: binaries, libraries, for QEMU the kernel and initrd). */
+  pssAnonMiB: number;
 }
 
 export interface PodMemory {
@@ -124,7 +126,7 @@ export function podMemory(containerdAddress: string, podId: string, hakoPod: boo
   const processes = [procs.shim, ...procs.descendants].map((p): ProcessMemory => {
     const m = smapsRollup(p.pid);
     const role = p.pid === procs.shim.pid ? "shim" : qemuPids.has(p.pid) ? "qemu" : cgroupOf(p.pid).includes(podId) ? "pause" : p.comm;
-    return { pid: p.pid, role, rssMiB: mib(m.rssKb), pssMiB: mib(m.pssKb) };
+    return { pid: p.pid, role, rssMiB: mib(m.rssKb), pssMiB: mib(m.pssKb), pssAnonMiB: mib(m.pssAnonKb) };
   });
   const sum = (f: (m: ProcessMemory) => number): number => processes.reduce((acc, m) => acc + f(m), 0);
   return { podId, rssMiB: sum((m) => m.rssMiB), pssMiB: sum((m) => m.pssMiB), processes };
