@@ -1,11 +1,13 @@
 // `make bench`: boot-time and memory figures of hako against bare QEMU, for
 // the generic (Debian) and the minimal guest kernel ("boot" section), and
 // `ctr run` through containerd-shim-hako-v2 against runc ("containerd"
-// section, generic kernel). See docs/benchmarks.md.
+// section, generic kernel), and Kubernetes pods through containerd's CRI with
+// hako against runc: pod start and host memory per idle pod ("cri" section,
+// generic kernel). See docs/benchmarks.md.
 //
 //   node --import tsx bench/run.ts [--runs N] [--quick] [--warmup N]
 //        [--kernels generic,minimal] [--accel auto|tcg|kvm] [--state-dir DIR]
-//        [--sections boot,containerd]
+//        [--sections boot,containerd,cri] [--pods N]
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
@@ -16,6 +18,8 @@ import type { Accel } from "../src/runtime/config.js";
 import { CONTAINERD_TMP_PREFIX } from "../test/helpers/containerd.js";
 import { killAll } from "./lib/children.js";
 import { containerdBaseline, containerdLeaks, runContainerdSection, type ContainerdSamples } from "./lib/containerd.js";
+import { criLeaks, runCriSection, type CriSamples } from "./lib/cri.js";
+import { criJson, criTables, summarizeCri } from "./lib/cri-report.js";
 import { KERNELS, setupEnv, teardownEnv, type BenchEnv, type KernelName } from "./lib/env.js";
 import { describeLeaks, findLeaks, hasLeaks, removeEmptyStateDir } from "./lib/leaks.js";
 import { measureCliStartup, measureFloor, measureHakoRun, measureSandbox } from "./lib/measure.js";
@@ -32,9 +36,10 @@ import {
 
 const RESULTS_DIR = resolve(import.meta.dirname, "results");
 const MIN_RUNS = 5;
-const SECTIONS = ["boot", "containerd"] as const;
-/** The containerd section runs with this kernel only. */
+const SECTIONS = ["boot", "containerd", "cri"] as const;
+/** The containerd and cri sections run with this kernel only. */
 const CONTAINERD_KERNEL: KernelName = "generic";
+const DEFAULT_PODS = 10;
 
 const { values: opts } = parseArgs({
   options: {
@@ -45,6 +50,7 @@ const { values: opts } = parseArgs({
     accel: { type: "string", default: "auto" },
     "state-dir": { type: "string", default: "/run/hako-bench" },
     sections: { type: "string", default: SECTIONS.join(",") },
+    pods: { type: "string", default: String(DEFAULT_PODS) },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -53,7 +59,8 @@ if (opts.help) {
   process.stdout.write(
     "usage: node --import tsx bench/run.ts [--runs N (≥5, default 5)] [--quick (N=5)] [--warmup N (default 1)]\n" +
       "       [--kernels generic,minimal] [--accel auto|tcg|kvm] [--state-dir /run/hako-bench]\n" +
-      "       [--sections boot,containerd] (boot: floor/hako run/sandbox per kernel; containerd: ctr run hako vs runc, generic kernel)\n",
+      "       [--sections boot,containerd,cri] (boot: floor/hako run/sandbox per kernel; containerd: ctr run hako vs runc, generic kernel;\n" +
+      "        cri: CRI pod start hako vs runc and host PSS of --pods N idle pods per runtime (default 10), generic kernel)\n",
   );
   process.exit(0);
 }
@@ -74,8 +81,11 @@ for (const x of sections) if (!(SECTIONS as readonly string[]).includes(x)) fail
 if (sections.size === 0) fail("--sections: nothing to run");
 const doBoot = sections.has("boot");
 const doContainerd = sections.has("containerd");
-// The environment (configs, probe) covers the boot section's kernels plus the generic one for containerd.
-const envKernels = KERNELS.filter((k) => (doBoot && kernels.includes(k)) || (doContainerd && k === CONTAINERD_KERNEL));
+const doCri = sections.has("cri");
+const pods = Number(opts.pods);
+if (!Number.isInteger(pods) || pods < 1) fail("--pods must be an integer ≥ 1");
+// The environment (configs, probe) covers the boot section's kernels plus the generic one for containerd and cri.
+const envKernels = KERNELS.filter((k) => (doBoot && kernels.includes(k)) || ((doContainerd || doCri) && k === CONTAINERD_KERNEL));
 if (envKernels.length === 0) fail("--kernels: nothing to run");
 const accel = opts.accel as Accel;
 if (!["auto", "tcg", "kvm"].includes(accel)) fail("--accel must be auto, tcg or kvm");
@@ -170,16 +180,31 @@ try {
     if (interrupted) throw new Error("interrupted");
   }
 
+  let criSamples: CriSamples | undefined;
+  let criMs = 0;
+  if (doCri) {
+    const tc = performance.now();
+    const k = env.kernels.find((x) => x.kernel === CONTAINERD_KERNEL)!;
+    criSamples = await runCriSection(k, { runs, warmup, pods, workDir: env.tmpDir }, log, () => interrupted);
+    criMs = performance.now() - tc;
+    if (interrupted) throw new Error("interrupted");
+  }
+
   const results = bootKernels.map((k) => summarizeKernel(k, samples.get(k.kernel)!));
   const ctrd = ctrdSamples ? summarizeContainerd(ctrdSamples) : undefined;
+  const cri = criSamples ? summarizeCri(criSamples) : undefined;
   const durationMs = performance.now() - t0;
   const hakoRun = results.find((r) => r.kernel === CONTAINERD_KERNEL)?.summaries.run?.median;
   const out = [
     ...results.map(kernelTable),
     ...(results.length > 1 ? [comparisonTable(results)] : []),
     ...(ctrd ? [containerdTable(ctrd, hakoRun)] : []),
+    ...(cri ? [criTables(cri)] : []),
   ].join("\n\n");
-  const split = ctrd ? ` (setup + boot section ${(bootMs / 1000).toFixed(1)} s, containerd section ${(ctrdMs / 1000).toFixed(1)} s)` : "";
+  const parts = [`setup + boot section ${(bootMs / 1000).toFixed(1)} s`];
+  if (ctrd) parts.push(`containerd section ${(ctrdMs / 1000).toFixed(1)} s`);
+  if (cri) parts.push(`cri section ${(criMs / 1000).toFixed(1)} s`);
+  const split = parts.length > 1 ? ` (${parts.join(", ")})` : "";
   process.stdout.write(`\n${out}\n\nwhole benchmark: ${(durationMs / 1000).toFixed(1)} s${split}\n`);
 
   const meta = {
@@ -188,7 +213,8 @@ try {
     runs,
     warmup,
     sections: [...sections],
-    sectionMs: { setupAndBoot: Math.round(bootMs), containerd: Math.round(ctrdMs) },
+    sectionMs: { setupAndBoot: Math.round(bootMs), containerd: Math.round(ctrdMs), cri: Math.round(criMs) },
+    ...(doCri ? { pods } : {}),
     host: {
       cpu: cpus()[0]?.model ?? "",
       cpus: cpus().length,
@@ -203,7 +229,7 @@ try {
   mkdirSync(RESULTS_DIR, { recursive: true });
   const ignore = join(RESULTS_DIR, ".gitignore");
   if (!existsSync(ignore) || !readFileSync(ignore, "utf8").includes("!.gitignore")) writeFileSync(ignore, "*\n!.gitignore\n");
-  const doc = JSON.stringify(resultJson(meta, results, ctrd), null, 2) + "\n";
+  const doc = JSON.stringify(resultJson(meta, results, ctrd, cri ? { cri: criJson(cri) } : {}), null, 2) + "\n";
   const file = join(RESULTS_DIR, `run-${startedAt.toISOString().replace(/[:.]/g, "-")}.json`);
   writeFileSync(file, doc);
   writeFileSync(join(RESULTS_DIR, "latest.json"), doc);
@@ -214,12 +240,17 @@ try {
 } finally {
   await cleanup();
   const cl = containerdLeaks(ctrdBaseline, tmpdir(), CONTAINERD_TMP_PREFIX);
-  const leaks = findLeaks(stateDir, [...(env ? [env.tmpDir, env.bundleDir] : []), ...cl.paths], cl.shims);
+  const crl = criLeaks();
+  const leaks = findLeaks(stateDir, [...(env ? [env.tmpDir, env.bundleDir] : []), ...cl.paths, ...crl.paths], {
+    shims: cl.shims,
+    containerProcesses: crl.processes,
+    qemuNames: crl.qemuNames,
+  });
   if (hasLeaks(leaks)) {
     log(`bench: LEAKED after the benchmark:\n  ${describeLeaks(leaks)}`);
     exitCode = 3;
   } else {
-    log("bench: leak check: no QEMU, shim, sandbox, mount, containerd dir or temp dir left behind");
+    log(`bench: leak check: no QEMU, shim, sandbox, mount, containerd dir${doCri ? ", pod netns, CNI cache entry, bridge" : ""} or temp dir left behind`);
   }
 }
 process.exit(interrupted && exitCode !== 3 ? 130 : exitCode);

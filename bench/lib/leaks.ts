@@ -7,8 +7,10 @@ import { BENCH_TMP_PREFIX } from "./env.js";
 export interface LeakReport {
   processes: string[];
   qemu: string[];
-  /** containerd shims (hako or runc) serving the section's containerd, or orphaned since the start. */
+  /** containerd shims (hako or runc) serving a section's containerd, or orphaned since the start. */
   shims: string[];
+  /** Processes still in the cgroups of the cri section's containers. */
+  containerProcesses: string[];
   sandboxes: string[];
   mounts: string[];
   paths: string[];
@@ -29,14 +31,22 @@ function qemuProcesses(needles: readonly string[]): string[] {
   return found;
 }
 
+export interface SectionLeaks {
+  /** From containerdLeaks and criLeaks. */
+  shims?: readonly string[];
+  containerProcesses?: readonly string[];
+  /** More needles for the QEMU scan (`hako-<pod id>` of the cri section's pods). */
+  qemuNames?: readonly string[];
+}
+
 /**
  * Looks for: live processes among those the benchmark started; any QEMU whose
- * command line names the bench state dir or temp dir; sandbox state dirs;
- * mounts under the state dir; the temp dir, the bundle dir and any other
- * hako-bench-* temp dir; plus `shims` (from containerdLeaks: the containerd
- * section's dirs, sockets and strays come in `paths`).
+ * command line names the bench state dir, the temp dir or one of `qemuNames`;
+ * sandbox state dirs; mounts under the state dir; the temp dir, the bundle dir
+ * and any other hako-bench-* temp dir; plus what the containerd and cri
+ * sections report (their dirs, sockets, netns and strays come in `paths`).
  */
-export function findLeaks(stateDir: string, paths: readonly string[], shims: readonly string[] = []): LeakReport {
+export function findLeaks(stateDir: string, paths: readonly string[], sections: SectionLeaks = {}): LeakReport {
   const processes = [...startedPids()].filter(([pid]) => alive(pid)).map(([pid, what]) => `${pid} (${what})`);
   const sbDir = `${stateDir}/sandboxes`;
   const sandboxes = existsSync(sbDir) ? readdirSync(sbDir).map((n) => `${sbDir}/${n}`) : [];
@@ -48,7 +58,16 @@ export function findLeaks(stateDir: string, paths: readonly string[], shims: rea
     .filter((n) => n.startsWith(BENCH_TMP_PREFIX))
     .map((n) => `${tmpdir()}/${n}`);
   const left = [...new Set([...paths.filter((p) => p !== "" && existsSync(p)), ...strays])];
-  return { processes, shims: [...shims], qemu: qemuProcesses([stateDir, ...paths.filter((p) => p !== "")]), sandboxes, mounts, paths: left };
+  const qemu = qemuProcesses([stateDir, ...paths.filter((p) => p !== ""), ...(sections.qemuNames ?? [])]);
+  return {
+    processes,
+    shims: [...(sections.shims ?? [])],
+    containerProcesses: [...(sections.containerProcesses ?? [])],
+    qemu,
+    sandboxes,
+    mounts,
+    paths: left,
+  };
 }
 
 export function describeLeaks(l: LeakReport): string {

@@ -139,15 +139,19 @@ export interface SandboxSample {
   pssMiB: number;
 }
 
-/** Rss and Pss (kB) of a process from /proc/PID/smaps_rollup. */
-export function smapsRollup(pid: number): { rssKb: number; pssKb: number } {
+/** Rss, Pss and Pss_Anon (kB; Pss_Anon NaN on kernels before 5.8) of a process from /proc/PID/smaps_rollup. */
+export function smapsRollup(pid: number): { rssKb: number; pssKb: number; pssAnonKb: number } {
   const text = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
-  const field = (name: string): number => {
+  const optional = (name: string): number => {
     const m = new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(text);
-    if (!m) throw new Error(`no ${name} in /proc/${pid}/smaps_rollup`);
-    return Number(m[1]);
+    return m ? Number(m[1]) : NaN;
   };
-  return { rssKb: field("Rss"), pssKb: field("Pss") };
+  const field = (name: string): number => {
+    const kb = optional(name);
+    if (Number.isNaN(kb)) throw new Error(`no ${name} in /proc/${pid}/smaps_rollup`);
+    return kb;
+  };
+  return { rssKb: field("Rss"), pssKb: field("Pss"), pssAnonKb: optional("Pss_Anon") };
 }
 
 const quietLog = createLogger("bench", { level: "error" });

@@ -182,8 +182,8 @@ function roundSummaries(summaries: Summaries): Record<string, unknown> {
   );
 }
 
-/** The JSON document: summaries rounded, raw samples kept. */
-export function resultJson(meta: Record<string, unknown>, results: readonly KernelResult[], ctrd?: ContainerdResult): unknown {
+/** The JSON document: summaries rounded, raw samples kept; `sections` (e.g. `cri`) are added as they are. */
+export function resultJson(meta: Record<string, unknown>, results: readonly KernelResult[], ctrd?: ContainerdResult, sections: Record<string, unknown> = {}): unknown {
   return {
     ...meta,
     ...(ctrd
@@ -198,6 +198,7 @@ export function resultJson(meta: Record<string, unknown>, results: readonly Kern
           },
         }
       : {}),
+    ...sections,
     kernels: results.map((r) => ({
       kernel: r.kernel,
       release: r.release,

@@ -6,7 +6,10 @@
 // What cannot be private (host-notes.md): pod netns are /var/run/netns/cni-*,
 // CNI caches results in /var/lib/cni/results, and the bridge is a host link.
 // stop() removes the bridge and this network's cached results; the tests
-// assert that no netns they caused is left.
+// assert that no netns they caused is left. A caller that runs beside the
+// tests (the benchmark) passes its own network and hako configuration: two
+// harnesses on one bridge would hand out the same addresses from their own
+// IPAM dirs, and the first to stop would delete the other's bridge.
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
@@ -24,26 +27,45 @@ const CNI_BIN_DIR = "/usr/lib/cni";
 const CNI_RESULTS_DIR = "/var/lib/cni/results";
 export const NETNS_DIR = "/var/run/netns";
 
+/** The CNI bridge network of one harness. */
+export interface CniNetwork {
+  name: string;
+  bridge: string;
+  subnet: string;
+  gateway: string;
+}
+
+/** The integration tests' network. */
+export const TEST_NETWORK: CniNetwork = { name: CNI_NETWORK, bridge: CNI_BRIDGE, subnet: CNI_SUBNET, gateway: CNI_GATEWAY };
+
+export interface StartCriContainerdOptions {
+  /** The hako configuration file (the `hako` handler's ConfigPath); default: the test configuration. */
+  hakoConfig?: string;
+  /** Default: TEST_NETWORK. */
+  network?: CniNetwork;
+}
+
 export interface CriContainerd extends Containerd {
   /** unix:// address for CRI clients. */
   criAddress: string;
   busybox: string;
   pause: string;
+  network: CniNetwork;
 }
 
-function cniConfList(ipamDir: string): string {
+function cniConfList(network: CniNetwork, ipamDir: string): string {
   return JSON.stringify(
     {
       cniVersion: "1.0.0",
-      name: CNI_NETWORK,
+      name: network.name,
       plugins: [
         {
           type: "bridge",
-          bridge: CNI_BRIDGE,
+          bridge: network.bridge,
           isGateway: true,
           ipMasq: false,
           hairpinMode: true,
-          ipam: { type: "host-local", ranges: [[{ subnet: CNI_SUBNET, gateway: CNI_GATEWAY }]], routes: [{ dst: "0.0.0.0/0" }], dataDir: ipamDir },
+          ipam: { type: "host-local", ranges: [[{ subnet: network.subnet, gateway: network.gateway }]], routes: [{ dst: "0.0.0.0/0" }], dataDir: ipamDir },
         },
       ],
     },
@@ -52,10 +74,10 @@ function cniConfList(ipamDir: string): string {
   );
 }
 
-function criToml(dir: string, hakoConfig: string): string {
+function criToml(dir: string, hakoConfig: string, network: CniNetwork): string {
   const cniConf = join(dir, "cni", "net.d");
   mkdirSync(cniConf, { recursive: true });
-  writeFileSync(join(cniConf, "10-hako-test.conflist"), cniConfList(join(dir, "cni", "ipam")));
+  writeFileSync(join(cniConf, `10-${network.name}.conflist`), cniConfList(network, join(dir, "cni", "ipam")));
   const s = JSON.stringify;
   return [
     '[plugins."io.containerd.grpc.v1.cri"]',
@@ -78,12 +100,15 @@ function criToml(dir: string, hakoConfig: string): string {
   ].join("\n");
 }
 
-/** Removes the host side of the test network: the bridge and cached CNI results. */
-export function removeTestNetwork(): void {
-  if (existsSync(`/sys/class/net/${CNI_BRIDGE}`)) spawnSync("ip", ["link", "del", CNI_BRIDGE], { stdio: "ignore" });
-  if (existsSync(CNI_RESULTS_DIR)) {
-    for (const f of readdirSync(CNI_RESULTS_DIR)) if (f.startsWith(`${CNI_NETWORK}-`)) rmSync(join(CNI_RESULTS_DIR, f), { force: true });
-  }
+/** Removes the host side of a harness network: the bridge and cached CNI results. */
+export function removeTestNetwork(network: CniNetwork = TEST_NETWORK): void {
+  if (existsSync(`/sys/class/net/${network.bridge}`)) spawnSync("ip", ["link", "del", network.bridge], { stdio: "ignore" });
+  for (const f of cniResults(network)) rmSync(f, { force: true });
+}
+
+/** CNI's cached results of `network` (files <name>-<container id>-<ifname>). */
+export function cniResults(network: CniNetwork): string[] {
+  return existsSync(CNI_RESULTS_DIR) ? readdirSync(CNI_RESULTS_DIR).filter((f) => f.startsWith(`${network.name}-`)).map((f) => join(CNI_RESULTS_DIR, f)) : [];
 }
 
 /** Pod network namespaces CNI created on this host (cni-*). */
@@ -112,12 +137,13 @@ async function removeAllPods(address: string): Promise<string[]> {
   return problems;
 }
 
-export async function startCriContainerd(): Promise<CriContainerd> {
-  const hakoConfig = ensureTestConfig();
+export async function startCriContainerd(opts: StartCriContainerdOptions = {}): Promise<CriContainerd> {
+  const hakoConfig = opts.hakoConfig ?? ensureTestConfig();
+  const network = opts.network ?? TEST_NETWORK;
   const c = await startContainerd({
     namespace: "k8s.io",
-    criConfig: (dir) => criToml(dir, hakoConfig),
-    afterStop: () => removeTestNetwork(),
+    criConfig: (dir) => criToml(dir, hakoConfig, network),
+    afterStop: () => removeTestNetwork(network),
   });
   const criAddress = `unix://${c.address}`;
   const stopDaemon = c.stop;
@@ -131,7 +157,7 @@ export async function startCriContainerd(): Promise<CriContainerd> {
   try {
     const busybox = await importBusybox(c, BUSYBOX_REF);
     const pause = await importBusybox(c, PAUSE_REF, PAUSE_CMD);
-    return Object.assign(c, { criAddress, busybox, pause, stop });
+    return Object.assign(c, { criAddress, busybox, pause, network, stop });
   } catch (err) {
     await stop();
     throw err;

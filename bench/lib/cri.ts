@@ -1,0 +1,354 @@
+// The "cri" section: what Kubernetes sees. One private containerd with the
+// CRI plugin (test/helpers/cri-containerd.ts: runtime handlers `hako` and
+// `runc`, a CNI bridge of the benchmark's own, busybox and pause imported),
+// driven over CRI by our client as kubelet would:
+//
+// 1. pod start, hako vs runc alternated: RunPodSandbox + CreateContainer +
+//    StartContainer of `sh -c 'echo started; exec sleep 3600'`, until the
+//    CRI log file holds the line "started" (the container's process ran);
+// 2. host memory of N idle pods: N hako pods, then N runc pods, each pod's
+//    PSS summed over its shim and the shim's descendants.
+//
+// Every pod is stopped and removed through CRI; the leak check (criLeaks)
+// covers what the section made.
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { performance } from "node:perf_hooks";
+import { setTimeout as sleep } from "node:timers/promises";
+import { CriClient } from "../../src/cli/cri/cri-client.js";
+import { shimSocketAddress, socketPathOf } from "../../src/shim/address.js";
+import { cniResults, startCriContainerd, type CniNetwork, type CriContainerd } from "../../test/helpers/cri-containerd.js";
+import { containerConfig, podConfig, type PodConfig } from "../../test/helpers/cri-specs.js";
+import { onInterrupt, track, untrack } from "./children.js";
+import type { KernelEnv } from "./env.js";
+import { memAvailableMiB, podMemory, podProcesses, processesInCgroupsOf, processTable, qemusOf, shimsServing, type PodMemory } from "./pod-processes.js";
+
+/** Not the tests' network (hakotest0, 10.217.0.0/24): a `make test` may run beside the benchmark. */
+export const CRI_NETWORK: CniNetwork = { name: "hako-bench-pods", bridge: "hakobench0", subnet: "10.218.0.0/24", gateway: "10.218.0.1" };
+const CRI_NAMESPACE = "k8s.io";
+export const HANDLERS = ["hako", "runc"] as const;
+export type Handler = (typeof HANDLERS)[number];
+/** The container writes this line first: its presence in the CRI log means the process ran. */
+export const STARTED_MARKER = "started";
+export const CONTAINER_COMMAND = ["sh", "-c", `echo ${STARTED_MARKER}; exec sleep 3600`];
+const STARTED_LINE = new RegExp(`^\\S+ stdout [FP] ${STARTED_MARKER}$`, "m");
+const CONTAINER_NAME = "main";
+const LOG_NAME = `${CONTAINER_NAME}.log`;
+/** Idle time of the N pods before their memory is read. */
+export const SETTLE_MS = 5_000;
+const LOG_POLL_MS = 10;
+const CALL_TIMEOUT_MS = 120_000;
+const STARTED_TIMEOUT_MS = 60_000;
+const GONE_TIMEOUT_MS = 60_000;
+/** On interruption the section finishes its current step for at most this long before containerd is stopped. */
+const WIND_DOWN_MS = 60_000;
+const NETNS_DIR = "/var/run/netns";
+const CNI_RESULTS_DIR = "/var/lib/cni/results";
+const RUNC_STATE_DIR = `/run/containerd/runc/${CRI_NAMESPACE}`;
+const CGROUP_V1_ROOT = "/sys/fs/cgroup";
+const HAKO_BIN = resolve(import.meta.dirname, "..", "..", "build", "bin", "hako");
+
+/** What the section made, for the final leak check (filled as it goes). */
+export const criMade = {
+  dirs: [] as string[],
+  addresses: [] as string[],
+  podIds: [] as string[],
+  containerIds: [] as string[],
+  /** The pods' network namespaces (/var/run/netns/cni-*), from PodSandboxStatus. */
+  netns: [] as string[],
+};
+
+export interface PodStartSample {
+  /** The RunPodSandbox call (sandbox, network, for hako the VM boot). */
+  runPodSandboxMs: number;
+  createContainerMs: number;
+  startContainerMs: number;
+  /** StartContainer returned → "started" read from the CRI log file. */
+  logLineMs: number;
+  /** RunPodSandbox sent → "started" read: the pod start. */
+  totalMs: number;
+  /** StopPodSandbox + RemovePodSandbox → the pod's shim (and QEMU) gone. Not part of the start. */
+  teardownMs: number;
+}
+
+export interface DensitySample {
+  handler: Handler;
+  pods: number;
+  settleMs: number;
+  /** Host MemAvailable before the first pod, with all pods up after the settle, after the teardown. */
+  memAvailableBeforeMiB: number;
+  memAvailableSettledMiB: number;
+  memAvailableAfterMiB: number;
+  /** Each pod's start (as in PodStartSample.totalMs), in start order. */
+  startMs: number[];
+  perPod: PodMemory[];
+}
+
+export interface CriSamples {
+  containerdVersion: string;
+  kernel: string;
+  accel: string;
+  network: string;
+  podStart: Record<Handler, PodStartSample[]>;
+  density: Partial<Record<Handler, DensitySample>>;
+}
+
+export interface CriSectionOptions {
+  runs: number;
+  warmup: number;
+  /** Pods per runtime in the memory part. */
+  pods: number;
+  /** Parent of the pods' log dirs (removed with the benchmark's temp dir). */
+  workDir: string;
+}
+
+interface Ctx {
+  c: CriContainerd;
+  cri: CriClient;
+  logRoot: string;
+  /** Prefix of every pod name of this run. */
+  prefix: string;
+  log: (s: string) => void;
+}
+
+interface StartedPod {
+  handler: Handler;
+  name: string;
+  podId: string;
+  containerId: string;
+}
+
+/** The pod's network namespace path from PodSandboxStatus (verbose: containerd's runtime spec). */
+async function netnsOf(cri: CriClient, podId: string): Promise<string | undefined> {
+  const r = await cri.podSandboxStatus(podId, { verbose: true });
+  const info = r.info["info"];
+  if (!info) return undefined;
+  const parsed = JSON.parse(info) as { runtimeSpec?: { linux?: { namespaces?: Array<{ type?: string; path?: string }> } } };
+  return parsed.runtimeSpec?.linux?.namespaces?.find((n) => n.type === "network")?.path || undefined;
+}
+
+async function waitForStartedLine(path: string, timeoutMs: number): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const text = await readFile(path, "utf8").catch(() => "");
+    if (STARTED_LINE.test(text)) return;
+    if (performance.now() > deadline) throw new Error(`no "${STARTED_MARKER}" line in ${path} after ${timeoutMs} ms (has: ${JSON.stringify(text.slice(-300))})`);
+    await sleep(LOG_POLL_MS);
+  }
+}
+
+/** Stops and removes the pod, then waits until its shim and QEMU are gone; returns the ms it took. */
+async function removePod(ctx: Ctx, podId: string): Promise<number> {
+  const t0 = performance.now();
+  await ctx.cri.stopPodSandbox(podId);
+  await ctx.cri.removePodSandbox(podId);
+  const deadline = t0 + GONE_TIMEOUT_MS;
+  for (;;) {
+    const table = processTable();
+    const left = [...(podProcesses(table, ctx.c.address, podId) ? ["shim"] : []), ...qemusOf(table, podId).map((p) => `QEMU ${p.pid}`)];
+    if (left.length === 0) return performance.now() - t0;
+    if (performance.now() > deadline) throw new Error(`pod ${podId} removed, but its ${left.join(", ")} still there after ${GONE_TIMEOUT_MS} ms`);
+    await sleep(20);
+  }
+}
+
+/**
+ * Starts one pod with one container and times it (see PodStartSample); the
+ * pod is left running. On failure the pod is removed before the error is
+ * passed on.
+ */
+async function startPod(ctx: Ctx, handler: Handler, name: string): Promise<{ pod: StartedPod; sample: Omit<PodStartSample, "teardownMs"> }> {
+  const logDir = join(ctx.logRoot, name);
+  mkdirSync(logDir, { recursive: true });
+  const podCfg: PodConfig = podConfig({ name, uid: `${name}-uid`, hostname: name, logDir });
+  const t0 = performance.now();
+  const podId = await ctx.cri.runPodSandbox(podCfg, handler);
+  const t1 = performance.now();
+  criMade.podIds.push(podId);
+  try {
+    const containerId = await ctx.cri.createContainer(podId, containerConfig(CONTAINER_NAME, CONTAINER_COMMAND, { image: ctx.c.busybox, logPath: LOG_NAME }), podCfg);
+    const t2 = performance.now();
+    criMade.containerIds.push(containerId);
+    await ctx.cri.startContainer(containerId);
+    const t3 = performance.now();
+    await waitForStartedLine(join(logDir, LOG_NAME), STARTED_TIMEOUT_MS);
+    const t4 = performance.now();
+    // Outside the timed part: where CNI put the pod, for the leak check.
+    const netns = await netnsOf(ctx.cri, podId);
+    if (netns) criMade.netns.push(netns);
+    else ctx.log(`bench: cri: pod ${podId} (${handler}): no network namespace path in PodSandboxStatus`);
+    return {
+      pod: { handler, name, podId, containerId },
+      sample: { runPodSandboxMs: t1 - t0, createContainerMs: t2 - t1, startContainerMs: t3 - t2, logLineMs: t4 - t3, totalMs: t4 - t0 },
+    };
+  } catch (err) {
+    await removePod(ctx, podId).catch((e: Error) => ctx.log(`bench: cri: removing pod ${podId} after a failed start: ${e.message}`));
+    throw err;
+  }
+}
+
+function fmtMs(ms: number): string {
+  return `${ms.toFixed(0)} ms`;
+}
+
+async function measurePodStarts(ctx: Ctx, s: CriSamples, o: CriSectionOptions, stop: () => boolean): Promise<void> {
+  for (let i = -o.warmup; i < o.runs && !stop(); i++) {
+    const tag = i < 0 ? `warm-up ${i + o.warmup + 1}/${o.warmup}` : `run ${i + 1}/${o.runs}`;
+    const line: string[] = [];
+    for (const handler of HANDLERS) {
+      const { pod, sample } = await startPod(ctx, handler, `${ctx.prefix}-${handler}-${i + o.warmup}`);
+      const teardownMs = await removePod(ctx, pod.podId);
+      line.push(
+        `${handler} ${fmtMs(sample.totalMs)} (run pod ${sample.runPodSandboxMs.toFixed(0)}, create ${sample.createContainerMs.toFixed(0)}, ` +
+          `start ${sample.startContainerMs.toFixed(0)}, log ${sample.logLineMs.toFixed(0)}; teardown ${teardownMs.toFixed(0)})`,
+      );
+      if (i >= 0) s.podStart[handler].push({ ...sample, teardownMs });
+    }
+    ctx.log(`bench: cri ${tag}: pod start: ${line.join(", ")}`);
+  }
+}
+
+/** Starts `count` pods of `handler` one after the other, lets them idle, reads their memory, removes them. */
+async function measureDensity(ctx: Ctx, handler: Handler, count: number, stop: () => boolean): Promise<DensitySample> {
+  const sample: DensitySample = {
+    handler,
+    pods: count,
+    settleMs: SETTLE_MS,
+    memAvailableBeforeMiB: memAvailableMiB(),
+    memAvailableSettledMiB: NaN,
+    memAvailableAfterMiB: NaN,
+    startMs: [],
+    perPod: [],
+  };
+  const pods: StartedPod[] = [];
+  try {
+    for (let i = 0; i < count && !stop(); i++) {
+      const { pod, sample: start } = await startPod(ctx, handler, `${ctx.prefix}-${handler}-mem-${i}`);
+      pods.push(pod);
+      sample.startMs.push(start.totalMs);
+      ctx.log(`bench: cri: ${handler} pod ${i + 1}/${count} running after ${fmtMs(start.totalMs)}`);
+    }
+    if (stop()) return sample;
+    await sleep(SETTLE_MS);
+    sample.memAvailableSettledMiB = memAvailableMiB();
+    for (const pod of pods) {
+      const m = podMemory(ctx.c.address, pod.podId, handler === "hako");
+      sample.perPod.push(m);
+      const parts = m.processes.map((p) => `${p.role} ${p.pid} ${p.pssMiB.toFixed(1)}`).join(" + ");
+      ctx.log(`bench: cri: ${handler} pod ${pod.podId.slice(0, 12)}: PSS ${m.pssMiB.toFixed(1)} MiB = ${parts}`);
+    }
+    return sample;
+  } finally {
+    const failures: string[] = [];
+    for (const pod of pods) await removePod(ctx, pod.podId).catch((e: Error) => failures.push(e.message));
+    sample.memAvailableAfterMiB = memAvailableMiB();
+    if (failures.length > 0) throw new Error(`removing the ${handler} pods: ${failures.join("; ")}`);
+  }
+}
+
+/**
+ * Best-effort teardown: pods of this run still known to CRI are stopped and
+ * removed (CNI then deletes their netns), containerd is stopped (it kills
+ * and deletes what is left), then sandboxes of our pods still in hako's state
+ * dir go through `hako delete --force`, and netns of our pods that survived
+ * containerd are deleted.
+ */
+async function teardown(ctx: Ctx, k: KernelEnv): Promise<void> {
+  try {
+    const pods = await ctx.cri.listPodSandbox(undefined, { timeoutMs: 30_000 });
+    for (const p of pods.filter((x) => (x.metadata?.name ?? "").startsWith(`${ctx.prefix}-`))) {
+      if (!criMade.podIds.includes(p.id)) criMade.podIds.push(p.id);
+      ctx.log(`bench: cri: pod ${p.id} (${p.metadata?.name}) still there: stop + remove`);
+      await removePod(ctx, p.id).catch((e: Error) => ctx.log(`bench: cri: ${e.message}`));
+    }
+  } catch (err) {
+    ctx.log(`bench: cri: listing pods at the end: ${(err as Error).message}`);
+  }
+  ctx.cri.close();
+  await ctx.c.stop();
+  const sbDir = join(k.config.runtime.state_dir, "sandboxes");
+  for (const id of existsSync(sbDir) ? readdirSync(sbDir).filter((n) => criMade.podIds.includes(n)) : []) {
+    ctx.log(`bench: cri: sandbox ${id} left by its shim: hako delete --force`);
+    spawnSync(HAKO_BIN, ["--config", k.configFile, "delete", "--force", id], { stdio: "ignore", timeout: 60_000 });
+  }
+  for (const ns of criMade.netns.filter((p) => existsSync(p))) {
+    ctx.log(`bench: cri: netns ${ns} of our pod outlived containerd: ip netns delete`);
+    spawnSync("ip", ["netns", "delete", ns.slice(NETNS_DIR.length + 1)], { stdio: "ignore" });
+  }
+}
+
+/** Runs the section; `log` gets one line per sample. */
+export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s: string) => void, stop: () => boolean): Promise<CriSamples> {
+  if (existsSync(`/sys/class/net/${CRI_NETWORK.bridge}`)) {
+    throw new Error(`bridge ${CRI_NETWORK.bridge} exists: another benchmark's CRI network, or a leak from an earlier one`);
+  }
+  const logRoot = join(o.workDir, "cri-logs");
+  mkdirSync(logRoot, { recursive: true });
+  const c = await startCriContainerd({ hakoConfig: k.configFile, network: CRI_NETWORK });
+  criMade.dirs.push(c.dir);
+  criMade.addresses.push(c.address);
+  const containerdPid = c.pid();
+  track(containerdPid, "containerd (cri)");
+  const ctx: Ctx = { c, cri: new CriClient(c.criAddress, { defaultTimeoutMs: CALL_TIMEOUT_MS }), logRoot, prefix: `bench-${process.pid}`, log };
+  let stopping: Promise<void> | undefined;
+  const stopOnce = (): Promise<void> => (stopping ??= teardown(ctx, k));
+  let done: () => void = () => undefined;
+  const finished = new Promise<void>((r) => (done = r));
+  const forget = onInterrupt(async () => {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([finished, new Promise<void>((r) => (timer = setTimeout(r, WIND_DOWN_MS)))]);
+    clearTimeout(timer);
+    await stopOnce();
+  });
+  try {
+    const version = await ctx.cri.version();
+    const s: CriSamples = {
+      containerdVersion: version.runtimeVersion,
+      kernel: k.kernel,
+      accel: k.probe.accel,
+      network: `${CRI_NETWORK.bridge} ${CRI_NETWORK.subnet}`,
+      podStart: { hako: [], runc: [] },
+      density: {},
+    };
+    log(`bench: cri: ${version.runtimeName} ${version.runtimeVersion} (pid ${containerdPid}, ${c.dir}), network ${s.network}, hako config ${k.configFile}`);
+    log(`bench: cri: pod start: ${o.runs} runs + ${o.warmup} warm-up, alternating ${HANDLERS.join(" and ")}; then ${o.pods} idle pods per runtime`);
+    await measurePodStarts(ctx, s, o, stop);
+    for (const handler of HANDLERS) {
+      if (stop()) break;
+      s.density[handler] = await measureDensity(ctx, handler, o.pods, stop);
+    }
+    return s;
+  } finally {
+    await stopOnce();
+    untrack(containerdPid);
+    forget();
+    done();
+  }
+}
+
+/**
+ * What the section may have left: its containerd dir, the netns, CNI cache
+ * entries, runc state dirs, cgroups (runc's /k8s.io/<id> in each v1
+ * hierarchy) and shim sockets of its pods and containers, the bridge; shims
+ * serving its containerd, QEMUs named after its pods, and processes in the
+ * cgroups of its containers. `qemuNames` are for findLeaks' QEMU scan.
+ */
+export function criLeaks(): { paths: string[]; processes: string[]; qemuNames: string[] } {
+  if (criMade.addresses.length === 0) return { paths: [], processes: [], qemuNames: [] };
+  const ids = [...criMade.podIds, ...criMade.containerIds];
+  const paths = [
+    ...criMade.dirs,
+    ...criMade.netns,
+    `/sys/class/net/${CRI_NETWORK.bridge}`,
+    ...cniResults(CRI_NETWORK),
+    ...criMade.podIds.map((id) => join(CNI_RESULTS_DIR, `cni-loopback-${id}-lo`)),
+    ...ids.map((id) => join(RUNC_STATE_DIR, id)),
+    ...(existsSync(CGROUP_V1_ROOT) ? readdirSync(CGROUP_V1_ROOT) : []).flatMap((hierarchy) => ids.map((id) => join(CGROUP_V1_ROOT, hierarchy, CRI_NAMESPACE, id))),
+    ...criMade.addresses.flatMap((a) => criMade.podIds.map((id) => socketPathOf(shimSocketAddress(a, CRI_NAMESPACE, id)))),
+  ].filter((p) => existsSync(p));
+  const table = processTable();
+  const shims = criMade.addresses.flatMap((a) => shimsServing(table, a)).map((p) => `${p.pid} ${p.argv.join(" ").slice(0, 160)}`);
+  return { paths, processes: [...shims, ...processesInCgroupsOf(ids)], qemuNames: criMade.podIds.map((id) => `hako-${id}`) };
+}

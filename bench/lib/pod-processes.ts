@@ -1,0 +1,159 @@
+// The host processes of one CRI pod, found from /proc, and their memory.
+//
+// A pod's shim is the containerd-shim-*-v2 daemon whose argv has
+// `-address <our containerd socket>` and `-id <pod id>` (containerd groups a
+// pod's containers under the shim started for its sandbox, so the group id is
+// the pod id). The pod's other processes are the shim's descendants: for
+// runc the pause process and the container's processes (the shim is their
+// subreaper), for hako the QEMU it spawned. A hako pod's QEMU is also found by
+// its `-name hako-<pod id>`, which must match the descendant.
+import { readdirSync, readFileSync } from "node:fs";
+import { basename } from "node:path";
+import { smapsRollup } from "./measure.js";
+
+export interface ProcessEntry {
+  pid: number;
+  ppid: number;
+  argv: string[];
+  /** /proc/<pid>/comm. */
+  comm: string;
+}
+
+export interface PodProcesses {
+  shim: ProcessEntry;
+  /** The shim's descendants (QEMU for hako; pause and the containers' processes for runc). */
+  descendants: ProcessEntry[];
+}
+
+export interface ProcessMemory {
+  pid: number;
+  /** "shim", "qemu", "pause" (a runc pod's sandbox process: its cgroup names the pod id), or the process's comm. */
+  role: string;
+  rssMiB: number;
+  pssMiB: number;
+  /** The anonymous part of the PSS (the rest is file-backed: binaries, libraries, for QEMU the kernel and initrd). */
+  pssAnonMiB: number;
+}
+
+export interface PodMemory {
+  podId: string;
+  /** Sums over `processes`. */
+  rssMiB: number;
+  pssMiB: number;
+  processes: ProcessMemory[];
+}
+
+function readProcess(pid: number): ProcessEntry | undefined {
+  try {
+    const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter((a) => a !== "");
+    // comm may hold spaces and parentheses: the fields after it start at the last ") ".
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const ppid = Number(stat.slice(stat.lastIndexOf(") ") + 2).split(" ")[1]);
+    const comm = readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+    return { pid, ppid, argv, comm };
+  } catch {
+    return undefined; // exited meanwhile
+  }
+}
+
+/** Every process of the host, now. */
+export function processTable(): ProcessEntry[] {
+  const out: ProcessEntry[] = [];
+  for (const e of readdirSync("/proc")) {
+    if (!/^\d+$/.test(e)) continue;
+    const p = readProcess(Number(e));
+    if (p) out.push(p);
+  }
+  return out;
+}
+
+/** The value after `flag` in argv ("" if absent). */
+export function flagValue(argv: readonly string[], flag: string): string {
+  const at = argv.indexOf(flag);
+  return at >= 0 ? (argv[at + 1] ?? "") : "";
+}
+
+export function isShim(p: ProcessEntry): boolean {
+  return p.argv.some((a) => /containerd-shim-(hako|runc)-v2/.test(basename(a)));
+}
+
+/** Shims whose `-address` is `containerdAddress`. */
+export function shimsServing(table: readonly ProcessEntry[], containerdAddress: string): ProcessEntry[] {
+  return table.filter((p) => isShim(p) && flagValue(p.argv, "-address") === containerdAddress);
+}
+
+/** QEMU processes named after the sandbox `id` (`-name hako-<id>`). */
+export function qemusOf(table: readonly ProcessEntry[], id: string): ProcessEntry[] {
+  return table.filter((p) => (p.argv[0] ?? "").includes("qemu-system") && flagValue(p.argv, "-name") === `hako-${id}`);
+}
+
+/** The pod's shim and its descendants, or undefined when no shim serves it. */
+export function podProcesses(table: readonly ProcessEntry[], containerdAddress: string, podId: string): PodProcesses | undefined {
+  const shims = shimsServing(table, containerdAddress).filter((p) => flagValue(p.argv, "-id") === podId);
+  if (shims.length > 1) throw new Error(`pod ${podId}: ${shims.length} shims (${shims.map((s) => s.pid).join(", ")})`);
+  const shim = shims[0];
+  if (!shim) return undefined;
+  const children = new Map<number, ProcessEntry[]>();
+  for (const p of table) children.set(p.ppid, [...(children.get(p.ppid) ?? []), p]);
+  const descendants: ProcessEntry[] = [];
+  const queue = [shim.pid];
+  while (queue.length > 0) {
+    for (const child of children.get(queue.shift()!) ?? []) {
+      descendants.push(child);
+      queue.push(child.pid);
+    }
+  }
+  return { shim, descendants };
+}
+
+const mib = (kb: number): number => kb / 1024;
+
+/**
+ * RSS and PSS of a pod's processes (read now). For a hako pod the QEMU named
+ * after the pod must be among the shim's descendants.
+ */
+export function podMemory(containerdAddress: string, podId: string, hakoPod: boolean): PodMemory {
+  const table = processTable();
+  const procs = podProcesses(table, containerdAddress, podId);
+  if (!procs) throw new Error(`pod ${podId}: no shim serving ${containerdAddress} with -id ${podId}`);
+  const qemuPids = new Set(qemusOf(table, podId).map((p) => p.pid));
+  if (hakoPod) {
+    const underShim = procs.descendants.filter((p) => qemuPids.has(p.pid));
+    if (qemuPids.size !== 1 || underShim.length !== 1) {
+      throw new Error(`pod ${podId}: expected its one QEMU (-name hako-${podId}) under shim ${procs.shim.pid}, found ${[...qemuPids].join(", ") || "none"}`);
+    }
+  }
+  const processes = [procs.shim, ...procs.descendants].map((p): ProcessMemory => {
+    const m = smapsRollup(p.pid);
+    const role = p.pid === procs.shim.pid ? "shim" : qemuPids.has(p.pid) ? "qemu" : cgroupOf(p.pid).includes(podId) ? "pause" : p.comm;
+    return { pid: p.pid, role, rssMiB: mib(m.rssKb), pssMiB: mib(m.pssKb), pssAnonMiB: mib(m.pssAnonKb) };
+  });
+  const sum = (f: (m: ProcessMemory) => number): number => processes.reduce((acc, m) => acc + f(m), 0);
+  return { podId, rssMiB: sum((m) => m.rssMiB), pssMiB: sum((m) => m.pssMiB), processes };
+}
+
+function cgroupOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cgroup`, "utf8");
+  } catch {
+    return "";
+  }
+}
+
+/** MemAvailable of /proc/meminfo, MiB. */
+export function memAvailableMiB(): number {
+  const m = /^MemAvailable:\s+(\d+) kB/m.exec(readFileSync("/proc/meminfo", "utf8"));
+  if (!m) throw new Error("no MemAvailable in /proc/meminfo");
+  return Number(m[1]) / 1024;
+}
+
+/** Processes whose cgroup path names one of `ids` (runc containers left running). */
+export function processesInCgroupsOf(ids: readonly string[]): string[] {
+  if (ids.length === 0) return [];
+  const found: string[] = [];
+  for (const p of processTable()) {
+    const cgroup = cgroupOf(p.pid);
+    if (ids.some((id) => cgroup.includes(id))) found.push(`${p.pid} ${p.argv.join(" ").slice(0, 120)}`);
+  }
+  return found;
+}
