@@ -28,6 +28,8 @@ export const NUD_PERMANENT = 0x80;
 export interface GuestLink {
   name: string;
   mac: string;
+  /** IFF_UP is set. */
+  up: boolean;
 }
 
 export interface InterfaceUpdate {
@@ -79,7 +81,14 @@ export function listLinks(sysNet = SYS_CLASS_NET): GuestLink[] {
   const out: GuestLink[] = [];
   for (const name of names) {
     try {
-      out.push({ name, mac: readFileSync(`${sysNet}/${name}/address`, "utf8").trim().toLowerCase() });
+      const mac = readFileSync(`${sysNet}/${name}/address`, "utf8").trim().toLowerCase();
+      let up = false;
+      try {
+        up = (Number.parseInt(readFileSync(`${sysNet}/${name}/flags`, "utf8").trim(), 16) & 1) === 1;
+      } catch {
+        /* no flags file: taken as down */
+      }
+      out.push({ name, mac, up });
     } catch {
       /* vanished meanwhile */
     }
@@ -122,11 +131,14 @@ function checkIfName(rpc: string, what: string, name: string): string {
 /**
  * The commands that give the guest NIC with `req.hwAddr` (or `req.device`)
  * the pod interface's name, MTU and addresses, and bring it up. Addresses
- * are replaced, not merged: the link is taken down, flushed, addressed and
- * brought up (which also renews its IPv6 link-local address). A link that
- * already holds the wanted name is renamed out of the way first.
+ * are replaced, not merged. Each spawn costs ~30 ms under TCG, so a fresh
+ * NIC (down, never configured: `dirty` false) gets only its `ip addr add`s
+ * and one `ip link set … name … mtu … up` (busybox applies name, then MTU,
+ * then flags). A NIC that is up or was configured before is taken down and
+ * flushed first (bringing it up again renews its IPv6 link-local address).
+ * A link that already holds the wanted name is renamed out of the way.
  */
-export function interfaceCommands(req: InterfaceUpdate, links: readonly GuestLink[]): { device: string; commands: string[][] } {
+export function interfaceCommands(req: InterfaceUpdate, links: readonly GuestLink[], dirty: (name: string) => boolean = () => true): { device: string; commands: string[][] } {
   const rpc = `UpdateInterface ${req.name || req.device || req.hwAddr}`;
   const want = checkIfName(rpc, "interface name", req.name);
   const mac = req.hwAddr.toLowerCase();
@@ -152,7 +164,11 @@ export function interfaceCommands(req: InterfaceUpdate, links: readonly GuestLin
   }
 
   const cur = link.name;
-  const cmds: string[][] = [["ip", "link", "set", "dev", cur, "down"]];
+  const cmds: string[][] = [];
+  if (link.up) cmds.push(["ip", "link", "set", "dev", cur, "down"]);
+  if (link.up || dirty(cur)) cmds.push(["ip", "addr", "flush", "dev", cur]);
+  for (const a of addrs) cmds.push(["ip", "addr", "add", a, "dev", cur]);
+  const final = ["ip", "link", "set", "dev", cur];
   if (cur !== want) {
     const clash = links.find((l) => l.name === want);
     if (clash !== undefined) {
@@ -160,12 +176,11 @@ export function interfaceCommands(req: InterfaceUpdate, links: readonly GuestLin
       while (links.some((l) => l.name === `hako${spare}`)) spare++;
       cmds.push(["ip", "link", "set", "dev", want, "down"], ["ip", "link", "set", "dev", want, "name", `hako${spare}`]);
     }
-    cmds.push(["ip", "link", "set", "dev", cur, "name", want]);
+    final.push("name", want);
   }
-  if (req.mtu !== 0) cmds.push(["ip", "link", "set", "dev", want, "mtu", String(req.mtu)]);
-  cmds.push(["ip", "addr", "flush", "dev", want]);
-  for (const a of addrs) cmds.push(["ip", "addr", "add", a, "dev", want]);
-  cmds.push(["ip", "link", "set", "dev", want, "up"]);
+  if (req.mtu !== 0) final.push("mtu", String(req.mtu));
+  final.push("up");
+  cmds.push(final);
   return { device: want, commands: cmds };
 }
 
@@ -244,14 +259,19 @@ export function failedCommand(stderr: string): { command: string; output: string
   return { command: lines[at]!.slice(RUN_MARK.length + 1), output: lines.slice(at + 1).join("\n").trim() };
 }
 
-/** Runs the commands as one script; a failure names the RPC, the failed command and its output. */
+/**
+ * Runs the commands: one alone directly, several as one script. A failure
+ * names the RPC, the failed command and its output.
+ */
 export async function runCommands(rpc: string, commands: readonly string[][], hint: string): Promise<void> {
   if (commands.length === 0) return;
+  const [file, ...args] = commands.length === 1 ? commands[0]! : ["/bin/sh", "-c", buildScript(commands)];
   try {
-    await execFileAsync("/bin/sh", ["-c", buildScript(commands)], { encoding: "utf8", timeout: 30_000 });
+    await execFileAsync(file!, args, { encoding: "utf8", timeout: 30_000 });
   } catch (err) {
     const e = err as { stderr?: unknown; message?: unknown };
-    const { command, output } = failedCommand(typeof e.stderr === "string" ? e.stderr : "");
+    const stderr = typeof e.stderr === "string" ? e.stderr : "";
+    const { command, output } = commands.length === 1 ? { command: commands[0]!.join(" "), output: stderr.trim() } : failedCommand(stderr);
     const what = command !== "" ? `\`${command}\` failed: ${output || "no output"}` : `the set-up script failed: ${output || String(e.message ?? err)}`;
     throw new AgentError("", `${rpc}: ${what}`, { code: Code.INTERNAL, hint, cause: err });
   }
@@ -259,11 +279,17 @@ export async function runCommands(rpc: string, commands: readonly string[][], hi
 
 export const deviceExists = (name: string): boolean => existsSync(`${SYS_CLASS_NET}/${name}`);
 
+/** Links this agent has given addresses (a down link not in here has none: the guest kernel assigns no IPv4 by itself). */
+const configured = new Set<string>();
+
 /** UpdateInterface: finds the NIC (by MAC, waiting up to 3 s for it to appear), names, sizes, addresses and raises it. */
 export async function updateInterface(req: InterfaceUpdate): Promise<InterfaceUpdate> {
   const mac = req.hwAddr.toLowerCase();
   const links = req.device === "" && MAC_RE.test(mac) ? await waitForLinks(mac, 3000) : listLinks();
-  const { device, commands } = interfaceCommands(req, links);
+  const { device, commands } = interfaceCommands(req, links, (name) => configured.has(name));
+  const before = links.find((l) => (req.device !== "" ? l.name === req.device : l.mac === mac))?.name;
+  if (before !== undefined) configured.delete(before);
+  configured.add(device); // also on failure: a half-configured link is flushed next time
   await runCommands(`UpdateInterface ${req.name}`, commands, `check the interface with \`ip addr show ${device}\` in the guest (hako exec <id> ip addr)`);
   return { ...req, device, hwAddr: mac };
 }

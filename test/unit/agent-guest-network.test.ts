@@ -21,8 +21,8 @@ import { AgentError } from "../../src/runtime/errors.js";
 import { Code } from "../../src/protocols/ttrpc/status.js";
 
 const LINKS = [
-  { name: "lo", mac: "00:00:00:00:00:00" },
-  { name: "eth0", mac: "52:54:00:12:34:56" },
+  { name: "lo", mac: "00:00:00:00:00:00", up: true },
+  { name: "eth0", mac: "52:54:00:12:34:56", up: false },
 ];
 const POD_MAC = "0a:58:0a:d5:07:02";
 const iface = (over: Partial<Parameters<typeof interfaceCommands>[0]> = {}): Parameters<typeof interfaceCommands>[0] => ({
@@ -47,34 +47,45 @@ function agentError(code: Code, re: RegExp): (e: unknown) => boolean {
   };
 }
 
-test("UpdateInterface: the NIC found by MAC keeps its name; down, MTU, flush, addresses, up", () => {
-  const links = [{ name: "lo", mac: "00:00:00:00:00:00" }, { name: "eth0", mac: POD_MAC }];
-  const { device, commands } = interfaceCommands(iface(), links);
+test("UpdateInterface on a fresh NIC (down, never configured): the addresses, then one ip link set for name, MTU and up", () => {
+  const links = [{ name: "lo", mac: "00:00:00:00:00:00", up: true }, { name: "eth0", mac: POD_MAC, up: false }];
+  const { device, commands } = interfaceCommands(iface(), links, () => false);
   assert.equal(device, "eth0");
   assert.deepEqual(commands, [
-    ["ip", "link", "set", "dev", "eth0", "down"],
-    ["ip", "link", "set", "dev", "eth0", "mtu", "1400"],
-    ["ip", "addr", "flush", "dev", "eth0"],
     ["ip", "addr", "add", "10.213.7.2/24", "dev", "eth0"],
     ["ip", "addr", "add", "fd00:213::2/64", "dev", "eth0"],
-    ["ip", "link", "set", "dev", "eth0", "up"],
+    ["ip", "link", "set", "dev", "eth0", "mtu", "1400", "up"],
+  ]);
+  const renamed = interfaceCommands(iface({ name: "net0", mtu: 0, addresses: [] }), links, () => false);
+  assert.deepEqual(renamed.commands, [["ip", "link", "set", "dev", "eth0", "name", "net0", "up"]]);
+});
+
+test("UpdateInterface on a NIC that is up or was configured: down and flush first, so the addresses are replaced", () => {
+  const up = [{ name: "eth0", mac: POD_MAC, up: true }];
+  assert.deepEqual(interfaceCommands(iface({ addresses: [iface().addresses[0]!] }), up, () => false).commands, [
+    ["ip", "link", "set", "dev", "eth0", "down"],
+    ["ip", "addr", "flush", "dev", "eth0"],
+    ["ip", "addr", "add", "10.213.7.2/24", "dev", "eth0"],
+    ["ip", "link", "set", "dev", "eth0", "mtu", "1400", "up"],
+  ]);
+  const down = [{ name: "eth0", mac: POD_MAC, up: false }];
+  assert.deepEqual(interfaceCommands(iface({ addresses: [] }), down, (n) => n === "eth0").commands, [
+    ["ip", "addr", "flush", "dev", "eth0"],
+    ["ip", "link", "set", "dev", "eth0", "mtu", "1400", "up"],
   ]);
 });
 
 test("UpdateInterface: renames the NIC, moving a link that holds the wanted name out of the way; MTU 0 is left alone", () => {
-  const links = [...LINKS, { name: "eth1", mac: POD_MAC }, { name: "hako0", mac: "02:00:00:00:00:99" }];
-  const { device, commands } = interfaceCommands(iface({ mtu: 0, addresses: [] }), links);
+  const links = [...LINKS, { name: "eth1", mac: POD_MAC, up: false }, { name: "hako0", mac: "02:00:00:00:00:99", up: false }];
+  const { device, commands } = interfaceCommands(iface({ mtu: 0, addresses: [] }), links, () => false);
   assert.equal(device, "eth0");
   assert.deepEqual(commands, [
-    ["ip", "link", "set", "dev", "eth1", "down"],
     ["ip", "link", "set", "dev", "eth0", "down"],
     ["ip", "link", "set", "dev", "eth0", "name", "hako1"],
-    ["ip", "link", "set", "dev", "eth1", "name", "eth0"],
-    ["ip", "addr", "flush", "dev", "eth0"],
-    ["ip", "link", "set", "dev", "eth0", "up"],
+    ["ip", "link", "set", "dev", "eth1", "name", "eth0", "up"],
   ]);
-  const byName = interfaceCommands(iface({ device: "eth1", hwAddr: "", name: "net1", addresses: [] }), links);
-  assert.deepEqual(byName.commands[1], ["ip", "link", "set", "dev", "eth1", "name", "net1"]);
+  const byName = interfaceCommands(iface({ device: "eth1", hwAddr: "", name: "net1", addresses: [] }), links, () => false);
+  assert.deepEqual(byName.commands, [["ip", "link", "set", "dev", "eth1", "name", "net1", "mtu", "1400", "up"]]);
 });
 
 test("UpdateInterface: a MAC the guest does not have is NOT_FOUND and lists what the guest has", () => {
@@ -82,7 +93,7 @@ test("UpdateInterface: a MAC the guest does not have is NOT_FOUND and lists what
 });
 
 test("UpdateInterface: bad input is INVALID_ARGUMENT before anything runs", () => {
-  const links = [{ name: "eth0", mac: POD_MAC }];
+  const links = [{ name: "eth0", mac: POD_MAC, up: false }];
   const cases: Array<[Partial<Parameters<typeof interfaceCommands>[0]>, RegExp]> = [
     [{ name: "eth0; reboot" }, /interface name "eth0; reboot" is not a valid interface name/],
     [{ name: "" }, /is not a valid interface name/],
@@ -153,8 +164,16 @@ test("runCommands runs one script with sh: quoting survives, a failure names the
   const dir = mkdtempSync(join(tmpdir(), "hako-gn-"));
   try {
     const out = join(dir, "out");
-    await runCommands("Test", [["sh", "-c", 'printf "%s|" "$@" > "$0"', out, "a b", "it's", "$HOME", "x;y"]], "no hint");
+    const write = ["sh", "-c", 'printf "%s|" "$@" > "$0"', out, "a b", "it's", "$HOME", "x;y"];
+    await runCommands("Test", [write, ["true"]], "no hint");
     assert.equal(readFileSync(out, "utf8"), "a b|it's|$HOME|x;y|");
+    // One command runs without a shell around it; its failure reads the same.
+    await runCommands("Test", [write.map((w) => w.replace("x;y", "z"))], "no hint");
+    assert.equal(readFileSync(out, "utf8"), "a b|it's|$HOME|z|");
+    await assert.rejects(
+      runCommands("UpdateRoutes", [["sh", "-c", "echo 'RTNETLINK answers: File exists' >&2; exit 2"]], "h"),
+      agentError(Code.INTERNAL, /^UpdateRoutes: `sh -c echo 'RTNETLINK answers: File exists' >&2; exit 2` failed: RTNETLINK answers: File exists \(h\)$/),
+    );
     await assert.rejects(
       runCommands("UpdateRoutes", [["sh", "-c", "echo early warning >&2"], ["sh", "-c", "echo 'RTNETLINK answers: Network is unreachable' >&2; exit 2"], ["touch", join(dir, "never")]], "check the routes"),
       agentError(Code.INTERNAL, /^UpdateRoutes: `sh -c echo 'RTNETLINK answers: Network is unreachable' >&2; exit 2` failed: RTNETLINK answers: Network is unreachable \(check the routes\)$/),
@@ -169,17 +188,18 @@ const sysDir = mkdtempSync(join(tmpdir(), "hako-sysnet-"));
 after(() => rmSync(sysDir, { recursive: true, force: true }));
 
 test("listLinks reads names and MACs from sysfs; waitForLinks waits for a MAC to appear", async () => {
-  const add = (name: string, mac: string): void => {
+  const add = (name: string, mac: string, flags?: string): void => {
     mkdirSync(join(sysDir, name));
     writeFileSync(join(sysDir, name, "address"), `${mac}\n`);
+    if (flags !== undefined) writeFileSync(join(sysDir, name, "flags"), `${flags}\n`);
   };
-  add("lo", "00:00:00:00:00:00");
-  assert.deepEqual(listLinks(sysDir), [{ name: "lo", mac: "00:00:00:00:00:00" }]);
+  add("lo", "00:00:00:00:00:00", "0x9");
+  assert.deepEqual(listLinks(sysDir), [{ name: "lo", mac: "00:00:00:00:00:00", up: true }]);
   assert.deepEqual(listLinks(join(sysDir, "missing")), []);
-  setTimeout(() => add("eth0", POD_MAC.toUpperCase()), 120);
+  setTimeout(() => add("eth0", POD_MAC.toUpperCase(), "0x1002"), 120);
   const t0 = Date.now();
   const links = await waitForLinks(POD_MAC, 2000, sysDir);
-  assert.ok(links.some((l) => l.name === "eth0" && l.mac === POD_MAC));
+  assert.ok(links.some((l) => l.name === "eth0" && l.mac === POD_MAC && !l.up));
   assert.ok(Date.now() - t0 < 1500);
   const none = await waitForLinks("02:00:00:00:00:77", 100, sysDir);
   assert.equal(none.length, 2, "gives up after the timeout with what there is");
