@@ -7,7 +7,7 @@ import { chooseAccel } from "../runtime/accel.js";
 import type { HakoConfig } from "../runtime/config.js";
 import { RuntimeError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
-import { loadBundle } from "../runtime/oci-spec.js";
+import { loadBundle, networkNamespacePath } from "../runtime/oci-spec.js";
 import { Sandbox } from "../runtime/sandbox.js";
 import { pumpInput, pumpOutput } from "../runtime/stdio-relay.js";
 import type { CgroupStatsLike } from "./metrics.js";
@@ -129,7 +129,7 @@ export class ShimRuntime {
       sandbox = sid && sid !== id ? this.sandboxes.get(sid) : undefined;
       if (!sandbox) {
         owns = true;
-        sandbox = await this.bootSandbox(id, bundle);
+        sandbox = await this.bootSandbox(id, bundle, networkNamespacePath(b.spec));
       }
       io = openProcessIO(id, req.stdio);
       if (req.stdio.terminal) b.spec.process = { ...b.spec.process, terminal: true };
@@ -153,9 +153,10 @@ export class ShimRuntime {
     }
   }
 
-  private async bootSandbox(id: string, bundle: string): Promise<Sandbox> {
+  /** Boots the VM of a new sandbox; `netnsPath` (the pod netns CNI filled, from the first container's spec) gives it the pod's network. */
+  private async bootSandbox(id: string, bundle: string, netnsPath: string | undefined): Promise<Sandbox> {
     const probe = await chooseAccel(this.cfg, this.log);
-    const sb = new Sandbox(id, { config: this.cfg, hypervisor: createHypervisor(this.cfg, this.log), accel: probe.accel, logger: this.log.child({ sandbox: id }), bundle });
+    const sb = new Sandbox(id, { config: this.cfg, hypervisor: createHypervisor(this.cfg, this.log), accel: probe.accel, logger: this.log.child({ sandbox: id }), bundle, netnsPath });
     sb.claim();
     this.sandboxes.set(id, sb);
     try {
