@@ -8,14 +8,11 @@ import { AgentService } from "../protocols/gen/hako/agent/v1/agent_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../protocols/gen/hako/agent/v1/health_pb.js";
 import type { TtrpcServer } from "../protocols/ttrpc/server.js";
 import { ContainerManager } from "./containers.js";
+import { addNeighbors, updateInterface, updateRoutes } from "./guest-network.js";
 import { guestDetails, mountStorage, setClock, setDns, setHostname, unmount, type StorageSpec } from "./guest-system.js";
 import { AGENT_PROTOCOL_VERSION, AGENT_VERSION } from "./version.js";
 
 const MAX_READ = 1024 * 1024;
-
-function unimplemented(name: string): never {
-  throw new AgentError("", `${name} is not implemented by this hako-agent yet`, { code: Code.UNIMPLEMENTED });
-}
 
 export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs: () => number): ContainerManager {
   const containers = new ContainerManager(log);
@@ -118,9 +115,23 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
       await containers.resume(req.containerId);
       return {};
     },
-    updateInterface: () => unimplemented("UpdateInterface"),
-    updateRoutes: () => unimplemented("UpdateRoutes"),
-    addARPNeighbors: () => unimplemented("AddARPNeighbors"),
+    async updateInterface(req) {
+      const i = req.interface;
+      if (!i) throw new AgentError("", "UpdateInterface: the request has no interface", { code: Code.INVALID_ARGUMENT });
+      if (i.mtu > 65535n) throw new AgentError("", `UpdateInterface ${i.name}: MTU ${i.mtu} is outside 68..65535`, { code: Code.INVALID_ARGUMENT });
+      const done = await updateInterface({ device: i.device, name: i.name, hwAddr: i.hwAddr, mtu: Number(i.mtu), addresses: i.addresses });
+      log.info({ device: done.device, mac: done.hwAddr }, "interface configured");
+      return { device: done.device, name: done.name, hwAddr: done.hwAddr, mtu: BigInt(done.mtu), addresses: done.addresses };
+    },
+    async updateRoutes(req) {
+      const routes = req.routes?.routes ?? [];
+      await updateRoutes(routes);
+      return { routes };
+    },
+    async addARPNeighbors(req) {
+      await addNeighbors(req.neighbors);
+      return {};
+    },
     async getGuestDetails() {
       return guestDetails(AGENT_VERSION, readyMs());
     },

@@ -5,7 +5,7 @@ import { constants as osConstants } from "node:os";
 import { createHypervisor } from "../hypervisor/index.js";
 import { chooseAccel } from "../runtime/accel.js";
 import { startAgentProxy } from "../runtime/agent-proxy.js";
-import { loadBundle } from "../runtime/oci-spec.js";
+import { loadBundle, networkNamespacePath } from "../runtime/oci-spec.js";
 import { Sandbox } from "../runtime/sandbox.js";
 import { AgentError } from "../runtime/errors.js";
 import { pumpInput, pumpOutput } from "../runtime/stdio-relay.js";
@@ -21,7 +21,15 @@ export async function runContainer(id: string, opts: RunOptions): Promise<number
   const bundle = loadBundle(id, resolve(opts.bundle));
   requireGuestAssets(cfg);
   const probe = await chooseAccel(cfg, log);
-  const sandbox = new Sandbox(id, { config: cfg, hypervisor: createHypervisor(cfg, log), accel: probe.accel, logger: log.child({ sandbox: id }), bundle: bundle.dir });
+  const sandbox = new Sandbox(id, {
+    config: cfg,
+    hypervisor: createHypervisor(cfg, log),
+    accel: probe.accel,
+    logger: log.child({ sandbox: id }),
+    bundle: bundle.dir,
+    // A network namespace given by path (e.g. one CNI filled) is carried into the VM.
+    netnsPath: networkNamespacePath(bundle.spec),
+  });
   sandbox.claim();
 
   const ac = new AbortController();

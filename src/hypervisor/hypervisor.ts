@@ -10,6 +10,21 @@ export interface SharedDir {
   readonly?: boolean;
 }
 
+/** One guest NIC backed by a tap device that already exists in the VM's network namespace. */
+export interface VmNic {
+  /** Host tap the VMM opens (e.g. tap0_hako). */
+  tapName: string;
+  /** MAC address of the guest NIC (lower case, colon separated). */
+  mac: string;
+}
+
+/** Where the VMM runs for networking and which NICs it gives the guest. */
+export interface VmNetwork {
+  /** Network namespace (a path: /var/run/netns/<name>, /proc/<pid>/ns/net) the VMM process is started in. */
+  netnsPath: string;
+  nics: VmNic[];
+}
+
 export interface VmSpec {
   /** Sandbox id: names the VM in logs and errors. */
   id: string;
@@ -32,6 +47,8 @@ export interface VmSpec {
   acpi?: boolean;
   /** Print kernel messages on the console (slower under TCG). */
   verboseConsole?: boolean;
+  /** Pod networking: start the VMM inside this netns with these NICs. Absent: no NIC at all. */
+  network?: VmNetwork;
 }
 
 export interface VmExit {

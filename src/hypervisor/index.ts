@@ -4,7 +4,7 @@ import type { Logger } from "../runtime/logger.js";
 import type { Hypervisor } from "./hypervisor.js";
 import { QemuHypervisor, type QemuHypervisorOptions } from "./qemu/qemu-hypervisor.js";
 
-export type { Accelerator, Hypervisor, SharedDir, VirtualMachine, VmExit, VmSpec } from "./hypervisor.js";
+export type { Accelerator, Hypervisor, SharedDir, VirtualMachine, VmExit, VmNetwork, VmNic, VmSpec } from "./hypervisor.js";
 export {
   BASE_KERNEL_PARAMS,
   MICROVM_TRANSPORT,
@@ -12,6 +12,7 @@ export {
   hostTscKhz,
   kernelCommandLine,
   machineTypeOf,
+  nicArgs,
   transportFor,
   type BuildOptions,
   type MachineType,
@@ -19,7 +20,7 @@ export {
   type Transport,
 } from "./qemu/command-line.js";
 export { QmpClient, type QmpConnectOptions, type QmpEvent, type QmpGreeting } from "./qemu/qmp-client.js";
-export { QemuHypervisor, QemuVirtualMachine, vmPaths, type QemuHypervisorOptions } from "./qemu/qemu-hypervisor.js";
+export { NSENTER, QemuHypervisor, QemuVirtualMachine, launchCommand, vmPaths, type QemuHypervisorOptions } from "./qemu/qemu-hypervisor.js";
 export {
   KVM_DEVICE,
   PROBE_MARKER,

@@ -79,7 +79,26 @@ export function validateSpec(id: string, dir: string, spec: OciSpec): string {
     throw new BundleError(id, `root filesystem ${rootfs} does not exist`);
   }
   if (!isDir) throw new BundleError(id, `root filesystem ${rootfs} is not a directory`);
+  const netns = networkNamespacePath(spec);
+  if (netns !== undefined) {
+    if (!isAbsolute(netns)) throw new BundleError(id, `config.json network namespace path ${JSON.stringify(netns)} is not absolute`, { hint: "give the netns as /var/run/netns/<name> or /proc/<pid>/ns/net" });
+    try {
+      statSync(netns);
+    } catch {
+      throw new BundleError(id, `network namespace ${netns} (config.json linux.namespaces) does not exist`, { hint: "create it first (ip netns add), or drop its path to run without a network" });
+    }
+  }
   return rootfs;
+}
+
+/**
+ * The network namespace a spec names by path (CRI: the pod netns that CNI
+ * filled), whose interfaces the sandbox's VM takes over; undefined when the
+ * spec asks for a new (empty) one or none: then the VM has no NIC.
+ */
+export function networkNamespacePath(spec: OciSpec): string | undefined {
+  const ns = (spec.linux?.namespaces ?? []).find((n) => n.type === "network");
+  return ns?.path !== undefined && ns.path !== "" ? ns.path : undefined;
 }
 
 /** Namespaces that stay per container in the guest; the VM itself isolates the rest. */

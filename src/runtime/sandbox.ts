@@ -3,7 +3,8 @@
 import { mkdirSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { Code } from "../protocols/ttrpc/status.js";
-import type { Hypervisor, VirtualMachine } from "../hypervisor/hypervisor.js";
+import type { Hypervisor, VirtualMachine, VmNetwork } from "../hypervisor/hypervisor.js";
+import { PodNetwork } from "../resource/network/pod-network.js";
 import { VirtioNinePShare } from "../resource/sharefs/virtio-9p.js";
 import { removeTree } from "../resource/mounts.js";
 import type { ShareFs } from "../resource/sharefs/share-fs.js";
@@ -13,6 +14,7 @@ import { RuntimeError } from "./errors.js";
 import type { Logger } from "./logger.js";
 import type { SandboxSize } from "./sandbox-sizing.js";
 import { bindMountsToShare, guestSpec, type Bundle } from "./oci-spec.js";
+import { configureGuestNetwork } from "./sandbox-network.js";
 import { pidMatches, readState, sandboxDir, writeState, type SandboxState } from "./state.js";
 
 export interface SandboxOptions {
@@ -25,6 +27,12 @@ export interface SandboxOptions {
   size?: SandboxSize;
   /** Guest hostname (a pod's hostname from CRI); default: the sandbox id. */
   hostname?: string;
+  /**
+   * Pod network namespace (a path, e.g. /var/run/netns/cni-…) that CNI set up:
+   * its interfaces, routes and static neighbours are carried into the VM
+   * (tcfilter model). Absent: the VM has no NIC.
+   */
+  netnsPath?: string;
 }
 
 export class Sandbox {
@@ -33,6 +41,7 @@ export class Sandbox {
   vm: VirtualMachine | undefined;
   agent: AgentClient | undefined;
   share: ShareFs | undefined;
+  network: PodNetwork | undefined;
   private readonly t0 = Date.now();
   private stopped = false;
   private destroying: Promise<void> | undefined;
@@ -85,6 +94,7 @@ export class Sandbox {
     const q = config.hypervisor.qemu;
     this.share = new VirtioNinePShare(this.id, join(this.dir, "shared"), q.msize_9p);
     this.mark("config");
+    const network = await this.attachNetwork();
     this.vm = await hypervisor.start(
       {
         id: this.id,
@@ -101,6 +111,7 @@ export class Sandbox {
         sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],
         consoleLog: this.consoleLog,
         verboseConsole: config.agent.debug,
+        network,
       },
       signal,
     );
@@ -110,6 +121,10 @@ export class Sandbox {
     logger.debug({ sandbox: this.id, pid: this.vm.pid }, "VM started");
     this.agent = await connectAgentWhenReady(this.id, this.vm.agentSocketPath, config.agent.dial_timeout * 1000, this.vm.exited, signal);
     this.mark("agent_ready");
+    if (this.network) {
+      await configureGuestNetwork(this.id, this.agent.agent, this.network.scan, logger);
+      this.mark("guest_network");
+    }
     await this.agent.agent.createSandbox({
       sandboxId: this.id,
       hostname: (this.opts.hostname || this.id).slice(0, 63),
@@ -119,6 +134,34 @@ export class Sandbox {
     this.mark("sandbox_created");
     this.state.status = "created";
     this.save();
+  }
+
+  /**
+   * Scans the pod netns and plumbs a tap per interface into it. The record is
+   * saved before anything is created, so that a crash from here on is undone
+   * by `hako delete -f` or the shim's delete.
+   */
+  private async attachNetwork(): Promise<VmNetwork | undefined> {
+    const { netnsPath, config, logger } = this.opts;
+    if (netnsPath === undefined) return undefined;
+    if (config.runtime.internetworking_model === "none") {
+      logger.info({ sandbox: this.id, netns: netnsPath }, "runtime.internetworking_model = none: the VM gets no network");
+      return undefined;
+    }
+    const net = await PodNetwork.open(netnsPath);
+    if (net.endpoints.length === 0) {
+      logger.warn({ sandbox: this.id, netns: netnsPath }, "the network namespace has no Ethernet interface: the VM gets no network");
+      return undefined;
+    }
+    this.network = net;
+    this.state.network = net.record();
+    this.save();
+    await net.attach();
+    this.state.network = net.record();
+    this.save();
+    this.mark("network_attached");
+    logger.debug({ sandbox: this.id, netns: netnsPath, taps: net.endpoints.map((e) => e.tapName) }, "pod network attached");
+    return { netnsPath, nics: net.endpoints.map((e) => ({ tapName: e.tapName, mac: e.mac })) };
   }
 
   /** Shares the bundle's rootfs and bind mounts, then creates the container in the guest. */
@@ -171,7 +214,18 @@ export class Sandbox {
     // the guest-side unmounts and crun deletes only delay the QMP quit.
     this.agent?.close();
     if (this.vm) await this.vm.stop(2000).catch((err: unknown) => log.warn({ err, sandbox: this.id }, "VM stop failed"));
+    // After QEMU is gone (it held the taps). A netns that is gone already (CRI removes it after StopPodSandbox) is clean.
+    let networkError: unknown;
+    if (this.network) await this.network.detach().catch((err: unknown) => (networkError = err));
     if (this.share) await this.share.cleanup();
+    if (networkError !== undefined) {
+      // Keep state.json (and its network record) so that `hako delete -f` / the shim's delete can retry.
+      log.error({ err: networkError, sandbox: this.id }, "removing the pod network plumbing failed; the sandbox state is kept for a retry");
+      this.state.network = this.network!.record();
+      this.state.status = "stopped";
+      this.save();
+      throw networkError;
+    }
     await removeTree(this.id, this.dir);
   }
 }

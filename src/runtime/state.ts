@@ -2,6 +2,7 @@
 // atomically; read by `hako state/list/delete` and by cleanup after a crash.
 import { readFileSync, renameSync, writeFileSync, readdirSync, existsSync } from "node:fs";
 import { join } from "node:path";
+import type { PodNetworkRecord } from "../resource/network/pod-network.js";
 
 export type SandboxStatus = "creating" | "created" | "running" | "stopped";
 
@@ -20,6 +21,8 @@ export interface SandboxState {
   accel?: string;
   /** Phase timestamps (ms since the start of sandbox creation). */
   timeline?: Record<string, number>;
+  /** Pod network plumbing (netns path, taps, filters) to remove when the sandbox goes, even after its owner died. */
+  network?: PodNetworkRecord;
 }
 
 export function sandboxesDir(stateDir: string): string {

@@ -6,6 +6,7 @@
 import { loadConfig } from "../runtime/config.js";
 import { pidMatches, readState, sandboxDir } from "../runtime/state.js";
 import { removeTree } from "../resource/mounts.js";
+import { removeRecordedNetwork } from "../resource/network/pod-network.js";
 import { unmountRootfs } from "../resource/rootfs/rootfs-mount.js";
 import { commandErrorText } from "../runtime/command.js";
 import { SANDBOX_ID_ANNOTATION } from "./shim-runtime.js";
@@ -48,6 +49,9 @@ async function cleanupSandbox(id: string, bundle: string): Promise<boolean> {
     process.kill(st.vmmPid, "SIGKILL");
     for (let i = 0; i < 50 && pidMatches(st.vmmPid, "qemu"); i++) await new Promise((r) => setTimeout(r, 100));
   }
+  // The taps and filters the dead shim's sandbox put into the pod netns (a netns
+  // CRI already deleted counts as clean). On failure the state stays for a retry.
+  await removeRecordedNetwork(st.network);
   await removeTree(id, sbDir);
   return true;
 }

@@ -7,7 +7,7 @@ import { chooseAccel } from "../runtime/accel.js";
 import type { HakoConfig } from "../runtime/config.js";
 import { RuntimeError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
-import { loadBundle } from "../runtime/oci-spec.js";
+import { loadBundle, networkNamespacePath } from "../runtime/oci-spec.js";
 import { Sandbox } from "../runtime/sandbox.js";
 import { sandboxSize, type SandboxSize } from "../runtime/sandbox-sizing.js";
 import { pumpInput, pumpOutput } from "../runtime/stdio-relay.js";
@@ -150,6 +150,8 @@ export class ShimRuntime {
         sandbox = await this.bootSandbox(id, bundle, {
           size: sandboxSize(id, annotations, { vcpus: this.cfg.hypervisor.qemu.default_vcpus, memoryMiB: this.cfg.hypervisor.qemu.default_memory }),
           hostname: kind === "pod-sandbox" ? b.spec.hostname : undefined,
+          // The pod netns CNI filled (CRI names it in the infra container's spec).
+          netnsPath: networkNamespacePath(b.spec),
         });
       }
       io = openProcessIO(id, req.stdio);
@@ -176,7 +178,8 @@ export class ShimRuntime {
     }
   }
 
-  private async bootSandbox(id: string, bundle: string, opts: { size: SandboxSize; hostname: string | undefined }): Promise<Sandbox> {
+  /** Boots the VM of a new sandbox with its size, hostname and (from the pod netns) network. */
+  private async bootSandbox(id: string, bundle: string, opts: { size: SandboxSize; hostname: string | undefined; netnsPath: string | undefined }): Promise<Sandbox> {
     const probe = await chooseAccel(this.cfg, this.log);
     const sb = new Sandbox(id, {
       config: this.cfg,
@@ -184,8 +187,7 @@ export class ShimRuntime {
       accel: probe.accel,
       logger: this.log.child({ sandbox: id }),
       bundle,
-      size: opts.size,
-      hostname: opts.hostname,
+      ...opts,
     });
     sb.claim();
     this.sandboxes.set(id, sb);

@@ -7,6 +7,12 @@ import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { TcFilterEndpoint } from "../../src/resource/network/tc-filter-endpoint.js";
 import { scanNetns } from "../../src/resource/network/netns-scan.js";
+import { PodNetwork } from "../../src/resource/network/pod-network.js";
+import { cleanupAfterShim } from "../../src/shim/delete.js";
+import { writeState } from "../../src/runtime/state.js";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 const tag = randomBytes(3).toString("hex");
 const nsA = `hako-t-${tag}-a`;
@@ -94,4 +100,43 @@ test("TcFilterEndpoint: tap + ingress redirects both ways, scanNetns, clean deta
 
   deleteNamespaces();
   assert.deepEqual(ours(), []);
+});
+
+test("the shim's delete after a dead shim removes the taps and filters its sandbox recorded in state.json", { skip: root ? false : "needs root for netns/tc", timeout: 10_000 }, async () => {
+  const ns = `hako-t-${tag}-shim`;
+  const peer = `hako-t-${tag}-shimpeer`;
+  for (const n of [ns, peer]) {
+    sh("ip", ["netns", "add", n]);
+    created.push(n);
+  }
+  sh("ip", ["link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", "eth0", "netns", peer]);
+  sh("ip", ["-n", ns, "link", "set", "dev", "eth0", "up"]);
+  const netnsPath = `/run/netns/${ns}`;
+  const net = await PodNetwork.open(netnsPath);
+  await net.attach();
+  assert.match(sh("ip", ["-n", ns, "link", "show"]), /tap0_hako/);
+
+  // What a shim that was killed leaves: a sandbox state naming the network, an owner pid that is not a live hako.
+  const dir = mkdtempSync(join(tmpdir(), "hako-test-shimdel-"));
+  const oldConfig = process.env.HAKO_CONFIG;
+  try {
+    const stateDir = join(dir, "state");
+    const id = "shimdel1";
+    const sbDir = join(stateDir, "sandboxes", id);
+    mkdirSync(sbDir, { recursive: true });
+    writeState(sbDir, { id, bundle: join(dir, "bundle"), status: "running", ownerPid: 0, vmmPid: 0, guestPid: 0, created: new Date().toISOString(), network: net.record() });
+    mkdirSync(join(dir, "bundle"));
+    writeFileSync(join(dir, "bundle", "config.json"), "{}");
+    writeFileSync(join(dir, "configuration.toml"), `[runtime]\nstate_dir = "${stateDir}"\n`);
+    process.env.HAKO_CONFIG = join(dir, "configuration.toml");
+    await cleanupAfterShim(id, join(dir, "bundle"), "default");
+    assert.doesNotMatch(sh("ip", ["-n", ns, "link", "show"]), /tap0_hako/);
+    assert.equal(sh("tc", ["-n", ns, "qdisc", "show", "dev", "eth0", "ingress"]).trim(), "");
+    assert.equal(existsSync(sbDir), false, "the state went with it");
+  } finally {
+    if (oldConfig === undefined) delete process.env.HAKO_CONFIG;
+    else process.env.HAKO_CONFIG = oldConfig;
+    rmSync(dir, { recursive: true, force: true });
+    await net.detach();
+  }
 });

@@ -140,3 +140,43 @@ test("detach reports a real failure with the netns, device and a manual fix, and
   broken = false;
   await ep.detach();
 });
+
+test("forInterface uses the scanned MAC/MTU without running anything", async () => {
+  const { runner, calls } = fakeRunner();
+  const ep = TcFilterEndpoint.forInterface({ netnsPath: NS, runner, tapIndex: 2, iface: { name: "eth1", mac: "0A:58:0A:F4:00:06", mtu: 1400 } });
+  assert.deepEqual([ep.name, ep.tapName, ep.mac, ep.mtu], ["eth1", "tap2_hako", "0a:58:0a:f4:00:06", 1400]);
+  assert.deepEqual(calls, []);
+  assert.throws(() => TcFilterEndpoint.forInterface({ netnsPath: NS, runner, tapIndex: 0, iface: { name: "tap0_hako", mac: "02:00:00:00:00:01", mtu: 1500 } }), /is a hako tap/);
+});
+
+test("record() says whether the veth qdisc is ours; fromRecord() in another process removes exactly that", async () => {
+  const own = fakeRunner();
+  const a = await TcFilterEndpoint.create({ netnsPath: NS, veth: "eth0", runner: own.runner, tapIndex: 0 });
+  assert.equal(a.record().ownVethQdisc, false, "nothing attached yet: claim nothing");
+  await a.attach();
+  assert.deepEqual(a.record(), { veth: "eth0", tap: "tap0_hako", mac: "0a:58:0a:f4:00:05", mtu: 1450, ownVethQdisc: true });
+
+  // A later process (hako delete -f) rebuilds the endpoint from the JSON record.
+  const later = fakeRunner();
+  const b = TcFilterEndpoint.fromRecord(NS, JSON.parse(JSON.stringify(a.record())) as ReturnType<typeof a.record>, { runner: later.runner });
+  await b.detach();
+  await b.detach();
+  assert.deepEqual(later.calls, ["tc qdisc del dev eth0 ingress", "ip link del dev tap0_hako"]);
+
+  const shared = fakeRunner();
+  await TcFilterEndpoint.fromRecord(NS, { veth: "eth0", tap: "tap0_hako", mac: "0a:58:0a:f4:00:05", mtu: 1450, ownVethQdisc: false }, { runner: shared.runner }).detach();
+  assert.deepEqual(shared.calls, [`tc filter del dev eth0 parent ffff: protocol all pref ${P} u32`, "ip link del dev tap0_hako"]);
+});
+
+test("fromRecord().detach() tolerates a netns that is gone and objects already removed", async () => {
+  const rec = { veth: "eth0", tap: "tap0_hako", mac: "0a:58:0a:f4:00:05", mtu: 1450, ownVethQdisc: true };
+  const gone = fakeRunner([(c) => fail(c, `nsenter: cannot open ${NS}: No such file or directory`)]);
+  await TcFilterEndpoint.fromRecord(NS, rec, { runner: gone.runner }).detach();
+  assert.equal(gone.calls.length, 1, "stops at the first sign that the netns is gone");
+  const removed = fakeRunner([
+    (c) => (c.startsWith("tc qdisc del") ? fail(c, "Error: Cannot find specified qdisc on specified device.") : undefined),
+    (c) => (c.startsWith("ip link del") ? fail(c, 'Cannot find device "tap0_hako"') : undefined),
+  ]);
+  await TcFilterEndpoint.fromRecord(NS, rec, { runner: removed.runner }).detach();
+  assert.equal(removed.calls.length, 2);
+});

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { bindMountsToShare, guestSpec, loadBundle, type OciSpec } from "../../src/runtime/oci-spec.js";
+import { bindMountsToShare, guestSpec, loadBundle, networkNamespacePath, type OciSpec } from "../../src/runtime/oci-spec.js";
 import { BundleError } from "../../src/runtime/errors.js";
 
 function withBundle(fn: (dir: string) => void): void {
@@ -92,4 +92,25 @@ test("guestSpec: namespaces given by path are joined (the VM's), /dev/shm is the
   const shm = g.mounts?.find((m) => m.destination === "/dev/shm");
   assert.equal(shm?.source, "/run/hako/pod-shm");
   assert.equal(g.mounts?.find((m) => m.destination === "/etc/hosts")?.source, "/run/hako/shared/c1/mounts/1");
+});
+
+test("networkNamespacePath: only a network namespace given by path carries a network into the VM", () => {
+  const spec = (namespaces: Array<{ type: string; path?: string }> | undefined): OciSpec => ({ linux: namespaces ? { namespaces } : {} });
+  assert.equal(networkNamespacePath(spec([{ type: "pid" }, { type: "network", path: "/var/run/netns/cni-1" }])), "/var/run/netns/cni-1");
+  assert.equal(networkNamespacePath(spec([{ type: "network" }])), undefined);
+  assert.equal(networkNamespacePath(spec([{ type: "network", path: "" }])), undefined);
+  assert.equal(networkNamespacePath(spec(undefined)), undefined);
+  assert.equal(networkNamespacePath({}), undefined);
+});
+
+test("loadBundle checks a network namespace path: absolute and existing", () => {
+  const cfg = (path: string): string => JSON.stringify({ process: { args: ["sh"] }, root: { path: "rootfs" }, linux: { namespaces: [{ type: "network", path }] } });
+  withBundle((dir) => {
+    writeFileSync(join(dir, "config.json"), cfg("netns/x"));
+    assert.throws(() => loadBundle("c1", dir), (e: Error) => e instanceof BundleError && /network namespace path "netns\/x" is not absolute/.test(e.message));
+    writeFileSync(join(dir, "config.json"), cfg(join(dir, "no-such-netns")));
+    assert.throws(() => loadBundle("c1", dir), (e: Error) => e instanceof BundleError && /network namespace .*no-such-netns \(config\.json linux\.namespaces\) does not exist.*ip netns add/.test(e.message));
+    writeFileSync(join(dir, "config.json"), cfg("/proc/self/ns/net"));
+    assert.equal(networkNamespacePath(loadBundle("c1", dir).spec), "/proc/self/ns/net");
+  });
 });

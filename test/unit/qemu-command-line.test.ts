@@ -7,9 +7,11 @@ import {
   hostTscKhz,
   kernelCommandLine,
   machineArgs,
+  nicArgs,
   qemuEscape,
   transportFor,
 } from "../../src/hypervisor/qemu/command-line.js";
+import { launchCommand } from "../../src/hypervisor/qemu/qemu-hypervisor.js";
 
 const paths = { qmpSocket: "/run/vm/qmp.sock", agentSocket: "/run/vm/agent.sock", pidFile: "/run/vm/qemu.pid" };
 
@@ -168,4 +170,55 @@ test("microvm drops ACPI only for the minimal kernel named in the image manifest
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("pod network: one tap netdev + virtio-net per NIC, after the shares and before the rng (mmio and pci)", () => {
+  const network = {
+    netnsPath: "/var/run/netns/cni-1234",
+    nics: [
+      { tapName: "tap0_hako", mac: "0A:58:0A:F4:00:05" },
+      { tapName: "tap1_hako", mac: "02:42:ac:11:00:02" },
+    ],
+  };
+  const mmio = buildQemuArgs(spec({ network, sharedDirs: [{ tag: "t", hostPath: "/h" }] }), qemuCfg(), paths, { hostTscKhz: 1 });
+  const at = mmio.indexOf("-netdev");
+  assert.deepEqual(mmio.slice(at - 4, at + 10), [
+    "-fsdev", "local,id=fs0,path=/h,security_model=none",
+    "-device", "virtio-9p-device,fsdev=fs0,mount_tag=t",
+    "-netdev", "tap,id=net0,ifname=tap0_hako,script=no,downscript=no",
+    "-device", "virtio-net-device,netdev=net0,mac=0a:58:0a:f4:00:05",
+    "-netdev", "tap,id=net1,ifname=tap1_hako,script=no,downscript=no",
+    "-device", "virtio-net-device,netdev=net1,mac=02:42:ac:11:00:02",
+    "-object", "rng-random,id=rng0,filename=/dev/urandom",
+  ]);
+  const q35 = buildQemuArgs(spec({ network }), qemuCfg({ machine_type: "q35" }), paths, { hostTscKhz: 1 });
+  assert.ok(q35.includes("virtio-net-pci,netdev=net0,mac=0a:58:0a:f4:00:05"));
+  // The netns path is not QEMU's business: it is where QEMU is started, not an argument.
+  assert.ok(!mmio.some((a) => a.includes("cni-1234")));
+});
+
+test("without a network there is no -netdev and no virtio-net", () => {
+  const args = buildQemuArgs(spec(), qemuCfg(), paths, { hostTscKhz: 1 });
+  assert.ok(!args.includes("-netdev"));
+  assert.ok(!args.some((a) => a.startsWith("virtio-net")));
+});
+
+test("NIC arguments are validated: MAC format, unicast MAC, tap name", () => {
+  assert.deepEqual(nicArgs({ tapName: "tap3_hako", mac: "02:00:00:00:00:01" }, 3, "virtio-net-device"), [
+    "-netdev", "tap,id=net3,ifname=tap3_hako,script=no,downscript=no",
+    "-device", "virtio-net-device,netdev=net3,mac=02:00:00:00:00:01",
+  ]);
+  assert.throws(() => nicArgs({ tapName: "tap0_hako", mac: "02:00:00:00:01" }, 0, "d"), /NIC 0 has an invalid MAC address/);
+  assert.throws(() => nicArgs({ tapName: "tap0_hako", mac: "01:00:5e:00:00:01" }, 0, "d"), /multicast MAC/);
+  assert.throws(() => nicArgs({ tapName: "tap0,x", mac: "02:00:00:00:00:01" }, 0, "d"), /invalid tap name/);
+  assert.throws(() => nicArgs({ tapName: "a-very-long-tap-name", mac: "02:00:00:00:00:01" }, 0, "d"), /invalid tap name/);
+  assert.throws(() => buildQemuArgs(spec({ network: { netnsPath: "/n", nics: [{ tapName: "t", mac: "zz" }] } }), qemuCfg(), paths, { hostTscKhz: 1 }), /invalid MAC/);
+});
+
+test("QEMU is started through nsenter --net=<netns> only when the VM has a network", () => {
+  assert.deepEqual(launchCommand("/usr/bin/qemu-system-x86_64", ["-m", "512M"]), { file: "/usr/bin/qemu-system-x86_64", argv: ["-m", "512M"] });
+  assert.deepEqual(launchCommand("/usr/bin/qemu-system-x86_64", ["-m", "512M"], "/var/run/netns/cni-1"), {
+    file: "nsenter",
+    argv: ["--net=/var/run/netns/cni-1", "--", "/usr/bin/qemu-system-x86_64", "-m", "512M"],
+  });
 });

@@ -2,7 +2,8 @@
 // see test/integration/qemu-boot.test.ts for real boots).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defaultConfig, type QemuConfig } from "../../src/runtime/config.js";
@@ -165,6 +166,38 @@ test("a VM that ignores quit and SIGTERM is SIGKILLed by pid", async () => {
   assert.ok(Date.now() - t0 < 3000);
   assert.equal(alive(vm.pid), false);
   assert.equal(existsSync(join(s.runDir, "qmp.sock")), false);
+});
+
+const root = process.getuid?.() === 0;
+
+test("with a network, QEMU is started in the netns through nsenter, which execs it (the pid is QEMU's)", { skip: root ? false : "nsenter --net needs root" }, async () => {
+  const ns = `hako-test-qhv-${process.pid}`;
+  execFileSync("ip", ["netns", "add", ns]);
+  try {
+    const s = { ...spec(), network: { netnsPath: `/run/netns/${ns}`, nics: [] } };
+    const vm = await hv(cfg(fakeQmpQemu("fake-netns.cjs", "ok"))).start(s);
+    try {
+      const cmdline = readFileSync(`/proc/${vm.pid}/cmdline`, "utf8").split("\0");
+      assert.ok(cmdline.some((a) => a.endsWith("fake-netns.cjs")), cmdline.join(" "));
+      assert.ok(!cmdline[0]!.endsWith("nsenter"), "nsenter replaced itself with QEMU");
+      assert.equal(readlinkSync(`/proc/${vm.pid}/ns/net`), `net:[${statSync(`/run/netns/${ns}`).ino}]`, "QEMU runs in the pod netns");
+    } finally {
+      await vm.stop(2000);
+    }
+  } finally {
+    execFileSync("ip", ["netns", "del", ns]);
+  }
+});
+
+test("a netns that does not exist: the start fails, naming the netns", { skip: root ? false : "nsenter --net needs root" }, async () => {
+  const s = { ...spec(), network: { netnsPath: join(dir, "no-such-netns"), nics: [{ tapName: "tap0_hako", mac: "02:00:00:00:00:01" }] } };
+  await assert.rejects(hv(cfg(script("nons", "exit 3"))).start(s), (err: unknown) => {
+    assert.ok(err instanceof HypervisorError);
+    assert.match(err.message, /exited during start/);
+    assert.match(err.message, /nsenter: cannot open .*no-such-netns/);
+    assert.match(err.message, /QEMU was started in netns .*no-such-netns.*tap0_hako/);
+    return true;
+  });
 });
 
 test("TailBuffer keeps the last bytes; fileTail reads a file's end", async () => {

@@ -5,7 +5,7 @@ import { kernelWantsAcpi } from "../guest-kernel.js";
 import { readFileSync } from "node:fs";
 import type { QemuConfig } from "../../runtime/config.js";
 import { ConfigError } from "../../runtime/errors.js";
-import type { Accelerator, VmSpec } from "../hypervisor.js";
+import type { Accelerator, VmNic, VmSpec } from "../hypervisor.js";
 
 /** How virtio devices are attached: virtio-mmio (`virtio-*-device`) or PCI (`virtio-*-pci`). */
 export type Transport = "mmio" | "pci";
@@ -129,6 +129,20 @@ export function machineArgs(
   return args;
 }
 
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+/** Linux interface names: at most 15 bytes, no '/', ':', ',' or whitespace (commas would break QEMU's option syntax). */
+const IFNAME_RE = /^[A-Za-z0-9_.-]{1,15}$/;
+
+/** `-netdev tap` + its virtio-net device for one NIC (`device` is virtio-net-device or virtio-net-pci). */
+export function nicArgs(nic: VmNic, index: number, device: string): string[] {
+  const mac = nic.mac.toLowerCase();
+  if (!MAC_RE.test(mac)) throw new ConfigError(`NIC ${index} has an invalid MAC address ${JSON.stringify(nic.mac)}`, { hint: "use six colon-separated hex bytes" });
+  if ((Number.parseInt(mac.slice(0, 2), 16) & 1) === 1) throw new ConfigError(`NIC ${index} has a multicast MAC address ${mac}`, { hint: "a NIC needs a unicast MAC (lowest bit of the first byte clear)" });
+  if (!IFNAME_RE.test(nic.tapName)) throw new ConfigError(`NIC ${index} has an invalid tap name ${JSON.stringify(nic.tapName)}`, { hint: "1-15 characters of [A-Za-z0-9_.-]" });
+  // script=no/downscript=no: the tap exists already (created in the netns with its tc filters); QEMU only opens it.
+  return ["-netdev", `tap,id=net${index},ifname=${nic.tapName},script=no,downscript=no`, "-device", `${device},netdev=net${index},mac=${mac}`];
+}
+
 /** The full argv (without the QEMU binary) for one sandbox VM. */
 export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, opts: BuildOptions = {}): string[] {
   const machine = machineTypeOf(qemu);
@@ -175,6 +189,9 @@ export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, 
     args.push("-fsdev", `local,id=fs${i},path=${e(d.hostPath)},security_model=none${d.readonly ? ",readonly=on" : ""}`);
     args.push("-device", `${dev("9p")},fsdev=fs${i},mount_tag=${e(d.tag)}`);
   });
+
+  // Network: one tap netdev + virtio-net per NIC. The taps live in the netns QEMU is started in.
+  (spec.network?.nics ?? []).forEach((nic, i) => args.push(...nicArgs(nic, i, dev("net"))));
 
   // Entropy.
   args.push("-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", `${dev("rng")},rng=rng0`);

@@ -22,6 +22,19 @@ export interface QemuHypervisorOptions {
   transport?: Transport;
 }
 
+/** Program that enters a network namespace and execs QEMU (so the spawned pid stays QEMU's). */
+export const NSENTER = "nsenter";
+
+/**
+ * The program and argv that start QEMU: directly, or, for a VM with pod
+ * networking, through `nsenter --net=<netns>` (which execs QEMU, keeping the
+ * pid) so that QEMU opens its taps inside the pod netns.
+ */
+export function launchCommand(qemuPath: string, args: readonly string[], netnsPath?: string): { file: string; argv: string[] } {
+  if (netnsPath === undefined) return { file: qemuPath, argv: [...args] };
+  return { file: NSENTER, argv: [`--net=${netnsPath}`, "--", qemuPath, ...args] };
+}
+
 export function vmPaths(runDir: string): QemuPaths {
   return {
     qmpSocket: join(runDir, "qmp.sock"),
@@ -134,13 +147,14 @@ class QemuProcess {
     this.closed = new Promise((resolve) => child.once("close", () => resolve()));
   }
 
-  static async spawn(id: string, path: string, args: string[]): Promise<QemuProcess> {
-    const child = spawn(path, args, { stdio: ["ignore", "pipe", "pipe"] });
+  static async spawn(id: string, path: string, args: string[], netnsPath?: string): Promise<QemuProcess> {
+    const cmd = launchCommand(path, args, netnsPath);
+    const child = spawn(cmd.file, cmd.argv, { stdio: ["ignore", "pipe", "pipe"] });
     if (child.pid === undefined) {
       const err = await new Promise<Error>((resolve) => child.once("error", resolve));
-      throw new HypervisorError(id, `cannot run QEMU ${path} for sandbox ${id}: ${err.message}`, {
+      throw new HypervisorError(id, `cannot run ${cmd.file === path ? `QEMU ${path}` : `${cmd.file} (to start QEMU in netns ${netnsPath})`} for sandbox ${id}: ${err.message}`, {
         code: Code.FAILED_PRECONDITION,
-        hint: "install qemu-system-x86 or set hypervisor.qemu.path",
+        hint: cmd.file === path ? "install qemu-system-x86 or set hypervisor.qemu.path" : "install util-linux (nsenter)",
         cause: err,
       });
     }
@@ -316,8 +330,9 @@ export class QemuHypervisor implements Hypervisor {
     await removeFiles(paths);
 
     const t0 = Date.now();
-    const proc = await QemuProcess.spawn(id, this.qemu.path, args);
-    log?.debug({ pid: proc.pid, qemu: this.qemu.path, args }, "QEMU spawned");
+    const netnsPath = spec.network?.netnsPath;
+    const proc = await QemuProcess.spawn(id, this.qemu.path, args, netnsPath);
+    log?.debug({ pid: proc.pid, qemu: this.qemu.path, netns: netnsPath, args }, "QEMU spawned");
 
     const bootMs = this.qemu.boot_timeout * 1000;
     const deadline = t0 + bootMs;
@@ -348,7 +363,9 @@ export class QemuHypervisor implements Hypervisor {
     const exitError = (exit: VmExit): HypervisorError =>
       new HypervisorError(id, `QEMU for sandbox ${id} exited during start (${exitText(exit)})`, {
         code: Code.UNAVAILABLE,
-        hint: "see the QEMU output below; check hypervisor.qemu (path, kernel, initrd, machine_type, accel)",
+        hint: `see the QEMU output below; check hypervisor.qemu (path, kernel, initrd, machine_type, accel)${
+          netnsPath === undefined ? "" : `; QEMU was started in netns ${netnsPath}: check that it exists and holds the taps ${spec.network!.nics.map((n) => n.tapName).join(", ")}`
+        }`,
       });
     const failure = new Promise<never>((_, reject) => {
       void proc.exited.then((exit) => reject(exitError(exit)));

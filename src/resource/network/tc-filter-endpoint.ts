@@ -28,6 +28,20 @@ export interface TcFilterEndpointOptions {
   busyRetries?: { attempts: number; backoffMs: number };
 }
 
+/**
+ * What an endpoint put into its netns, as persisted in the sandbox's
+ * state.json, so that a later process (`hako delete -f`, the shim's delete)
+ * can remove it after the owner died: see TcFilterEndpoint.fromRecord().
+ */
+export interface TcFilterEndpointRecord {
+  veth: string;
+  tap: string;
+  mac: string;
+  mtu: number;
+  /** The veth's ingress qdisc is ours (deleted with it); false: only our filter (pref HAKO_FILTER_PREF) is. */
+  ownVethQdisc: boolean;
+}
+
 interface SideState {
   /** We added the ingress qdisc (so deleting it removes our filter too). */
   ownQdisc: boolean;
@@ -57,6 +71,46 @@ export class TcFilterEndpoint implements NetworkEndpoint {
     this.mtu = opts.mtu;
     this.run = opts.runner;
     this.retries = opts.busyRetries ?? { attempts: 5, backoffMs: 10 };
+  }
+
+  /**
+   * An endpoint for an interface whose MAC and MTU are already known (from
+   * scanNetns), so no command runs. Changes nothing in the netns.
+   */
+  static forInterface(opts: Omit<TcFilterEndpointOptions, "veth" | "tapIndex"> & { iface: { name: string; mac: string; mtu: number }; tapIndex: number }): TcFilterEndpoint {
+    const { iface, netnsPath } = opts;
+    if (HAKO_TAP_PATTERN.test(iface.name)) {
+      throw new ResourceError(netnsPath, `interface ${iface.name} in netns ${netnsPath} is a hako tap, not a pod interface`, { hint: "pass the CNI-created interface (e.g. eth0)" });
+    }
+    if (iface.mac === "") throw new ResourceError(netnsPath, `interface ${iface.name} in netns ${netnsPath} has no MAC address`, { hint: "the tcfilter model carries Ethernet interfaces only" });
+    return new TcFilterEndpoint({
+      ...opts,
+      veth: iface.name,
+      runner: opts.runner ?? nsenterRunner(netnsPath),
+      tapName: tapNameFor(opts.tapIndex),
+      mac: iface.mac.toLowerCase(),
+      mtu: iface.mtu,
+    });
+  }
+
+  /**
+   * The endpoint a record describes, taken as attached: detach() then removes
+   * the tap, our filter and (if the record says it is ours) the veth's qdisc,
+   * tolerating any of them, or the whole netns, being gone already.
+   */
+  static fromRecord(netnsPath: string, rec: TcFilterEndpointRecord, opts: Pick<TcFilterEndpointOptions, "runner" | "busyRetries"> = {}): TcFilterEndpoint {
+    const ep = new TcFilterEndpoint({ ...opts, netnsPath, veth: rec.veth, runner: opts.runner ?? nsenterRunner(netnsPath), tapName: rec.tap, mac: rec.mac, mtu: rec.mtu });
+    ep.tapCreated = true;
+    ep.veth.ownQdisc = rec.ownVethQdisc;
+    ep.veth.filter = true;
+    ep.tap.ownQdisc = ep.tap.filter = true;
+    ep.attached = true;
+    return ep;
+  }
+
+  /** What to persist to undo this endpoint from another process. */
+  record(): TcFilterEndpointRecord {
+    return { veth: this.name, tap: this.tapName, mac: this.mac, mtu: this.mtu, ownVethQdisc: this.veth.ownQdisc };
   }
 
   /** Reads the veth's MAC and MTU and chooses the tap name. Changes nothing in the netns. */

@@ -716,6 +716,11 @@ export const IPAddressSchema: GenMessage<IPAddress> = /*@__PURE__*/
   messageDesc(file_hako_agent_v1_agent, 24);
 
 /**
+ * A guest NIC as UpdateInterface configures it: the link with hw_addr (or,
+ * if hw_addr is empty, the one named device) is renamed to name, gets mtu
+ * (0: unchanged) and exactly these addresses, and is brought up. The reply
+ * carries the guest device name in device.
+ *
  * @generated from message hako.agent.v1.Interface
  */
 export type Interface = Message<"hako.agent.v1.Interface"> & {
@@ -753,30 +758,43 @@ export const InterfaceSchema: GenMessage<Interface> = /*@__PURE__*/
   messageDesc(file_hako_agent_v1_agent, 25);
 
 /**
+ * One route, added or replaced by UpdateRoutes ("ip route replace"); routes
+ * not listed are left alone.
+ *
  * @generated from message hako.agent.v1.Route
  */
 export type Route = Message<"hako.agent.v1.Route"> & {
   /**
+   * CIDR; "0.0.0.0/0" / "::/0" for the default route.
+   *
    * @generated from field: string dest = 1;
    */
   dest: string;
 
   /**
+   * Next hop; empty for a directly connected route.
+   *
    * @generated from field: string gateway = 2;
    */
   gateway: string;
 
   /**
+   * Guest interface name (as set by UpdateInterface).
+   *
    * @generated from field: string device = 3;
    */
   device: string;
 
   /**
+   * Preferred source address, or empty.
+   *
    * @generated from field: string source = 4;
    */
   source: string;
 
   /**
+   * Netlink scope: 0 global, 200 site, 253 link, 254 host, 255 nowhere.
+   *
    * @generated from field: uint32 scope = 5;
    */
   scope: number;
@@ -807,6 +825,8 @@ export const RoutesSchema: GenMessage<Routes> = /*@__PURE__*/
   messageDesc(file_hako_agent_v1_agent, 27);
 
 /**
+ * A static neighbour entry. Only IPv4 and permanent entries are supported.
+ *
  * @generated from message hako.agent.v1.ARPNeighbor
  */
 export type ARPNeighbor = Message<"hako.agent.v1.ARPNeighbor"> & {
@@ -826,6 +846,8 @@ export type ARPNeighbor = Message<"hako.agent.v1.ARPNeighbor"> & {
   llAddr: string;
 
   /**
+   * Neighbour state: 0 or 0x80 (NUD_PERMANENT).
+   *
    * @generated from field: int32 state = 4;
    */
   state: number;
