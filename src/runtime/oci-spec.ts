@@ -138,6 +138,10 @@ export function guestSpec(id: string, spec: OciSpec, guestRoot: string, guestMou
   linux.namespaces = (linux.namespaces ?? [])
     .filter((n) => GUEST_NAMESPACES.has(n.type) && !n.path)
     .map((n) => ({ type: n.type }));
+  // The guest is cgroup v2 only: like containerd on a v2 host, give each
+  // container its own cgroup namespace, so its /sys/fs/cgroup is its cgroup
+  // (memory.max, cpu.max) whatever the host's cgroup mode made the spec say.
+  if (!linux.namespaces.some((n) => n.type === "cgroup")) linux.namespaces.push({ type: "cgroup" });
   linux.cgroupsPath = `/hako/${id}`;
   delete linux["seccomp"];
   delete linux["mountLabel"];

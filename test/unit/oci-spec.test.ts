@@ -59,7 +59,7 @@ test("guestSpec puts root on the share, keeps per-container namespaces, drops th
   assert.deepEqual(g.root, { path: "/run/hako/shared/c1/rootfs", readonly: true });
   assert.equal(g.process?.terminal, false);
   assert.equal(g.process?.["apparmorProfile"], undefined);
-  assert.deepEqual(g.linux?.namespaces, [{ type: "pid" }, { type: "mount" }, { type: "uts" }]);
+  assert.deepEqual(g.linux?.namespaces, [{ type: "pid" }, { type: "mount" }, { type: "uts" }, { type: "cgroup" }]);
   assert.equal(g.linux?.cgroupsPath, "/hako/c1");
   assert.equal(g.linux?.["seccomp"], undefined);
   assert.equal(g["hooks"], undefined);
@@ -88,7 +88,7 @@ test("guestSpec: namespaces given by path are joined (the VM's), /dev/shm is the
   };
   assert.deepEqual(bindMountsToShare(spec).map((m) => m.index), [1], "/dev/shm is not shared over 9p");
   const g = guestSpec("c1", spec, "/run/hako/shared/c1/rootfs", new Map([[1, "/run/hako/shared/c1/mounts/1"]]));
-  assert.deepEqual(g.linux?.namespaces, [{ type: "pid" }, { type: "mount" }]);
+  assert.deepEqual(g.linux?.namespaces, [{ type: "pid" }, { type: "mount" }, { type: "cgroup" }]);
   const shm = g.mounts?.find((m) => m.destination === "/dev/shm");
   assert.equal(shm?.source, "/run/hako/pod-shm");
   assert.equal(g.mounts?.find((m) => m.destination === "/etc/hosts")?.source, "/run/hako/shared/c1/mounts/1");
