@@ -4,7 +4,7 @@
 //   build/share/hako/configuration.toml
 // The guest image (build/share/hako/guest/) is built by `hako image build`.
 import { build } from "esbuild";
-import { chmodSync, cpSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, cpSync, existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -29,14 +29,21 @@ const common = {
 };
 const esmBanner = { js: "import { createRequire as __hakoCreateRequire } from 'node:module'; const require = __hakoCreateRequire(import.meta.url);" };
 
-const hostEntries = [
-  ["src/cli/main.ts", "hako.mjs"],
-  ["src/shim/main.ts", "containerd-shim-hako-v2.mjs"],
-];
-for (const [entry, file] of hostEntries) {
-  if (!existsSync(join(root, entry))) continue;
-  await build({ ...common, entryPoints: [join(root, entry)], outfile: join(lib, file), format: "esm", banner: esmBanner });
-}
+// Both host programs in one build with code splitting: shared code and
+// lazily imported parts (`hako cri` and grpc-js) go to chunks/, so each
+// program parses only what it runs.
+rmSync(join(lib, "chunks"), { recursive: true, force: true });
+await build({
+  ...common,
+  entryPoints: { hako: join(root, "src/cli/main.ts"), "containerd-shim-hako-v2": join(root, "src/shim/main.ts") },
+  outdir: lib,
+  outExtension: { ".js": ".mjs" },
+  splitting: true,
+  chunkNames: "chunks/[name]-[hash]",
+  format: "esm",
+  banner: esmBanner,
+});
+
 // The agent runs in the guest as CommonJS, so it needs no package.json there.
 await build({ ...common, entryPoints: [join(root, "src/agent/main.ts")], outfile: join(lib, "hako-agent.js"), format: "cjs", minify: true });
 

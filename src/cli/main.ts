@@ -7,7 +7,6 @@ import { containerState, deleteContainer, execInContainer, killContainer, listCo
 import { printEnv } from "./env.js";
 import { runCheck } from "./check.js";
 import { imageBuild } from "./image.js";
-import { registerCriCommands } from "./cri/commands.js";
 
 const program = new Command();
 program
@@ -112,7 +111,14 @@ image
   .option("--force", "rebuild even if up to date")
   .action((o: { kernel?: string; format: string; out?: string; force?: boolean }) => guarded(() => imageBuild(o)));
 
-// `hako cri …`: a crictl-like CRI v1 client (src/cli/cri).
-registerCriCommands(program, guarded);
+// `hako cri …`: a crictl-like CRI v1 client (src/cli/cri). Loaded only when
+// asked for: with grpc-js it is most of the CLI's code, and `hako run` should
+// not pay for parsing it (the build puts it in a chunk of its own).
+if (process.argv[2] === "cri") {
+  const { registerCriCommands } = await import("./cri/commands.js");
+  registerCriCommands(program, guarded);
+} else {
+  program.command("cri").description("talk to a CRI v1 runtime (containerd) like crictl: pods, containers, exec, images (hako cri --help)");
+}
 
 await program.parseAsync(process.argv);

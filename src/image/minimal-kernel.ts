@@ -5,11 +5,11 @@ import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { copyFile, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { moduleDir } from '../runtime/paths.js';
 import { run, runRaw } from './exec.js';
 import type { Reporter } from './progress.js';
 
-export const MINIMAL_FRAGMENT = fileURLToPath(new URL('./kernel/minimal.config', import.meta.url));
+export const MINIMAL_FRAGMENT = path.join(moduleDir(import.meta.url), 'kernel', 'minimal.config');
 export const LINUX_SOURCE_PKG = 'linux-source-6.1';
 export const LINUX_SOURCE_TARBALL = '/usr/src/linux-source-6.1.tar.xz';
 /** Roughly how many CC/LD/AR/... lines a tinyconfig+fragment vmlinux build prints. */

@@ -4,6 +4,16 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 /**
+ * The directory of a module: for a bundled program its file's directory,
+ * `<prefix>/lib/hako`, also when the code sits in a shared chunk
+ * (`lib/hako/chunks/`, see scripts/build.mjs); in the source tree, the source file's.
+ */
+export function moduleDir(moduleUrl: string): string {
+  const here = dirname(fileURLToPath(moduleUrl));
+  return here.endsWith("/lib/hako/chunks") ? dirname(here) : here;
+}
+
+/**
  * The data directory holding the default configuration.toml and the guest
  * assets: `<prefix>/share/hako`. Bundled programs live in `<prefix>/lib/hako/`,
  * so it is `../../share/hako` from them. When run from the source tree
@@ -12,7 +22,7 @@ import { fileURLToPath } from "node:url";
 export function dataDir(): string {
   const fromEnv = process.env.HAKO_DATA_DIR;
   if (fromEnv) return resolve(fromEnv);
-  const here = dirname(fileURLToPath(import.meta.url));
+  const here = moduleDir(import.meta.url);
   const srcIdx = here.lastIndexOf(`${"/"}src${"/"}`);
   if (srcIdx >= 0 || here.endsWith("/src")) {
     const repo = here.slice(0, srcIdx >= 0 ? srcIdx : here.length - 4);
