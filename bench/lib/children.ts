@@ -27,6 +27,26 @@ export function onInterrupt(fn: () => Promise<void>): () => void {
   return () => cleanups.delete(fn);
 }
 
+/**
+ * For a section that owns a daemon: on interruption, let the section wind
+ * down (its current step finishes, at most `windDownMs`), then `stop()`.
+ * Call the returned function when the section is over (it also unregisters).
+ */
+export function stopAfterWindDown(stop: () => Promise<void>, windDownMs: number): () => void {
+  let done: () => void = () => undefined;
+  const finished = new Promise<void>((r) => (done = r));
+  const forget = onInterrupt(async () => {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([finished, new Promise<void>((r) => (timer = setTimeout(r, windDownMs)))]);
+    clearTimeout(timer);
+    await stop();
+  });
+  return () => {
+    forget();
+    done();
+  };
+}
+
 /** Runs pending cleanups, then kills the still-live children by pid. */
 export async function killAll(): Promise<void> {
   for (const fn of [...cleanups]) await fn().catch(() => undefined);

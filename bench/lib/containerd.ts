@@ -7,7 +7,7 @@ import { resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { importBusybox, pidsMatching, startContainerd, type Containerd } from "../../test/helpers/containerd.js";
 import { shimSocketAddress, socketPathOf } from "../../src/shim/address.js";
-import { onInterrupt, track, untrack } from "./children.js";
+import { stopAfterWindDown, track, untrack } from "./children.js";
 import type { KernelEnv } from "./env.js";
 import { smapsRollup } from "./measure.js";
 
@@ -164,14 +164,7 @@ export async function runContainerdSection(
   let stopping: Promise<void> | undefined;
   const stopOnce = (): Promise<void> => (stopping ??= c.stop().finally(() => sweep(k, stateDir, log)));
   // On interruption: let the section notice stop() and wind down (bounded), then stop containerd.
-  let done: () => void = () => undefined;
-  const finished = new Promise<void>((r) => (done = r));
-  const forget = onInterrupt(async () => {
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([finished, new Promise<void>((r) => (timer = setTimeout(r, WIND_DOWN_MS)))]);
-    clearTimeout(timer);
-    await stopOnce();
-  });
+  const sectionOver = stopAfterWindDown(stopOnce, WIND_DOWN_MS);
   const shimSocket = (id: string): void => void made.shimSockets.push(socketPathOf(shimSocketAddress(c.address, NAMESPACE, id)));
   try {
     const image = await importBusybox(c);
@@ -255,8 +248,7 @@ export async function runContainerdSection(
   } finally {
     await stopOnce();
     untrack(pid);
-    forget();
-    done();
+    sectionOver();
   }
 }
 

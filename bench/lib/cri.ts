@@ -21,7 +21,7 @@ import { CriClient } from "../../src/cli/cri/cri-client.js";
 import { shimSocketAddress, socketPathOf } from "../../src/shim/address.js";
 import { cniResults, startCriContainerd, type CniNetwork, type CriContainerd } from "../../test/helpers/cri-containerd.js";
 import { containerConfig, podConfig, type PodConfig } from "../../test/helpers/cri-specs.js";
-import { onInterrupt, track, untrack } from "./children.js";
+import { stopAfterWindDown, track, untrack } from "./children.js";
 import type { KernelEnv } from "./env.js";
 import { memAvailableMiB, podMemory, podProcesses, processesInCgroupsOf, processTable, qemusOf, shimsServing, type PodMemory } from "./pod-processes.js";
 
@@ -294,14 +294,8 @@ export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s:
   const ctx: Ctx = { c, cri: new CriClient(c.criAddress, { defaultTimeoutMs: CALL_TIMEOUT_MS }), logRoot, prefix: `bench-${process.pid}`, log };
   let stopping: Promise<void> | undefined;
   const stopOnce = (): Promise<void> => (stopping ??= teardown(ctx, k));
-  let done: () => void = () => undefined;
-  const finished = new Promise<void>((r) => (done = r));
-  const forget = onInterrupt(async () => {
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([finished, new Promise<void>((r) => (timer = setTimeout(r, WIND_DOWN_MS)))]);
-    clearTimeout(timer);
-    await stopOnce();
-  });
+  // On interruption: let the section notice stop() and wind down (bounded), then stop containerd.
+  const sectionOver = stopAfterWindDown(stopOnce, WIND_DOWN_MS);
   try {
     const version = await ctx.cri.version();
     const s: CriSamples = {
@@ -323,8 +317,7 @@ export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s:
   } finally {
     await stopOnce();
     untrack(containerdPid);
-    forget();
-    done();
+    sectionOver();
   }
 }
 
