@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make demo: run a busybox OCI bundle in a VM and show that it has its own kernel.
+# make demo: run a busybox OCI bundle in a VM and show that it has its own kernel,
+# then a two-container pod through containerd's CRI (scripts/demo-pod.ts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d /tmp/hako-demo-XXXXXX)
@@ -25,3 +26,6 @@ build/bin/hako run --bundle "$work" "demo-$$"
 end=$(date +%s%N)
 echo "hako run took $(( (end - start) / 1000000 )) ms (VM boot, agent, container, teardown)"
 build/bin/hako check
+echo
+echo "a Kubernetes pod through containerd's CRI (private containerd, CNI bridge, handler hako):"
+HAKO_TEST_STATE_DIR=/run/hako-demo node --import tsx scripts/demo-pod.ts
