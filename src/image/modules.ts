@@ -14,6 +14,7 @@ export const GUEST_MODULES = [
   'virtio_blk',
   'virtio_net',
   'virtio_rng',
+  'virtio_balloon',
   'overlay',
   'erofs',
 ] as const;

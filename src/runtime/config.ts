@@ -27,6 +27,7 @@ export interface QemuConfig {
   boot_timeout: number;
   shared_fs: "virtio-9p";
   msize_9p: number;
+  free_page_reporting: boolean;
 }
 
 export interface AgentConfig {
@@ -76,6 +77,7 @@ const QEMU_FIELDS: Record<keyof QemuConfig, FieldSpec> = {
   boot_timeout: { kind: "int", min: 1, max: 600 },
   shared_fs: { kind: "string", oneOf: ["virtio-9p"] },
   msize_9p: { kind: "int", min: 4096, max: 1048576 },
+  free_page_reporting: { kind: "bool" },
 };
 const AGENT_FIELDS: Record<keyof AgentConfig, FieldSpec> = {
   dial_timeout: { kind: "int", min: 1, max: 600 },
@@ -111,6 +113,7 @@ export function defaultConfig(): HakoConfig {
         boot_timeout: 60,
         shared_fs: "virtio-9p",
         msize_9p: 524288,
+        free_page_reporting: true,
       },
     },
     agent: { dial_timeout: 60, debug: false },

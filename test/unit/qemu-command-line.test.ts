@@ -58,6 +58,7 @@ test("microvm + tcg: exact argv with virtio-mmio devices", () => {
     "-device", "virtserialport,bus=vser0.0,chardev=agent,name=agent.channel.0",
     "-object", "rng-random,id=rng0,filename=/dev/urandom",
     "-device", "virtio-rng-device,rng=rng0",
+    "-device", "virtio-balloon-device,free-page-reporting=on",
     "-pidfile", "/run/vm/qemu.pid",
   ]);
 });
@@ -105,6 +106,7 @@ test("q35 + kvm: -cpu host, pci devices, no tsc_early_khz, erofs image and share
     "-device", "virtio-9p-pci,fsdev=fs1,mount_tag=ro,,tag",
     "-object", "rng-random,id=rng0,filename=/dev/urandom",
     "-device", "virtio-rng-pci,rng=rng0",
+    "-device", "virtio-balloon-pci,free-page-reporting=on",
     "-pidfile", "/run/vm/qemu.pid",
   ]);
 });
@@ -121,7 +123,13 @@ test("microvm with the pci transport turns on pcie and uses -pci devices", () =>
     "virtserialport,bus=vser0.0,chardev=agent,name=agent.channel.0",
     "virtio-9p-pci,fsdev=fs0,mount_tag=t",
     "virtio-rng-pci,rng=rng0",
+    "virtio-balloon-pci,free-page-reporting=on",
   ]);
+});
+
+test("free_page_reporting = false: no balloon device", () => {
+  const args = buildQemuArgs(spec({}), qemuCfg({ free_page_reporting: false }), paths, { hostTscKhz: 1000 });
+  assert.ok(!args.some((a) => a.includes("balloon")));
 });
 
 test("transport follows the machine type; q35 has no mmio", () => {

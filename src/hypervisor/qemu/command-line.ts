@@ -195,6 +195,10 @@ export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, 
 
   // Entropy.
   args.push("-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", `${dev("rng")},rng=rng0`);
+  // Free page reporting: the guest hands back the pages it frees (the initrd
+  // it unpacked, boot-time buffers) and QEMU discards them, so an idle VM's
+  // host footprint follows what the guest uses, not what it ever touched.
+  if (qemu.free_page_reporting) args.push("-device", `${dev("balloon")},free-page-reporting=on`);
 
   args.push("-pidfile", paths.pidFile);
   return args;
