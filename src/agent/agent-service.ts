@@ -9,7 +9,7 @@ import { Health, HealthCheckResponse_ServingStatus } from "../protocols/gen/hako
 import type { TtrpcServer } from "../protocols/ttrpc/server.js";
 import { ContainerManager } from "./containers.js";
 import { addNeighbors, updateInterface, updateRoutes } from "./guest-network.js";
-import { guestDetails, mountStorage, setClock, setDns, setHostname, unmount, type StorageSpec } from "./guest-system.js";
+import { agentLaunchMs, guestDetails, mountStorage, setClock, setDns, setHostname, unmount, type StorageSpec } from "./guest-system.js";
 import { AGENT_PROTOCOL_VERSION, AGENT_VERSION } from "./version.js";
 
 const MAX_READ = 1024 * 1024;
@@ -145,7 +145,7 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
   });
 
   server.register(Health, {
-    check: () => ({ status: HealthCheckResponse_ServingStatus.SERVING }),
+    check: () => ({ status: HealthCheckResponse_ServingStatus.SERVING, agentLaunchMs: agentLaunchMs() }),
     version: () => ({ agentVersion: AGENT_VERSION, protocolVersion: AGENT_PROTOCOL_VERSION }),
   });
   return containers;

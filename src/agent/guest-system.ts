@@ -105,6 +105,20 @@ export function uptimeSec(): number {
   }
 }
 
+let launchMs: bigint | undefined;
+
+/** Guest uptime (ms) when init launched the agent (agent.sh writes it), 0 if unknown. */
+export function agentLaunchMs(): bigint {
+  if (launchMs === undefined) {
+    try {
+      launchMs = BigInt(Math.round((Number.parseFloat(readFileSync("/run/hako-agent-start", "utf8")) || 0) * 1000));
+    } catch {
+      launchMs = 0n;
+    }
+  }
+  return launchMs;
+}
+
 export function guestDetails(agentVersion: string, readyMs: number): {
   kernelRelease: string;
   agentVersion: string;
@@ -112,6 +126,7 @@ export function guestDetails(agentVersion: string, readyMs: number): {
   memTotalBytes: bigint;
   onlineCpus: number;
   agentReadyMs: bigint;
+  agentLaunchMs: bigint;
 } {
   return {
     kernelRelease: release(),
@@ -120,5 +135,6 @@ export function guestDetails(agentVersion: string, readyMs: number): {
     memTotalBytes: BigInt(totalmem()),
     onlineCpus: cpus().length,
     agentReadyMs: BigInt(Math.round(readyMs)),
+    agentLaunchMs: agentLaunchMs(),
   };
 }

@@ -7,6 +7,7 @@ import { containerState, deleteContainer, execInContainer, killContainer, listCo
 import { printEnv } from "./env.js";
 import { runCheck } from "./check.js";
 import { imageBuild } from "./image.js";
+import { traceCommand } from "./trace.js";
 
 const program = new Command();
 program
@@ -88,6 +89,14 @@ program
   .option("-f, --force", "stop it first if it runs")
   .argument("<id>")
   .action((id: string, o: { force?: boolean }) => guarded(() => deleteContainer(id, { ...globals(), ...o })));
+
+program
+  .command("trace")
+  .description("show where the start of a sandbox (container or pod) went, phase by phase")
+  .argument("<id>", "sandbox id: the id given to `hako run`, or a CRI pod's id")
+  .option("--json", "JSON output")
+  .option("--svg <file>", "also write the timeline as an SVG chart")
+  .action((id: string, o: { json?: boolean; svg?: string }) => guarded(async () => traceCommand(id, { ...globals(), ...o })));
 
 program
   .command("check")

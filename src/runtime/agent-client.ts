@@ -17,6 +17,8 @@ export interface AgentClient {
   readonly closed: Promise<void>;
   /** The underlying ttRPC connection, for forwarding raw calls. */
   readonly raw: TtrpcClient;
+  /** Guest uptime (ms) when init launched the agent, from the first health check; 0 if unknown. */
+  guestAgentLaunchMs: number;
   close(): void;
 }
 
@@ -35,6 +37,7 @@ class TtrpcAgentClient implements AgentClient {
   readonly agent: AgentApi;
   readonly health: HealthApi;
   readonly closed: Promise<void>;
+  guestAgentLaunchMs = 0;
 
   constructor(readonly raw: TtrpcClient) {
     const client = raw;
@@ -80,6 +83,7 @@ export async function connectAgentWhenReady(
   try {
     const res = await Promise.race([client.health.check({}, { timeoutMs, signal }), exited]);
     if (res.status !== HealthCheckResponse_ServingStatus.SERVING) throw new AgentError(id, `agent of ${id} is not serving`);
+    client.guestAgentLaunchMs = Number(res.agentLaunchMs);
     return client;
   } catch (err) {
     client.close();

@@ -13,6 +13,7 @@ import { connectAgentWhenReady, type AgentClient } from "./agent-client.js";
 import { RuntimeError } from "./errors.js";
 import type { Logger } from "./logger.js";
 import type { SandboxSize } from "./sandbox-sizing.js";
+import { archiveTrace, traceFromState } from "./trace.js";
 import { bindMountsToShare, guestSpec, type Bundle } from "./oci-spec.js";
 import { configureGuestNetwork } from "./sandbox-network.js";
 import { pidMatches, readState, sandboxDir, writeState, type SandboxState } from "./state.js";
@@ -72,6 +73,11 @@ export class Sandbox {
     this.state.timeline![phase] = Date.now() - this.t0;
   }
 
+  /** Marks a phase only the first time (a pod's later containers do not move it). */
+  private markFirst(phase: string): void {
+    if (this.state.timeline![phase] === undefined) this.mark(phase);
+  }
+
   save(): void {
     writeState(this.dir, this.state);
   }
@@ -121,6 +127,8 @@ export class Sandbox {
     logger.debug({ sandbox: this.id, pid: this.vm.pid }, "VM started");
     this.agent = await connectAgentWhenReady(this.id, this.vm.agentSocketPath, config.agent.dial_timeout * 1000, this.vm.exited, signal);
     this.mark("agent_ready");
+    // For `hako trace`: splits the boot into guest kernel and agent start.
+    if (this.agent.guestAgentLaunchMs > 0) this.state.guestAgentLaunchUptimeMs = this.agent.guestAgentLaunchMs;
     if (this.network) {
       await configureGuestNetwork(this.id, this.agent.agent, this.network.scan, logger);
       this.mark("guest_network");
@@ -134,6 +142,7 @@ export class Sandbox {
     this.mark("sandbox_created");
     this.state.status = "created";
     this.save();
+
   }
 
   /**
@@ -178,12 +187,12 @@ export class Sandbox {
     const ownUts = (spec.linux?.namespaces ?? []).some((n) => n.type === "uts");
     if (bundle.spec.hostname === undefined && ownUts) spec.hostname = cid.slice(0, 63);
     await agent.agent.createContainer({ containerId: cid, ociSpecJson: JSON.stringify(spec), terminal });
-    this.mark("container_created");
+    this.markFirst("container_created");
   }
 
   async startContainer(cid: string): Promise<number> {
     const res = await this.requireAgent().agent.startContainer({ containerId: cid });
-    this.mark("container_started");
+    this.markFirst("container_started");
     this.state.guestPid = res.pid;
     this.state.status = "running";
     this.save();
@@ -210,6 +219,7 @@ export class Sandbox {
   private async teardown(): Promise<void> {
     this.stopped = true;
     const log = this.opts.logger;
+    if (this.vm) archiveTrace(this.opts.config.runtime.state_dir, traceFromState(this.state));
     // No DestroySandbox round trip: nothing in the guest outlives the VM, and
     // the guest-side unmounts and crun deletes only delay the QMP quit.
     this.agent?.close();

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { CriClient } from "../../src/cli/cri/cri-client.js";
 import { cniNetns, startCriContainerd, CNI_BRIDGE, type CriContainerd } from "../helpers/cri-containerd.js";
 import { mountsUnder, pidsMatching } from "../helpers/containerd.js";
-import { TEST_STATE_DIR } from "../helpers/hako.js";
+import { TEST_STATE_DIR, hako } from "../helpers/hako.js";
 import { findLeaks, describeLeaks, hasLeaks } from "../helpers/leaks.js";
 import { TMP_PREFIX } from "../helpers/bundle.js";
 import { podConfig, containerConfig, type ContainerExtra, type PodSpec } from "../helpers/cri-specs.js";
@@ -164,6 +164,14 @@ describe("a hako pod: two containers in one VM", () => {
     assert.ok(kib > 640 * 1024 && kib <= 768 * 1024, `guest MemTotal ${kib} kB`);
     assert.equal((await exec(client, ["cat", "/sys/fs/cgroup/memory.max"])).stdout.trim(), String(64 << 20));
     assert.equal((await exec(client, ["cat", "/sys/fs/cgroup/cpu.max"])).stdout.trim(), "50000 100000");
+  });
+
+  test("hako trace shows where the pod's start went, network phases included", async () => {
+    const r = await hako(["trace", pod]);
+    assert.equal(r.status, 0, r.stderr);
+    const text = r.stdout.toString();
+    for (const phase of ["netns scan + taps + tc filters", "QEMU spawn → running (QMP)", "agent start (node)", "guest network (UpdateInterface/Routes/ARP)", "first container: StartContainer"])
+      assert.ok(text.includes(phase), `${phase} missing in:\n${text}`);
   });
 
   test("container B reaches container A on localhost", async () => {

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hako/agent/v1/health.proto.
  */
 export const file_hako_agent_v1_health: GenFile = /*@__PURE__*/
-  fileDesc("ChpoYWtvL2FnZW50L3YxL2hlYWx0aC5wcm90bxINaGFrby5hZ2VudC52MSIfCgxDaGVja1JlcXVlc3QSDwoHc2VydmljZRgBIAEoCSKTAQoTSGVhbHRoQ2hlY2tSZXNwb25zZRJACgZzdGF0dXMYASABKA4yMC5oYWtvLmFnZW50LnYxLkhlYWx0aENoZWNrUmVzcG9uc2UuU2VydmluZ1N0YXR1cyI6Cg1TZXJ2aW5nU3RhdHVzEgsKB1VOS05PV04QABILCgdTRVJWSU5HEAESDwoLTk9UX1NFUlZJTkcQAiJHChRWZXJzaW9uQ2hlY2tSZXNwb25zZRIVCg1hZ2VudF92ZXJzaW9uGAEgASgJEhgKEHByb3RvY29sX3ZlcnNpb24YAiABKAkynwEKBkhlYWx0aBJICgVDaGVjaxIbLmhha28uYWdlbnQudjEuQ2hlY2tSZXF1ZXN0GiIuaGFrby5hZ2VudC52MS5IZWFsdGhDaGVja1Jlc3BvbnNlEksKB1ZlcnNpb24SGy5oYWtvLmFnZW50LnYxLkNoZWNrUmVxdWVzdBojLmhha28uYWdlbnQudjEuVmVyc2lvbkNoZWNrUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChpoYWtvL2FnZW50L3YxL2hlYWx0aC5wcm90bxINaGFrby5hZ2VudC52MSIfCgxDaGVja1JlcXVlc3QSDwoHc2VydmljZRgBIAEoCSKsAQoTSGVhbHRoQ2hlY2tSZXNwb25zZRJACgZzdGF0dXMYASABKA4yMC5oYWtvLmFnZW50LnYxLkhlYWx0aENoZWNrUmVzcG9uc2UuU2VydmluZ1N0YXR1cxIXCg9hZ2VudF9sYXVuY2hfbXMYAiABKAQiOgoNU2VydmluZ1N0YXR1cxILCgdVTktOT1dOEAASCwoHU0VSVklORxABEg8KC05PVF9TRVJWSU5HEAIiRwoUVmVyc2lvbkNoZWNrUmVzcG9uc2USFQoNYWdlbnRfdmVyc2lvbhgBIAEoCRIYChBwcm90b2NvbF92ZXJzaW9uGAIgASgJMp8BCgZIZWFsdGgSSAoFQ2hlY2sSGy5oYWtvLmFnZW50LnYxLkNoZWNrUmVxdWVzdBoiLmhha28uYWdlbnQudjEuSGVhbHRoQ2hlY2tSZXNwb25zZRJLCgdWZXJzaW9uEhsuaGFrby5hZ2VudC52MS5DaGVja1JlcXVlc3QaIy5oYWtvLmFnZW50LnYxLlZlcnNpb25DaGVja1Jlc3BvbnNlYgZwcm90bzM");
 
 /**
  * @generated from message hako.agent.v1.CheckRequest
@@ -39,6 +39,14 @@ export type HealthCheckResponse = Message<"hako.agent.v1.HealthCheckResponse"> &
    * @generated from field: hako.agent.v1.HealthCheckResponse.ServingStatus status = 1;
    */
   status: HealthCheckResponse_ServingStatus;
+
+  /**
+   * Guest uptime (ms) when init launched the agent, 0 if unknown: lets the
+   * host split its boot wait into kernel boot and agent start (hako trace).
+   *
+   * @generated from field: uint64 agent_launch_ms = 2;
+   */
+  agentLaunchMs: bigint;
 };
 
 /**
