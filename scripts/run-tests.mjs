@@ -28,6 +28,14 @@ const run = (list, concurrency) => {
 };
 run(unit, 2);
 run(integration, 1);
+// The CRI suite again with every pod cloned from a VM template (docs/templating.md).
+const criSuite = "test/integration/cri.test.ts";
+if (integration.includes(criSuite) && process.env.HAKO_TEST_TEMPLATE !== "0") {
+  process.stdout.write("\n# CRI suite, templated mode (HAKO_TEST_TEMPLATE=1)\n");
+  process.env.HAKO_TEST_TEMPLATE = "1";
+  run([criSuite], 1);
+  delete process.env.HAKO_TEST_TEMPLATE;
+}
 
 const leaks = spawnSync(process.execPath, ["--import", "tsx", join(root, "test", "helpers", "leak-report.ts")], {
   cwd: root,

@@ -179,6 +179,8 @@ export function interfaceCommands(req: InterfaceUpdate, links: readonly GuestLin
     final.push("name", want);
   }
   if (req.mtu !== 0) final.push("mtu", String(req.mtu));
+  // Named by device (a VM cloned from a template): give it the pod's MAC.
+  if (req.device !== "" && mac !== "" && link.mac !== mac) final.push("address", mac);
   final.push("up");
   cmds.push(final);
   return { device: want, commands: cmds };

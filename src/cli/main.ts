@@ -8,6 +8,7 @@ import { printEnv } from "./env.js";
 import { runCheck } from "./check.js";
 import { imageBuild } from "./image.js";
 import { traceCommand } from "./trace.js";
+import { factoryDestroy, factoryInit, factoryStatus } from "./factory.js";
 
 const program = new Command();
 program
@@ -89,6 +90,21 @@ program
   .option("-f, --force", "stop it first if it runs")
   .argument("<id>")
   .action((id: string, o: { force?: boolean }) => guarded(() => deleteContainer(id, { ...globals(), ...o })));
+
+const factory = program.command("factory").description("VM templates that sandboxes are cloned from ([factory] enable_template)");
+factory
+  .command("init")
+  .description("boot and save the templates for the configured VM size (with and without a NIC)")
+  .action(() => guarded(() => factoryInit(globals())));
+factory
+  .command("status")
+  .description("list the templates and whether they match the current configuration and assets")
+  .option("--json", "JSON output")
+  .action((o: { json?: boolean }) => guarded(async () => factoryStatus({ ...globals(), ...o })));
+factory
+  .command("destroy")
+  .description("remove every template")
+  .action(() => guarded(async () => factoryDestroy(globals())));
 
 program
   .command("trace")

@@ -49,6 +49,13 @@ export interface VmSpec {
   verboseConsole?: boolean;
   /** Pod networking: start the VMM inside this netns with these NICs. Absent: no NIC at all. */
   network?: VmNetwork;
+  /**
+   * Guest RAM in a file (VM templating): `shared` for a template (its RAM is
+   * the file), private for a clone (a copy-on-write view of the template's).
+   */
+  memoryFile?: { path: string; shared: boolean };
+  /** Restore the device state saved from a template (needs a private memoryFile) instead of booting. */
+  restoreState?: string;
 }
 
 export interface VmExit {
@@ -67,6 +74,8 @@ export interface VirtualMachine {
   readonly exited: Promise<VmExit>;
   pause(): Promise<void>;
   resume(): Promise<void>;
+  /** Stops the VM and saves its device state to `file`, leaving RAM in its memory file (templating). */
+  saveState(file: string): Promise<void>;
   /** Graceful stop (QMP quit), then SIGKILL after graceMs; resolves after exit and cleanup of sockets. */
   stop(graceMs?: number): Promise<VmExit>;
 }

@@ -70,11 +70,12 @@ export function guestRoutes(scan: Pick<NetnsScan, "interfaces" | "routes">): Gue
   return scan.routes.filter((r) => !kernelMade(r));
 }
 
-export function interfaceRequest(iface: GuestInterface): MessageInitShape<typeof UpdateInterfaceRequestSchema> {
+export function interfaceRequest(iface: GuestInterface, guestDevice = ""): MessageInitShape<typeof UpdateInterfaceRequestSchema> {
   return {
     interface: {
-      // No guest device name: the agent finds the NIC by the MAC QEMU gave it.
-      device: "",
+      // No guest device name: the agent finds the NIC by the MAC QEMU gave it. A VM
+      // cloned from a template names it (the NIC has the template's MAC; it gets hwAddr).
+      device: guestDevice,
       name: iface.name,
       hwAddr: iface.mac,
       mtu: BigInt(iface.mtu),
@@ -107,7 +108,7 @@ function wrap(id: string, step: string, err: unknown): AgentError {
 }
 
 /** Sends UpdateInterface per interface, UpdateRoutes, and AddARPNeighbors when there are static neighbours. */
-export async function configureGuestNetwork(id: string, agent: AgentApi, scan: NetnsScan, log: Logger): Promise<void> {
+export async function configureGuestNetwork(id: string, agent: AgentApi, scan: NetnsScan, log: Logger, guestDevices?: readonly string[]): Promise<void> {
   const step = async (what: string, call: () => Promise<unknown>): Promise<void> => {
     const t0 = Date.now();
     try {
@@ -117,7 +118,7 @@ export async function configureGuestNetwork(id: string, agent: AgentApi, scan: N
     }
     log.debug({ sandbox: id, ms: Date.now() - t0 }, `guest network: ${what}`);
   };
-  for (const iface of scan.interfaces) await step(`UpdateInterface ${iface.name} (${iface.mac})`, () => agent.updateInterface(interfaceRequest(iface)));
+  for (const [i, iface] of scan.interfaces.entries()) await step(`UpdateInterface ${iface.name} (${iface.mac})`, () => agent.updateInterface(interfaceRequest(iface, guestDevices?.[i])));
   const routes = guestRoutes(scan);
   if (routes.length > 0) await step("UpdateRoutes", () => agent.updateRoutes(routesRequest(routes)));
   const { request, skipped } = neighborsRequest(scan.neighbors);

@@ -14,6 +14,7 @@ import { RuntimeError } from "./errors.js";
 import type { Logger } from "./logger.js";
 import type { SandboxSize } from "./sandbox-sizing.js";
 import { archiveTrace, traceFromState } from "./trace.js";
+import { findTemplate, templateGuestNic } from "./factory.js";
 import { bindMountsToShare, guestSpec, type Bundle } from "./oci-spec.js";
 import { configureGuestNetwork } from "./sandbox-network.js";
 import { pidMatches, readState, sandboxDir, writeState, type SandboxState } from "./state.js";
@@ -101,23 +102,29 @@ export class Sandbox {
     this.share = new VirtioNinePShare(this.id, join(this.dir, "shared"), q.msize_9p);
     this.mark("config");
     const network = await this.attachNetwork();
+    const vcpus = this.opts.size?.vcpus ?? q.default_vcpus;
+    const memoryMiB = this.opts.size?.memoryMiB ?? q.default_memory;
+    const template = findTemplate(config, { vcpus, memoryMiB, accel: this.opts.accel, nics: network?.nics.length ?? 0 });
+    this.state.template = template?.key;
     this.vm = await hypervisor.start(
       {
         id: this.id,
         runDir: this.dir,
         accel: this.opts.accel,
-        vcpus: this.opts.size?.vcpus ?? q.default_vcpus,
-        memoryMiB: this.opts.size?.memoryMiB ?? q.default_memory,
+        vcpus,
+        memoryMiB,
         kernel: q.kernel,
         initrd: q.rootfs_type === "initrd" ? q.initrd : undefined,
         image: q.rootfs_type === "erofs" ? q.image : undefined,
         // Under TCG, V8's JIT makes QEMU retranslate the code it writes; the
         // agent starts ~0.3 s faster and answers faster without it (make bench).
-        kernelParams: [...(this.opts.accel === "tcg" ? ["hako.node_opts=--jitless"] : []), `hako.share=${this.share.tag},${q.msize_9p}`],
+        // A clone keeps its template's (the guest booted with them) and mounts its share later.
+        kernelParams: template ? template.kernelParams : [...(this.opts.accel === "tcg" ? ["hako.node_opts=--jitless"] : []), `hako.share=${this.share.tag},${q.msize_9p}`],
         sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],
         consoleLog: this.consoleLog,
         verboseConsole: config.agent.debug,
         network,
+        ...(template ? { memoryFile: { path: template.memoryFile, shared: false }, restoreState: template.stateFile } : {}),
       },
       signal,
     );
@@ -130,7 +137,8 @@ export class Sandbox {
     // For `hako trace`: splits the boot into guest kernel and agent start.
     if (this.agent.guestAgentLaunchMs > 0) this.state.guestAgentLaunchUptimeMs = this.agent.guestAgentLaunchMs;
     if (this.network) {
-      await configureGuestNetwork(this.id, this.agent.agent, this.network.scan, logger);
+      const devices = template ? this.network.scan.interfaces.map((_, i) => templateGuestNic(i)) : undefined;
+      await configureGuestNetwork(this.id, this.agent.agent, this.network.scan, logger, devices);
       this.mark("guest_network");
     }
     await this.agent.agent.createSandbox({

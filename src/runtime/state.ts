@@ -21,6 +21,8 @@ export interface SandboxState {
   accel?: string;
   /** Phase timestamps (ms since the start of sandbox creation). */
   timeline?: Record<string, number>;
+  /** Key of the VM template this sandbox was cloned from (absent: booted cold). */
+  template?: string;
   /** Guest uptime when init launched the agent: splits the boot into kernel and agent start (hako trace). */
   guestAgentLaunchUptimeMs?: number;
   /** Pod network plumbing (netns path, taps, filters) to remove when the sandbox goes, even after its owner died. */

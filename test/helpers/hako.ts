@@ -9,10 +9,15 @@ export const HAKO = join(REPO, "build", "bin", "hako");
 export const TEST_STATE_DIR = process.env.HAKO_TEST_STATE_DIR ?? "/run/hako-test";
 export const TEST_CONFIG = join(TEST_STATE_DIR, "configuration.toml");
 
+/** HAKO_TEST_TEMPLATE=1: sandboxes are cloned from VM templates (the CRI suite runs in both modes). */
+export const TEMPLATE_MODE = process.env.HAKO_TEST_TEMPLATE === "1";
+
 export function ensureTestConfig(extra = ""): string {
   mkdirSync(TEST_STATE_DIR, { recursive: true });
   const base = readFileSync(join(REPO, "build", "share", "hako", "configuration.toml"), "utf8");
-  const text = base.replace(/state_dir = ".*"/, `state_dir = "${TEST_STATE_DIR}"`) + extra;
+  let text = base.replace(/state_dir = ".*"/, `state_dir = "${TEST_STATE_DIR}"`) + extra;
+  if (TEMPLATE_MODE)
+    text = text.replace(/enable_template = .*/, "enable_template = true").replace(/template_path = ".*"/, `template_path = "${join(TEST_STATE_DIR, "template")}"`);
   if (!existsSync(TEST_CONFIG) || readFileSync(TEST_CONFIG, "utf8") !== text) writeFileSync(TEST_CONFIG, text);
   return TEST_CONFIG;
 }

@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { CriClient } from "../../src/cli/cri/cri-client.js";
 import { cniNetns, startCriContainerd, CNI_BRIDGE, type CriContainerd } from "../helpers/cri-containerd.js";
 import { mountsUnder, pidsMatching } from "../helpers/containerd.js";
-import { TEST_STATE_DIR, hako } from "../helpers/hako.js";
+import { TEMPLATE_MODE, TEST_STATE_DIR, hako } from "../helpers/hako.js";
+import { readState, sandboxDir } from "../../src/runtime/state.js";
 import { findLeaks, describeLeaks, hasLeaks } from "../helpers/leaks.js";
 import { TMP_PREFIX } from "../helpers/bundle.js";
 import { podConfig, containerConfig, type ContainerExtra, type PodSpec } from "../helpers/cri-specs.js";
@@ -101,12 +102,18 @@ before(async () => {
   work = mkdtempSync(join(tmpdir(), `${TMP_PREFIX}cri-`));
   c = await startCriContainerd();
   cri = new CriClient(c.criAddress, { defaultTimeoutMs: 120_000 });
+  if (TEMPLATE_MODE) {
+    const r = await hako(["factory", "init"], { timeoutMs: 180_000 });
+    assert.equal(r.status, 0, `hako factory init: ${r.stderr}`);
+  }
 });
 
 after(async () => {
   try {
     cri?.close();
     await c?.stop();
+    // Templates hold their guest RAM in files on tmpfs: never leave them behind.
+    if (TEMPLATE_MODE) assert.equal((await hako(["factory", "destroy"])).status, 0);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
@@ -115,7 +122,8 @@ after(async () => {
 });
 
 describe("a hako pod: two containers in one VM", () => {
-  const spec: PodSpec = { name: "pod-a", uid: "uid-a", hostname: "pod-a", logDir: "", dns: ["10.217.0.10"], search: ["hako.test"], memoryBytes: 256n << 20n };
+    // Cold: the pod's resources size the VM. Templated: the default size, which the template has.
+  const spec: PodSpec = { name: "pod-a", uid: "uid-a", hostname: "pod-a", logDir: "", dns: ["10.217.0.10"], search: ["hako.test"], memoryBytes: TEMPLATE_MODE ? undefined : 256n << 20n };
   let pod = "";
   let web = "";
   let client = "";
@@ -157,11 +165,18 @@ describe("a hako pod: two containers in one VM", () => {
     assert.equal(qemuPids().length, 1);
   });
 
-  test("the VM is sized from the pod's resources; container limits are guest cgroup limits", async () => {
-    // default_memory (512 MiB) + the pod's 256 MiB, minus what the guest kernel keeps.
+  test(TEMPLATE_MODE ? "the VM is a clone of the template; container limits are guest cgroup limits" : "the VM is sized from the pod's resources; container limits are guest cgroup limits", async () => {
     const mem = (await exec(client, ["sh", "-c", "grep MemTotal /proc/meminfo"])).stdout;
     const kib = Number(/MemTotal:\s+(\d+)/.exec(mem)?.[1] ?? 0);
-    assert.ok(kib > 640 * 1024 && kib <= 768 * 1024, `guest MemTotal ${kib} kB`);
+    const st = readState(sandboxDir(TEST_STATE_DIR, pod));
+    if (TEMPLATE_MODE) {
+      assert.match(st?.template ?? "", /^[0-9a-f]{16}$/, "state.json names the template the pod was cloned from");
+      assert.ok(kib > 384 * 1024 && kib <= 512 * 1024, `guest MemTotal ${kib} kB`);
+    } else {
+      assert.equal(st?.template, undefined, "booted cold");
+      // default_memory (512 MiB) + the pod's 256 MiB, minus what the guest kernel keeps.
+      assert.ok(kib > 640 * 1024 && kib <= 768 * 1024, `guest MemTotal ${kib} kB`);
+    }
     assert.equal((await exec(client, ["cat", "/sys/fs/cgroup/memory.max"])).stdout.trim(), String(64 << 20));
     assert.equal((await exec(client, ["cat", "/sys/fs/cgroup/cpu.max"])).stdout.trim(), "50000 100000");
   });
@@ -287,6 +302,7 @@ describe("two pods: hako ↔ hako traffic, and the same spec under runc", () => 
     assert.equal(viaRunc.stdout.trim(), "pod-b", viaRunc.stderr);
     assert.equal((await exec(rc, ["uname", "-r"])).stdout.trim(), readFileSync("/proc/sys/kernel/osrelease", "utf8").trim(), "runc shares the host kernel");
     assert.equal(qemuPids().length, 2, "one QEMU per hako pod, none for runc");
+    if (TEMPLATE_MODE) for (const p of [server, hakoClient]) assert.ok(readState(sandboxDir(TEST_STATE_DIR, p))?.template, `pod ${p} cloned`);
     const listed = await cri.listPodSandbox();
     const handlers = new Map(listed.map((p) => [p.id, p.runtimeHandler]));
     assert.equal(handlers.get(runcPod), "runc");

@@ -204,3 +204,11 @@ test("listLinks reads names and MACs from sysfs; waitForLinks waits for a MAC to
   const none = await waitForLinks("02:00:00:00:00:77", 100, sysDir);
   assert.equal(none.length, 2, "gives up after the timeout with what there is");
 });
+
+test("UpdateInterface by device (a VM cloned from a template): the NIC gets the pod's MAC", () => {
+  const { commands } = interfaceCommands(iface({ device: "eth0", addresses: [] }), LINKS, () => false);
+  assert.deepEqual(commands, [["ip", "link", "set", "dev", "eth0", "mtu", "1400", "address", POD_MAC, "up"]]);
+  // Already the pod's MAC: no address change.
+  const same = interfaceCommands(iface({ device: "eth0", addresses: [] }), [{ name: "eth0", mac: POD_MAC, up: false }], () => false);
+  assert.deepEqual(same.commands, [["ip", "link", "set", "dev", "eth0", "mtu", "1400", "up"]]);
+});

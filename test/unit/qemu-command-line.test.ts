@@ -230,3 +230,15 @@ test("QEMU is started through nsenter --net=<netns> only when the VM has a netwo
     argv: ["--net=/var/run/netns/cni-1", "--", "/usr/bin/qemu-system-x86_64", "-m", "512M"],
   });
 });
+
+test("templating: a template's RAM is a shared file; a clone maps it privately and waits for the incoming state", () => {
+  const tpl = buildQemuArgs(spec({ memoryFile: { path: "/run/t/memory", shared: true } }), qemuCfg(), paths, { hostTscKhz: 1000 });
+  assert.match(tpl[tpl.indexOf("-machine") + 1]!, /,memory-backend=mem$/);
+  assert.ok(tpl.includes("memory-backend-file,id=mem,size=512M,mem-path=/run/t/memory,share=on"));
+  assert.ok(!tpl.includes("-incoming"));
+  assert.ok(!tpl.some((a) => a.includes("balloon")), "no free page reporting with file-backed RAM");
+  const clone = buildQemuArgs(spec({ memoryFile: { path: "/run/t/memory", shared: false }, restoreState: "/run/t/state" }), qemuCfg(), paths, { hostTscKhz: 1000 });
+  assert.ok(clone.includes("memory-backend-file,id=mem,size=512M,mem-path=/run/t/memory,share=off"));
+  assert.deepEqual(clone.slice(clone.indexOf("-incoming"), clone.indexOf("-incoming") + 2), ["-incoming", "defer"]);
+  assert.throws(() => buildQemuArgs(spec({ restoreState: "/run/t/state" }), qemuCfg(), paths, { hostTscKhz: 1000 }), /needs a private memory file/);
+});

@@ -153,6 +153,15 @@ export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, 
   const args: string[] = ["-name", `hako-${e(spec.id)}`];
   args.push(...machineArgs(machine, transport, spec.accel, qemu, spec.acpi ?? kernelWantsAcpi(spec.kernel)));
   args.push("-m", `${spec.memoryMiB}M`, "-smp", String(spec.vcpus));
+  if (spec.memoryFile) {
+    const m = args.indexOf("-machine");
+    args[m + 1] = `${args[m + 1]},memory-backend=mem`;
+    args.push("-object", `memory-backend-file,id=mem,size=${spec.memoryMiB}M,mem-path=${e(spec.memoryFile.path)},share=${spec.memoryFile.shared ? "on" : "off"}`);
+  }
+  if (spec.restoreState) {
+    if (!spec.memoryFile || spec.memoryFile.shared) throw new ConfigError(`sandbox ${spec.id}: restoring a template needs a private memory file`);
+    args.push("-incoming", "defer");
+  }
   args.push("-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none");
 
   args.push("-kernel", spec.kernel);
@@ -198,7 +207,9 @@ export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, 
   // Free page reporting: the guest hands back the pages it frees (the initrd
   // it unpacked, boot-time buffers) and QEMU discards them, so an idle VM's
   // host footprint follows what the guest uses, not what it ever touched.
-  if (qemu.free_page_reporting) args.push("-device", `${dev("balloon")},free-page-reporting=on`);
+  // Not with file-backed RAM (templates and their clones): a template's saved state
+  // with a reporting balloon did not resume, and a clone's RAM is mostly shared anyway.
+  if (qemu.free_page_reporting && !spec.memoryFile) args.push("-device", `${dev("balloon")},free-page-reporting=on`);
 
   args.push("-pidfile", paths.pidFile);
   return args;

@@ -238,6 +238,13 @@ export class QemuVirtualMachine implements VirtualMachine {
     await this.command("stop");
   }
 
+  async saveState(file: string): Promise<void> {
+    await this.command("stop");
+    await this.qmp.execute("migrate-set-capabilities", IGNORE_SHARED);
+    await this.qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(file)}` });
+    await migrationCompleted(this.qmp, this.id, "saving the VM state", Date.now() + 60_000);
+  }
+
   async resume(): Promise<void> {
     await this.command("cont");
   }
@@ -288,6 +295,34 @@ export class QemuVirtualMachine implements VirtualMachine {
     }
     return proc.exit!;
   }
+}
+
+/** RAM stays in the (template's) memory file; only device state goes through the migration stream. */
+const IGNORE_SHARED = { capabilities: [{ capability: "x-ignore-shared", state: true }] };
+
+const shellQuote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+
+async function migrationCompleted(qmp: QmpClient, id: string, what: string, deadline: number): Promise<void> {
+  for (;;) {
+    const st = await qmp.execute<{ status?: string; "error-desc"?: string }>("query-migrate", undefined, { timeoutMs: Math.max(1, deadline - Date.now()) });
+    if (st.status === "completed") return;
+    if (st.status === "failed" || st.status === "cancelled")
+      throw new HypervisorError(id, `${what} of sandbox ${id} failed: ${st["error-desc"] ?? st.status}`, {
+        code: Code.INTERNAL,
+        hint: "a template that does not match this QEMU or configuration cannot be restored: `hako factory destroy` then `hako factory init`",
+      });
+    if (Date.now() > deadline) throw new HypervisorError(id, `${what} of sandbox ${id} did not finish in time`, { code: Code.DEADLINE_EXCEEDED });
+    await sleep(5);
+  }
+}
+
+/** Loads a template's saved device state into a VM started with -incoming defer, then runs it. */
+async function restoreFromState(qmp: QmpClient, id: string, stateFile: string, deadline: number): Promise<void> {
+  await qmp.execute("migrate-set-capabilities", IGNORE_SHARED);
+  await qmp.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(stateFile)}` });
+  await migrationCompleted(qmp, id, "restoring the template", deadline);
+  const st = await qmp.execute<{ status: string }>("query-status");
+  if (st.status !== "running") await qmp.execute("cont");
 }
 
 export class QemuHypervisor implements Hypervisor {
@@ -348,6 +383,7 @@ export class QemuHypervisor implements Hypervisor {
         throw cancelled();
       }
       qmp = c;
+      if (spec.restoreState) await restoreFromState(c, id, spec.restoreState, deadline);
       for (;;) {
         const st = await c.execute<{ status: string; running: boolean }>("query-status", undefined, {
           timeoutMs: Math.max(1, deadline - Date.now()),

@@ -1,0 +1,38 @@
+// `hako factory init|status|destroy`: the VM templates sandboxes are cloned
+// from when [factory] enable_template = true (docs/templating.md).
+import { createHypervisor } from "../hypervisor/index.js";
+import { chooseAccel } from "../runtime/accel.js";
+import { ConfigError } from "../runtime/errors.js";
+import { createTemplate, destroyTemplates, listTemplates, type TemplateShape } from "../runtime/factory.js";
+import { requireGuestAssets, setup, type GlobalOptions } from "./common.js";
+
+/** Builds the templates for the configured default size: without a NIC (`hako run`) and with one (pods). */
+export async function factoryInit(opts: GlobalOptions): Promise<void> {
+  const { cfg, log } = setup(opts);
+  if (!cfg.factory.enable_template)
+    throw new ConfigError("templating is off in this configuration", { hint: "set [factory] enable_template = true (the shim and hako run only clone when it is on)" });
+  requireGuestAssets(cfg);
+  const accel = (await chooseAccel(cfg, log)).accel;
+  const q = cfg.hypervisor.qemu;
+  for (const nics of [0, 1]) {
+    const shape: TemplateShape = { vcpus: q.default_vcpus, memoryMiB: q.default_memory, accel, nics };
+    const t0 = Date.now();
+    const m = await createTemplate(cfg, createHypervisor(cfg, log), shape, log);
+    process.stdout.write(`template ${m.key}: ${shape.vcpus} vCPU, ${shape.memoryMiB} MiB, ${nics} NIC, ${accel}, built in ${Date.now() - t0} ms\n`);
+  }
+}
+
+export function factoryStatus(opts: GlobalOptions & { json?: boolean }): void {
+  const { cfg } = setup(opts);
+  const list = listTemplates(cfg);
+  if (opts.json) return void process.stdout.write(`${JSON.stringify({ enabled: cfg.factory.enable_template, path: cfg.factory.template_path, templates: list }, null, 2)}\n`);
+  process.stdout.write(`templating ${cfg.factory.enable_template ? "on" : "off"}, templates in ${cfg.factory.template_path}\n`);
+  for (const t of list)
+    process.stdout.write(`${t.key}  ${t.valid ? "valid" : "STALE (rebuild: hako factory init)"}  ${t.shape.vcpus} vCPU ${t.shape.memoryMiB} MiB ${t.shape.nics} NIC ${t.shape.accel}  created ${t.created}\n`);
+  if (list.length === 0) process.stdout.write("no template (hako factory init)\n");
+}
+
+export function factoryDestroy(opts: GlobalOptions): void {
+  const { cfg } = setup(opts);
+  process.stdout.write(`removed ${destroyTemplates(cfg)} template(s)\n`);
+}

@@ -1,0 +1,176 @@
+// VM templates (docs/templating.md): a booted VM with its agent up, paused,
+// its RAM in a file under [factory] template_path and its device state saved
+// with x-ignore-shared. A sandbox of the same shape starts as a clone: a
+// private copy-on-write mapping of that RAM plus the saved state, ~0.2 s to a
+// serving agent instead of a boot. A template is keyed by everything a clone
+// must match; a key that differs means a rebuild, never a stale template.
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Hypervisor, VmNetwork } from "../hypervisor/hypervisor.js";
+import type { HakoConfig } from "./config.js";
+import { connectAgentWhenReady } from "./agent-client.js";
+import { execFileAsync } from "./command.js";
+import { RuntimeError } from "./errors.js";
+import { Code } from "../protocols/ttrpc/status.js";
+import type { Logger } from "./logger.js";
+import type { SandboxSize } from "./sandbox-sizing.js";
+
+/** Kernel parameters of a template and of its clones (they must match: the guest booted with them). */
+export const TEMPLATE_KERNEL_PARAMS_TCG = ["hako.node_opts=--jitless"];
+/** A template's NICs have this MAC; clones give the guest NIC the pod's (UpdateInterface by device). */
+export const TEMPLATE_MAC = "02:68:61:6b:6f:00";
+/** Guest name of a template's NIC i (the Debian kernel's, no udev in the guest). */
+export const templateGuestNic = (i: number): string => `eth${i}`;
+
+export interface TemplateShape extends SandboxSize {
+  accel: "kvm" | "tcg";
+  nics: number;
+}
+
+export interface TemplateManifest {
+  key: string;
+  shape: TemplateShape;
+  created: string;
+  memoryFile: string;
+  stateFile: string;
+  kernelParams: string[];
+  /** The 9p tag the template's device has (a clone exports its own directory under it). */
+  shareTag: string;
+}
+
+function fileId(path: string): string {
+  try {
+    const st = statSync(path);
+    return `${path}:${st.size}:${Math.round(st.mtimeMs)}`;
+  } catch {
+    return `${path}:missing`;
+  }
+}
+
+/** Everything a clone must match: QEMU, guest assets, the command line's shape. */
+export function templateKey(cfg: HakoConfig, shape: TemplateShape): string {
+  const q = cfg.hypervisor.qemu;
+  const parts = [
+    fileId(q.path),
+    fileId(q.kernel),
+    fileId(q.rootfs_type === "initrd" ? q.initrd : q.image),
+    q.machine_type,
+    q.cpu_model,
+    String(q.tb_size),
+    String(q.msize_9p),
+    q.kernel_params,
+    JSON.stringify(shape),
+  ];
+  return createHash("sha256").update(parts.join("\n")).digest("hex").slice(0, 16);
+}
+
+const shapeDir = (cfg: HakoConfig, key: string): string => join(cfg.factory.template_path, key);
+
+/** The valid template for this shape, if one exists. */
+export function findTemplate(cfg: HakoConfig, shape: TemplateShape): TemplateManifest | undefined {
+  if (!cfg.factory.enable_template) return undefined;
+  const key = templateKey(cfg, shape);
+  try {
+    const m = JSON.parse(readFileSync(join(shapeDir(cfg, key), "manifest.json"), "utf8")) as TemplateManifest;
+    if (m.key !== key || !existsSync(m.memoryFile) || !existsSync(m.stateFile)) return undefined;
+    return m;
+  } catch {
+    return undefined;
+  }
+}
+
+export function listTemplates(cfg: HakoConfig): Array<TemplateManifest & { valid: boolean }> {
+  const root = cfg.factory.template_path;
+  if (!existsSync(root)) return [];
+  const out: Array<TemplateManifest & { valid: boolean }> = [];
+  for (const d of readdirSync(root)) {
+    try {
+      const m = JSON.parse(readFileSync(join(root, d, "manifest.json"), "utf8")) as TemplateManifest;
+      out.push({ ...m, valid: m.key === templateKey(cfg, m.shape) && existsSync(m.memoryFile) && existsSync(m.stateFile) });
+    } catch {
+      /* not a template */
+    }
+  }
+  return out;
+}
+
+export function destroyTemplates(cfg: HakoConfig): number {
+  const n = listTemplates(cfg).length;
+  rmSync(cfg.factory.template_path, { recursive: true, force: true });
+  return n;
+}
+
+/** A scratch netns holding a tap per template NIC (QEMU needs a backend to start). */
+async function scratchNetwork(name: string, nics: number): Promise<{ network: VmNetwork | undefined; remove: () => Promise<void> }> {
+  if (nics === 0) return { network: undefined, remove: async () => undefined };
+  await execFileAsync("ip", ["netns", "add", name]);
+  const remove = async (): Promise<void> => void (await execFileAsync("ip", ["netns", "del", name]).catch(() => undefined));
+  try {
+    const list: VmNetwork["nics"] = [];
+    for (let i = 0; i < nics; i++) {
+      const tap = `tap${i}_hako`;
+      await execFileAsync("ip", ["-n", name, "tuntap", "add", "dev", tap, "mode", "tap"]);
+      list.push({ tapName: tap, mac: TEMPLATE_MAC.replace(/00$/, String(i).padStart(2, "0")) });
+    }
+    return { network: { netnsPath: `/var/run/netns/${name}`, nics: list }, remove };
+  } catch (err) {
+    await remove();
+    throw err;
+  }
+}
+
+/** Boots a template VM of this shape, waits for its agent, saves it. Replaces an older one. */
+export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, shape: TemplateShape, log: Logger): Promise<TemplateManifest> {
+  const key = templateKey(cfg, shape);
+  const dir = shapeDir(cfg, key);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const q = cfg.hypervisor.qemu;
+  const m: TemplateManifest = {
+    key,
+    shape,
+    created: new Date().toISOString(),
+    memoryFile: join(dir, "memory"),
+    stateFile: join(dir, "state"),
+    kernelParams: shape.accel === "tcg" ? TEMPLATE_KERNEL_PARAMS_TCG : [],
+    shareTag: "hakoShared",
+  };
+  const shareDir = join(dir, "share");
+  mkdirSync(shareDir);
+  const net = await scratchNetwork(`hako-tpl-${process.pid}`, shape.nics);
+  try {
+    const vm = await hypervisor.start({
+      id: `template-${key}`,
+      runDir: dir,
+      accel: shape.accel,
+      vcpus: shape.vcpus,
+      memoryMiB: shape.memoryMiB,
+      kernel: q.kernel,
+      initrd: q.rootfs_type === "initrd" ? q.initrd : undefined,
+      image: q.rootfs_type === "erofs" ? q.image : undefined,
+      // No hako.share: a mounted 9p export blocks migration; clones mount their own share.
+      kernelParams: m.kernelParams,
+      sharedDirs: [{ tag: m.shareTag, hostPath: shareDir }],
+      consoleLog: join(dir, "console.log"),
+      network: net.network,
+      memoryFile: { path: m.memoryFile, shared: true },
+    });
+    try {
+      const agent = await connectAgentWhenReady(key, vm.agentSocketPath, cfg.agent.dial_timeout * 1000, vm.exited);
+      agent.close();
+      await vm.saveState(m.stateFile);
+    } finally {
+      await vm.stop(2000).catch(() => undefined);
+    }
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw new RuntimeError(Code.INTERNAL, key, `building the VM template failed: ${(err as Error).message}`, { cause: err, hint: "see `hako check`; templating needs QEMU's x-ignore-shared migration" });
+  } finally {
+    await net.remove();
+  }
+  rmSync(shareDir, { recursive: true, force: true });
+  writeFileSync(join(dir, "manifest.json"), JSON.stringify(m, null, 2));
+  log.info({ key, shape }, "VM template ready");
+  return m;
+}
