@@ -263,7 +263,8 @@ describe("a hako pod: two containers in one VM", () => {
     const took = Date.now() - t0;
     const r = await waitExited(stubborn, 5_000);
     assert.equal(r.exitCode, 137);
-    assert.ok(took >= 1_900 && took < 3_500, `StopContainer took ${took} ms`);
+    // 2 s of grace, then SIGKILL and the exit travelling guest → agent → shim → CRI (0.6-1.6 s under TCG).
+    assert.ok(took >= 1_900 && took < 4_000, `StopContainer took ${took} ms`);
     await cri.removeContainer(stubborn);
   });
 });
