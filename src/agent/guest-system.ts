@@ -81,6 +81,19 @@ function pad(n: number): string {
   return String(n).padStart(2, "0");
 }
 
+/**
+ * Mixes host-provided bytes into the kernel's entropy pool (a write to
+ * /dev/urandom mixes without crediting entropy): clones of one template must
+ * not go on with the same RNG state.
+ */
+export function mixEntropy(bytes: Uint8Array): void {
+  try {
+    writeFileSync("/dev/urandom", bytes);
+  } catch {
+    /* no /dev/urandom: nothing to reseed */
+  }
+}
+
 export async function setClock(sec: bigint): Promise<void> {
   if (sec <= 0n) return;
   const d = new Date(Number(sec) * 1000);

@@ -1,5 +1,6 @@
 // A sandbox is one VM: its QEMU process, its agent connection, its share
 // directory and its state directory. Containers run inside it.
+import { randomBytes } from "node:crypto";
 import { mkdirSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { Code } from "../protocols/ttrpc/status.js";
@@ -146,6 +147,7 @@ export class Sandbox {
       hostname: (this.opts.hostname || this.id).slice(0, 63),
       storages: [{ driver: "9p", source: this.share.tag, fstype: "9p", options: this.share.guestMountOptions(), mountPoint: this.share.guestDir }],
       hostTimeUnixNano: BigInt(Date.now()) * 1_000_000n,
+      entropy: randomBytes(64),
     });
     this.mark("sandbox_created");
     this.state.status = "created";
