@@ -2,10 +2,11 @@
 // `ctr run --rm … /bin/true` with the hako shim and with runc, alternated, then
 // the memory of the hako shim (and of its QEMU) while one container runs.
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, rmSync } from "node:fs";
 import { resolve } from "node:path";
 import { performance } from "node:perf_hooks";
-import { importBusybox, pidsMatching, startContainerd, type Containerd } from "../../test/helpers/containerd.js";
+import { importBusybox, startContainerd, type Containerd } from "../../test/helpers/containerd.js";
+import { commandLine, processTable } from "../../test/helpers/processes.js";
 import { shimSocketAddress, socketPathOf } from "../../src/shim/address.js";
 import { stopAfterWindDown, track, untrack } from "./children.js";
 import type { KernelEnv } from "./env.js";
@@ -51,21 +52,6 @@ export interface ContainerdSamples {
   runcMem?: RuncMemSample;
 }
 
-function cmdline(pid: number): string[] {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
-  } catch {
-    return [];
-  }
-}
-
-function ppid(pid: number): number {
-  try {
-    return Number(readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ")[1]);
-  } catch {
-    return -1;
-  }
-}
 
 /** `ctr …` against `c`, spawn → exit, tracked for interruption; rejects on a non-zero exit. */
 function timeCtr(c: Containerd, args: string[]): Promise<{ ms: number; out: string }> {
@@ -113,7 +99,9 @@ function taskStatus(c: Containerd, id: string): Promise<string> {
 
 /** Shim processes serving `c` whose command line names `binary` (containerd-shim-hako-v2 / -runc-v2). */
 function shimPids(c: Containerd, binary: string): number[] {
-  return pidsMatching(c.address).filter((pid) => cmdline(pid).some((a) => a.includes(binary)));
+  return processTable()
+    .filter((p) => p.argv.includes(c.address) && p.argv.some((a) => a.includes(binary)))
+    .map((p) => p.pid);
 }
 
 /** Kills, deletes and forgets a detached task, then waits for its shim to go. */
@@ -198,13 +186,9 @@ export async function runContainerdSection(
       const shims = shimPids(c, "containerd-shim-hako-v2");
       if (shims.length !== 1) throw new Error(`expected one hako shim serving ${c.address}, found ${shims.length}: ${shims.join(", ")}`);
       const shimPid = shims[0]!;
-      const qemus = readdirSync("/proc")
-        .filter((e) => /^\d+$/.test(e))
-        .map(Number)
-        .filter((pid) => {
-          const argv = cmdline(pid);
-          return (argv[0] ?? "").includes("qemu-system") && (ppid(pid) === shimPid || argv.some((a) => a.includes(stateDir)));
-        });
+      const qemus = processTable()
+        .filter((p) => (p.argv[0] ?? "").includes("qemu-system") && (p.ppid === shimPid || p.argv.some((a) => a.includes(stateDir))))
+        .map((p) => p.pid);
       if (qemus.length !== 1) throw new Error(`expected one QEMU for ${id}, found ${qemus.length}: ${qemus.join(", ")}`);
       const qemuPid = qemus[0]!;
       track(qemuPid, "qemu (containerd)");
@@ -259,10 +243,7 @@ export function containerdBaseline(tmp: string, prefix: string): { dirs: Set<str
 }
 
 function allShims(): Array<{ pid: number; argv: string[] }> {
-  return readdirSync("/proc")
-    .filter((e) => /^\d+$/.test(e))
-    .map((e) => ({ pid: Number(e), argv: cmdline(Number(e)) }))
-    .filter((p) => p.argv.some((a) => /containerd-shim-(hako|runc)-v2/.test(a)));
+  return processTable().filter((p) => p.argv.some((a) => /containerd-shim-(hako|runc)-v2/.test(a)));
 }
 
 /**
@@ -272,9 +253,7 @@ function allShims(): Array<{ pid: number; argv: string[] }> {
  * containerd such as a concurrent test run, are not ours).
  */
 export function containerdLeaks(baseline: { dirs: Set<string>; shims: Set<number> }, tmp: string, prefix: string): { paths: string[]; shims: string[] } {
-  const liveCmds = readdirSync("/proc")
-    .filter((e) => /^\d+$/.test(e))
-    .map((e) => cmdline(Number(e)).join(" "));
+  const liveCmds = processTable().map(commandLine);
   const strays = readdirSync(tmp)
     .filter((n) => n.startsWith(prefix))
     .map((n) => `${tmp}/${n}`)

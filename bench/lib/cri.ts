@@ -11,6 +11,7 @@
 //
 // Every pod is stopped and removed through CRI; the leak check (criLeaks)
 // covers what the section made.
+import { NETNS_DIR } from "../../test/helpers/leaks.js";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync } from "node:fs";
 import { readFile } from "node:fs/promises";
@@ -44,7 +45,6 @@ const STARTED_TIMEOUT_MS = 60_000;
 const GONE_TIMEOUT_MS = 60_000;
 /** On interruption the section finishes its current step for at most this long before containerd is stopped. */
 const WIND_DOWN_MS = 60_000;
-const NETNS_DIR = "/var/run/netns";
 const CNI_RESULTS_DIR = "/var/lib/cni/results";
 const RUNC_STATE_DIR = `/run/containerd/runc/${CRI_NAMESPACE}`;
 const CGROUP_V1_ROOT = "/sys/fs/cgroup";

@@ -1,4 +1,5 @@
 // The end-of-run check: nothing the benchmark made may survive it.
+import { commandLine, processTable } from "../../test/helpers/processes.js";
 import { existsSync, readdirSync, readFileSync, rmdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { alive, startedPids } from "./children.js";
@@ -17,18 +18,10 @@ export interface LeakReport {
 }
 
 function qemuProcesses(needles: readonly string[]): string[] {
-  const found: string[] = [];
-  for (const e of readdirSync("/proc")) {
-    if (!/^\d+$/.test(e)) continue;
-    let cmd: string;
-    try {
-      cmd = readFileSync(`/proc/${e}/cmdline`, "utf8").replace(/\0/g, " ").trim();
-    } catch {
-      continue;
-    }
-    if (cmd.includes("qemu-system") && needles.some((n) => cmd.includes(n))) found.push(`${e} ${cmd.slice(0, 160)}`);
-  }
-  return found;
+  return processTable()
+    .map((p) => ({ pid: p.pid, cmd: commandLine(p) }))
+    .filter(({ cmd }) => cmd.includes("qemu-system") && needles.some((n) => cmd.includes(n)))
+    .map(({ pid, cmd }) => `${pid} ${cmd.slice(0, 160)}`);
 }
 
 export interface SectionLeaks {

@@ -7,17 +7,13 @@
 // runc the pause process and the container's processes (the shim is their
 // subreaper), for hako the QEMU it spawned. A hako pod's QEMU is also found by
 // its `-name hako-<pod id>`, which must match the descendant.
-import { readdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { smapsRollup } from "./measure.js";
+import { processTable, type ProcessEntry } from "../../test/helpers/processes.js";
 
-export interface ProcessEntry {
-  pid: number;
-  ppid: number;
-  argv: string[];
-  /** /proc/<pid>/comm. */
-  comm: string;
-}
+export { processTable, type ProcessEntry };
+
 
 export interface PodProcesses {
   shim: ProcessEntry;
@@ -43,29 +39,7 @@ export interface PodMemory {
   processes: ProcessMemory[];
 }
 
-function readProcess(pid: number): ProcessEntry | undefined {
-  try {
-    const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter((a) => a !== "");
-    // comm may hold spaces and parentheses: the fields after it start at the last ") ".
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const ppid = Number(stat.slice(stat.lastIndexOf(") ") + 2).split(" ")[1]);
-    const comm = readFileSync(`/proc/${pid}/comm`, "utf8").trim();
-    return { pid, ppid, argv, comm };
-  } catch {
-    return undefined; // exited meanwhile
-  }
-}
 
-/** Every process of the host, now. */
-export function processTable(): ProcessEntry[] {
-  const out: ProcessEntry[] = [];
-  for (const e of readdirSync("/proc")) {
-    if (!/^\d+$/.test(e)) continue;
-    const p = readProcess(Number(e));
-    if (p) out.push(p);
-  }
-  return out;
-}
 
 /** The value after `flag` in argv ("" if absent). */
 export function flagValue(argv: readonly string[], flag: string): string {

@@ -2,15 +2,16 @@
 // state, sockets and opt dir in a fresh temp dir; our build/bin first on its
 // PATH so `--runtime io.containerd.hako.v2` finds containerd-shim-hako-v2.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { BUSYBOX_REF, busyboxImageTar } from "./oci-image.js";
 import { pidAlive as alive } from "../../src/runtime/state.js";
 import { mountsUnder } from "../../src/resource/mounts.js";
+import { pidsMatching } from "./processes.js";
 
-export { mountsUnder };
+export { mountsUnder, pidsMatching };
 
 export const REPO = resolve(import.meta.dirname, "..", "..");
 export const CONTAINERD_TMP_PREFIX = "hako-test-containerd-";
@@ -105,19 +106,6 @@ function daemonEnv(extra: Record<string, string> | undefined): NodeJS.ProcessEnv
   return { ...env, ...extra };
 }
 
-/** PIDs of processes whose command line contains `needle`. */
-export function pidsMatching(needle: string): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync("/proc")) {
-    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
-    try {
-      if (readFileSync(`/proc/${e}/cmdline`, "utf8").split("\0").includes(needle)) out.push(Number(e));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
-}
 
 
 function runCtr(address: string, namespace: string, args: string[], opts: CtrOptions = {}): Promise<CtrResult> {

@@ -16,6 +16,7 @@ import { spawnSync } from "node:child_process";
 import { importBusybox, startContainerd, type Containerd } from "./containerd.js";
 import { BUSYBOX_REF, PAUSE_CMD, PAUSE_REF } from "./oci-image.js";
 import { ensureTestConfig } from "./hako.js";
+import { listNetns } from "./leaks.js";
 import { CriClient } from "../../src/cli/cri/cri-client.js";
 
 export const CNI_NETWORK = "hako-test-pods";
@@ -25,7 +26,6 @@ export const CNI_SUBNET = "10.217.0.0/24";
 export const CNI_GATEWAY = "10.217.0.1";
 const CNI_BIN_DIR = "/usr/lib/cni";
 const CNI_RESULTS_DIR = "/var/lib/cni/results";
-export const NETNS_DIR = "/var/run/netns";
 
 /** The CNI bridge network of one harness. */
 export interface CniNetwork {
@@ -113,7 +113,7 @@ export function cniResults(network: CniNetwork): string[] {
 
 /** Pod network namespaces CNI created on this host (cni-*). */
 export function cniNetns(): string[] {
-  return existsSync(NETNS_DIR) ? readdirSync(NETNS_DIR).filter((n) => n.startsWith("cni-")) : [];
+  return listNetns().filter((n) => n.startsWith("cni-"));
 }
 
 /**

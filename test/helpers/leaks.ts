@@ -3,6 +3,7 @@ import { readdirSync, readFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { TMP_PREFIX } from "./bundle.js";
+import { commandLine, processTable } from "./processes.js";
 
 export interface Leaks {
   qemu: string[];
@@ -16,29 +17,18 @@ export interface Leaks {
   links: string[];
 }
 
-const NETNS_DIR = "/var/run/netns";
+/** Where `ip netns` and CNI (via containerd) keep named network namespaces. */
+export const NETNS_DIR = "/var/run/netns";
 const SHIM_BUNDLE = join(resolve(import.meta.dirname, "..", ".."), "build", "lib", "hako", "containerd-shim-hako-v2");
 
 export function listNetns(): string[] {
   return existsSync(NETNS_DIR) ? readdirSync(NETNS_DIR).sort() : [];
 }
 
-function cmdlines(): Array<{ pid: number; cmd: string }> {
-  const out: Array<{ pid: number; cmd: string }> = [];
-  for (const e of readdirSync("/proc")) {
-    if (!/^\d+$/.test(e)) continue;
-    try {
-      out.push({ pid: Number(e), cmd: readFileSync(`/proc/${e}/cmdline`, "utf8").replace(/\0/g, " ").trim() });
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
-}
 
 /** Everything under `stateDir` (the test config's runtime.state_dir) that still exists. */
 export function findLeaks(stateDir: string, netnsBefore?: readonly string[]): Leaks {
-  const procs = cmdlines();
+  const procs = processTable().map((p) => ({ pid: p.pid, cmd: commandLine(p) }));
   const qemu = procs.filter((p) => p.cmd.includes("qemu-system") && p.cmd.includes(stateDir)).map((p) => `${p.pid} ${p.cmd.slice(0, 160)}`);
   // Shims of this checkout (another checkout's runs are not ours to judge).
   const shims = procs.filter((p) => p.cmd.includes(SHIM_BUNDLE) && p.pid !== process.pid).map((p) => `${p.pid} ${p.cmd.slice(0, 160)}`);
