@@ -9,7 +9,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { BUSYBOX_REF, busyboxImageTar } from "./oci-image.js";
 import { pidAlive as alive } from "../../src/runtime/state.js";
 import { mountsUnder } from "../../src/resource/mounts.js";
-import { pidsMatching } from "./processes.js";
+import { pidsMatching, runToEnd, type RunResult } from "./processes.js";
 
 export { mountsUnder, pidsMatching };
 
@@ -21,12 +21,7 @@ const RUNC_STATE_ROOT = "/run/containerd/runc";
 /** Keep at most this much daemon output (the tail) for logs(). */
 const LOG_LIMIT = 8 * 1024 * 1024;
 
-export interface CtrResult {
-  status: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: Buffer;
-  stderr: string;
-}
+export type CtrResult = RunResult;
 
 export interface CtrOptions {
   input?: Buffer | string;
@@ -109,28 +104,7 @@ function daemonEnv(extra: Record<string, string> | undefined): NodeJS.ProcessEnv
 
 
 function runCtr(address: string, namespace: string, args: string[], opts: CtrOptions = {}): Promise<CtrResult> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(CTR_BIN, ["--address", address, "--namespace", namespace, ...args], { stdio: ["pipe", "pipe", "pipe"] });
-    const out: Buffer[] = [];
-    let err = "";
-    child.stdout.on("data", (d: Buffer) => out.push(d));
-    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`ctr ${args.join(" ")} timed out after ${opts.timeoutMs ?? 60_000} ms; stderr: ${err}`));
-    }, opts.timeoutMs ?? 60_000);
-    child.on("error", (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on("close", (status, signal) => {
-      clearTimeout(timer);
-      resolvePromise({ status, signal, stdout: Buffer.concat(out), stderr: err });
-    });
-    child.stdin.on("error", () => undefined);
-    if (opts.input !== undefined) child.stdin.end(opts.input);
-    else child.stdin.end();
-  });
+  return runToEnd(CTR_BIN, ["--address", address, "--namespace", namespace, ...args], opts);
 }
 
 /** Starts a private containerd and waits until `ctr version` answers. */

@@ -2,6 +2,7 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { runToEnd, type RunResult } from "./processes.js";
 
 export const REPO = resolve(import.meta.dirname, "..", "..");
 export const HAKO = join(REPO, "build", "bin", "hako");
@@ -26,34 +27,11 @@ export function hakoEnv(): NodeJS.ProcessEnv {
   return { ...process.env, HAKO_CONFIG: ensureTestConfig() };
 }
 
-export interface HakoResult {
-  status: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: Buffer;
-  stderr: string;
-}
+export type HakoResult = RunResult;
 
 /** Runs hako to completion. */
 export function hako(args: string[], opts: { input?: Buffer | string; timeoutMs?: number } = {}): Promise<HakoResult> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(HAKO, args, { env: hakoEnv(), stdio: ["pipe", "pipe", "pipe"] });
-    const out: Buffer[] = [];
-    let err = "";
-    child.stdout.on("data", (d: Buffer) => out.push(d));
-    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`hako ${args.join(" ")} timed out; stderr: ${err}`));
-    }, opts.timeoutMs ?? 120_000);
-    child.on("error", reject);
-    child.on("close", (status, signal) => {
-      clearTimeout(timer);
-      resolvePromise({ status, signal, stdout: Buffer.concat(out), stderr: err });
-    });
-    child.stdin.on("error", () => undefined);
-    if (opts.input !== undefined) child.stdin.end(opts.input);
-    else child.stdin.end();
-  });
+  return runToEnd(HAKO, args, { ...opts, env: hakoEnv(), timeoutMs: opts.timeoutMs ?? 120_000 });
 }
 
 export function hakoSpawn(args: string[]): ChildProcess {

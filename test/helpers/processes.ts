@@ -1,5 +1,6 @@
 // The host's process table from /proc, for tests and benchmarks that look for
 // the QEMUs, shims and daemons they started (and must not leave behind).
+import { spawn } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 
 export interface ProcessEntry {
@@ -42,4 +43,44 @@ export function pidsMatching(needle: string): number[] {
   return processTable()
     .filter((p) => p.argv.includes(needle))
     .map((p) => p.pid);
+}
+
+export interface RunResult {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: Buffer;
+  stderr: string;
+}
+
+export interface RunOptions {
+  input?: Buffer | string;
+  /** SIGKILL and reject after this long (default 60 s). */
+  timeoutMs?: number;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** Runs a program to its end, collecting stdout (bytes) and stderr (text); stdin gets `input` or EOF. */
+export function runToEnd(bin: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
+  const timeoutMs = opts.timeoutMs ?? 60_000;
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(bin, args, { env: opts.env ?? process.env, stdio: ["pipe", "pipe", "pipe"] });
+    const out: Buffer[] = [];
+    let err = "";
+    child.stdout.on("data", (d: Buffer) => out.push(d));
+    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`${bin} ${args.join(" ")} timed out after ${timeoutMs} ms; stderr: ${err}`));
+    }, timeoutMs);
+    child.on("error", (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on("close", (status, signal) => {
+      clearTimeout(timer);
+      resolvePromise({ status, signal, stdout: Buffer.concat(out), stderr: err });
+    });
+    child.stdin.on("error", () => undefined);
+    child.stdin.end(opts.input);
+  });
 }
