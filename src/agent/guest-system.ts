@@ -139,7 +139,6 @@ export function guestDetails(agentVersion: string, readyMs: number): {
   memTotalBytes: bigint;
   onlineCpus: number;
   agentReadyMs: bigint;
-  agentLaunchMs: bigint;
 } {
   return {
     kernelRelease: release(),
@@ -148,6 +147,5 @@ export function guestDetails(agentVersion: string, readyMs: number): {
     memTotalBytes: BigInt(totalmem()),
     onlineCpus: cpus().length,
     agentReadyMs: BigInt(Math.round(readyMs)),
-    agentLaunchMs: agentLaunchMs(),
   };
 }
