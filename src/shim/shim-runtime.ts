@@ -90,6 +90,12 @@ class ShimContainer {
   ) {}
 }
 
+/** What only a real container can do: a pod sandbox has no processes of its own. */
+function refuseOnPodSandbox(c: ShimContainer, action: string): void {
+  if (c.kind === "pod-sandbox")
+    throw new RuntimeError(Code.FAILED_PRECONDITION, c.id, `${c.id} is a pod sandbox with no processes of its own: ${action} one of its containers instead`);
+}
+
 function notFound(id: string, what = "task"): RuntimeError {
   return new RuntimeError(Code.NOT_FOUND, id, `${what} ${id} not found`);
 }
@@ -268,7 +274,6 @@ export class ShimRuntime {
     const p = this.process(id, execId);
     if (p.status !== "created") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `${execId || id} is ${p.status}, not created`);
     if (c.kind === "pod-sandbox") {
-      if (execId) throw new RuntimeError(Code.FAILED_PRECONDITION, id, `${id} is a pod sandbox: exec into one of its containers instead`);
       p.status = "running";
       this.events.start({ containerId: id, pid: this.pidOf(c) });
       return this.pidOf(c);
@@ -336,7 +341,7 @@ export class ShimRuntime {
 
   exec(id: string, execId: string, stdio: StdioPaths, processJson: string): void {
     const c = this.container(id);
-    if (c.kind === "pod-sandbox") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `${id} is a pod sandbox: exec into one of its containers instead`);
+    refuseOnPodSandbox(c, "exec into");
     if (c.execs.has(execId)) throw new RuntimeError(Code.ALREADY_EXISTS, id, `exec ${execId} already exists in ${id}`);
     if (c.init.status !== "running") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `container ${id} is not running`);
     const p = new ShimProcess(id, execId, stdio, processJson);
@@ -382,7 +387,7 @@ export class ShimRuntime {
 
   async pause(id: string): Promise<void> {
     const c = this.container(id);
-    if (c.kind === "pod-sandbox") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `${id} is a pod sandbox: pause its containers instead`);
+    refuseOnPodSandbox(c, "pause");
     if (c.init.status !== "running") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `container ${id} is ${c.init.status}, not running`);
     await c.sandbox.requireAgent().agent.pauseContainer({ containerId: id });
     c.init.status = "paused";
@@ -414,7 +419,7 @@ export class ShimRuntime {
 
   async stats(id: string): Promise<CgroupStatsLike> {
     const c = this.container(id);
-    if (c.kind === "pod-sandbox") throw new RuntimeError(Code.FAILED_PRECONDITION, id, `${id} is a pod sandbox: it has no processes of its own; ask for its containers' stats`);
+    refuseOnPodSandbox(c, "ask for the stats of");
     return c.sandbox.requireAgent().agent.statsContainer({ containerId: id });
   }
 
