@@ -219,8 +219,13 @@ export class ContainerManager {
     c.status = "running";
   }
 
-  /** True if the kernel OOM-killed a process of this container. */
+  /**
+   * True if the kernel OOM-killed a process of this container. Reads the
+   * counter now too: the inotify event can come after the exit under a slow
+   * guest, and the answer must not depend on which the agent saw first.
+   */
   oomKilled(id: string): boolean {
+    this.oom.check(id);
     return this.oom.sawKill(id);
   }
 

@@ -88,6 +88,8 @@ class ShimContainer {
     readonly init: ShimProcess,
     readonly kind: ContainerKind,
   ) {}
+  /** A TaskOOM was published for this container (by the long-poll or the exit path). */
+  oomReported = false;
 }
 
 /** What only a real container can do: a pod sandbox has no processes of its own. */
@@ -221,10 +223,8 @@ export class ShimRuntime {
     while (!closed) {
       try {
         const ev = await agent.agent.getOOMEvent({}, { timeoutMs: 0 });
-        if (this.containers.get(ev.containerId)?.sandbox === sb) {
-          this.log.info({ sandbox: sb.id, container: ev.containerId }, "container OOM-killed in the guest");
-          this.events.oom(ev.containerId);
-        }
+        const c = this.containers.get(ev.containerId);
+        if (c?.sandbox === sb) this.reportOom(c);
       } catch (err) {
         if (closed || sb.agent !== agent) return;
         if (err instanceof TtrpcError && err.code === Code.UNIMPLEMENTED) return;
@@ -232,6 +232,13 @@ export class ShimRuntime {
         await new Promise((r) => setTimeout(r, 500));
       }
     }
+  }
+
+  private reportOom(c: ShimContainer): void {
+    if (c.oomReported && c.init.status === "stopped") return; // the exit path already told
+    c.oomReported = true;
+    this.log.info({ sandbox: c.sandbox.id, container: c.id }, "container OOM-killed in the guest");
+    this.events.oom(c.id);
   }
 
   /** When the VM dies under us, every task in it has exited. */
@@ -290,7 +297,12 @@ export class ShimRuntime {
     const drain = this.startIO(c, p);
     void agent
       .waitProcess({ containerId: id, execId })
-      .then((w) => this.finish(c, p, w.status, drain))
+      .then((w) => {
+        // TaskOOM before TaskExit, whichever the agent noticed first: CRI
+        // reads the reason "OOMKilled" from it once the container has exited.
+        if (w.oomKilled && !c.oomReported) this.reportOom(c);
+        return this.finish(c, p, w.status, drain);
+      })
       .catch((err: unknown) => this.log.debug({ err, container: id, execId }, "WaitProcess ended"));
     const pid = this.pidOf(c);
     if (execId) this.events.execStarted({ containerId: id, execId, pid });
