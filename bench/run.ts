@@ -16,6 +16,7 @@ import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import type { Accel } from "../src/runtime/config.js";
 import { CONTAINERD_TMP_PREFIX } from "../test/helpers/containerd.js";
+import { chartSvgFromResults } from "./lib/chart.js";
 import { killAll } from "./lib/children.js";
 import { containerdBaseline, containerdLeaks, runContainerdSection, type ContainerdSamples } from "./lib/containerd.js";
 import { criLeaks, runCriSection, type CriSamples } from "./lib/cri.js";
@@ -234,6 +235,13 @@ try {
   writeFileSync(file, doc);
   writeFileSync(join(RESULTS_DIR, "latest.json"), doc);
   process.stdout.write(`results: ${file} (and bench/results/latest.json)\n`);
+  // Drawn from the JSON just written, not from the in-memory results, so that
+  // `bench/chart.ts` re-rendering this file later gives the same picture.
+  const svg = chartSvgFromResults(JSON.parse(doc));
+  const svgFile = file.replace(/\.json$/, ".svg");
+  writeFileSync(svgFile, svg);
+  writeFileSync(join(RESULTS_DIR, "latest.svg"), svg);
+  process.stdout.write(`chart: ${svgFile} (and bench/results/latest.svg)\n`);
 } catch (err) {
   log(`bench: FAILED: ${(err as Error).message}`);
   exitCode = 1;

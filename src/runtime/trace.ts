@@ -76,7 +76,8 @@ export function renderTraceText(t: SandboxTrace, width = 40): string {
   return `${lines.join("\n")}\n`;
 }
 
-const xmlEscape = (s: string): string => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+/** Text for an XML text node or a double-quoted attribute (also used by bench/lib/chart.ts). */
+export const xmlEscape = (s: string): string => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 
 /** A Gantt-style SVG of the phases (one row each). */
 export function renderTraceSvg(t: SandboxTrace): string {
