@@ -3,11 +3,13 @@
 // `ctr run` through containerd-shim-hako-v2 against runc ("containerd"
 // section, generic kernel), and Kubernetes pods through containerd's CRI with
 // hako against runc: pod start and host memory per idle pod ("cri" section,
-// generic kernel). See docs/benchmarks.md.
+// generic kernel), and the throughput of a hako pod's hostPath volume (9p)
+// and of its network to the host against a runc pod's ("io" section, generic
+// kernel). See docs/benchmarks.md.
 //
 //   node --import tsx bench/run.ts [--runs N] [--quick] [--warmup N]
 //        [--kernels generic,minimal] [--accel auto|tcg|kvm] [--state-dir DIR]
-//        [--sections boot,containerd,cri] [--pods N]
+//        [--sections boot,containerd,cri,io] [--pods N]
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
@@ -21,6 +23,8 @@ import { killAll } from "./lib/children.js";
 import { containerdBaseline, containerdLeaks, runContainerdSection, type ContainerdSamples } from "./lib/containerd.js";
 import { criLeaks, runCriSection, type CriSamples } from "./lib/cri.js";
 import { criJson, criTables, summarizeCri } from "./lib/cri-report.js";
+import { runIoSection, type IoSamples } from "./lib/throughput.js";
+import { ioJson, ioTable, summarizeIo } from "./lib/throughput-report.js";
 import { KERNELS, setupEnv, teardownEnv, type BenchEnv, type KernelName } from "./lib/env.js";
 import { describeLeaks, findLeaks, hasLeaks, removeEmptyStateDir } from "./lib/leaks.js";
 import { measureCliStartup, measureFloor, measureHakoRun, measureSandbox } from "./lib/measure.js";
@@ -37,8 +41,8 @@ import {
 
 const RESULTS_DIR = resolve(import.meta.dirname, "results");
 const MIN_RUNS = 5;
-const SECTIONS = ["boot", "containerd", "cri"] as const;
-/** The containerd and cri sections run with this kernel only. */
+const SECTIONS = ["boot", "containerd", "cri", "io"] as const;
+/** The containerd, cri and io sections run with this kernel only. */
 const CONTAINERD_KERNEL: KernelName = "generic";
 const DEFAULT_PODS = 10;
 
@@ -60,8 +64,9 @@ if (opts.help) {
   process.stdout.write(
     "usage: node --import tsx bench/run.ts [--runs N (≥5, default 5)] [--quick (N=5)] [--warmup N (default 1)]\n" +
       "       [--kernels generic,minimal] [--accel auto|tcg|kvm] [--state-dir /run/hako-bench]\n" +
-      "       [--sections boot,containerd,cri] (boot: floor/hako run/sandbox per kernel; containerd: ctr run hako vs runc, generic kernel;\n" +
-      "        cri: CRI pod start hako vs runc and host PSS of --pods N idle pods per runtime (default 10), generic kernel)\n",
+      "       [--sections boot,containerd,cri,io] (boot: floor/hako run/sandbox per kernel; containerd: ctr run hako vs runc, generic kernel;\n" +
+      "        cri: CRI pod start hako vs runc and host PSS of --pods N idle pods per runtime (default 10), generic kernel;\n" +
+      "        io: MB/s of dd write/read on a hostPath volume (9p for hako) and of TCP pod → host, hako pod vs runc pod, generic kernel)\n",
   );
   process.exit(0);
 }
@@ -83,10 +88,11 @@ if (sections.size === 0) fail("--sections: nothing to run");
 const doBoot = sections.has("boot");
 const doContainerd = sections.has("containerd");
 const doCri = sections.has("cri");
+const doIo = sections.has("io");
 const pods = Number(opts.pods);
 if (!Number.isInteger(pods) || pods < 1) fail("--pods must be an integer ≥ 1");
-// The environment (configs, probe) covers the boot section's kernels plus the generic one for containerd and cri.
-const envKernels = KERNELS.filter((k) => (doBoot && kernels.includes(k)) || ((doContainerd || doCri) && k === CONTAINERD_KERNEL));
+// The environment (configs, probe) covers the boot section's kernels plus the generic one for containerd, cri and io.
+const envKernels = KERNELS.filter((k) => (doBoot && kernels.includes(k)) || ((doContainerd || doCri || doIo) && k === CONTAINERD_KERNEL));
 if (envKernels.length === 0) fail("--kernels: nothing to run");
 const accel = opts.accel as Accel;
 if (!["auto", "tcg", "kvm"].includes(accel)) fail("--accel must be auto, tcg or kvm");
@@ -191,9 +197,20 @@ try {
     if (interrupted) throw new Error("interrupted");
   }
 
+  let ioSamples: IoSamples | undefined;
+  let ioMs = 0;
+  if (doIo) {
+    const tc = performance.now();
+    const k = env.kernels.find((x) => x.kernel === CONTAINERD_KERNEL)!;
+    ioSamples = await runIoSection(k, { runs, warmup, workDir: env.tmpDir }, log, () => interrupted);
+    ioMs = performance.now() - tc;
+    if (interrupted) throw new Error("interrupted");
+  }
+
   const results = bootKernels.map((k) => summarizeKernel(k, samples.get(k.kernel)!));
   const ctrd = ctrdSamples ? summarizeContainerd(ctrdSamples) : undefined;
   const cri = criSamples ? summarizeCri(criSamples) : undefined;
+  const io = ioSamples ? summarizeIo(ioSamples) : undefined;
   const durationMs = performance.now() - t0;
   const hakoRun = results.find((r) => r.kernel === CONTAINERD_KERNEL)?.summaries.run?.median;
   const out = [
@@ -201,10 +218,12 @@ try {
     ...(results.length > 1 ? [comparisonTable(results)] : []),
     ...(ctrd ? [containerdTable(ctrd, hakoRun)] : []),
     ...(cri ? [criTables(cri)] : []),
+    ...(io ? [ioTable(io)] : []),
   ].join("\n\n");
   const parts = [`setup + boot section ${(bootMs / 1000).toFixed(1)} s`];
   if (ctrd) parts.push(`containerd section ${(ctrdMs / 1000).toFixed(1)} s`);
   if (cri) parts.push(`cri section ${(criMs / 1000).toFixed(1)} s`);
+  if (io) parts.push(`io section ${(ioMs / 1000).toFixed(1)} s`);
   const split = parts.length > 1 ? ` (${parts.join(", ")})` : "";
   process.stdout.write(`\n${out}\n\nwhole benchmark: ${(durationMs / 1000).toFixed(1)} s${split}\n`);
 
@@ -214,7 +233,7 @@ try {
     runs,
     warmup,
     sections: [...sections],
-    sectionMs: { setupAndBoot: Math.round(bootMs), containerd: Math.round(ctrdMs), cri: Math.round(criMs) },
+    sectionMs: { setupAndBoot: Math.round(bootMs), containerd: Math.round(ctrdMs), cri: Math.round(criMs), io: Math.round(ioMs) },
     ...(doCri ? { pods } : {}),
     host: {
       cpu: cpus()[0]?.model ?? "",
@@ -230,7 +249,7 @@ try {
   mkdirSync(RESULTS_DIR, { recursive: true });
   const ignore = join(RESULTS_DIR, ".gitignore");
   if (!existsSync(ignore) || !readFileSync(ignore, "utf8").includes("!.gitignore")) writeFileSync(ignore, "*\n!.gitignore\n");
-  const doc = JSON.stringify(resultJson(meta, results, ctrd, cri ? { cri: criJson(cri) } : {}), null, 2) + "\n";
+  const doc = JSON.stringify(resultJson(meta, results, ctrd, { ...(cri ? { cri: criJson(cri) } : {}), ...(io ? { io: ioJson(io) } : {}) }), null, 2) + "\n";
   const file = join(RESULTS_DIR, `run-${startedAt.toISOString().replace(/[:.]/g, "-")}.json`);
   writeFileSync(file, doc);
   writeFileSync(join(RESULTS_DIR, "latest.json"), doc);
@@ -258,7 +277,7 @@ try {
     log(`bench: LEAKED after the benchmark:\n  ${describeLeaks(leaks)}`);
     exitCode = 3;
   } else {
-    log(`bench: leak check: no QEMU, shim, sandbox, mount, containerd dir${doCri ? ", pod netns, CNI cache entry, bridge" : ""} or temp dir left behind`);
+    log(`bench: leak check: no QEMU, shim, sandbox, mount, containerd dir${doCri || doIo ? ", pod netns, CNI cache entry, bridge" : ""} or temp dir left behind`);
   }
 }
 process.exit(interrupted && exitCode !== 3 ? 130 : exitCode);

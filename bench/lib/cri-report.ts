@@ -2,9 +2,10 @@
 import { HANDLERS, type CriSamples, type DensitySample, type Handler, type PodStartSample } from "./cri.js";
 import { round, summarize, type Summary } from "./stats.js";
 
-type Unit = "ms" | "MiB" | "x";
-type LabelledSummary = Summary & { label: string; unit: Unit };
-type Summaries = Record<string, LabelledSummary>;
+// Exported for the io section's report (throughput-report.ts), which prints its tables alike.
+export type Unit = "ms" | "MiB" | "MB/s" | "x";
+export type LabelledSummary = Summary & { label: string; unit: Unit };
+export type Summaries = Record<string, LabelledSummary>;
 
 export interface CriDensityResult {
   pods: number;
@@ -31,7 +32,7 @@ export interface CriResult {
   samples: CriSamples;
 }
 
-function entry(label: string, unit: Unit, values: readonly number[]): LabelledSummary {
+export function entry(label: string, unit: Unit, values: readonly number[]): LabelledSummary {
   return { ...summarize(values), label, unit };
 }
 
@@ -117,9 +118,9 @@ export function summarizeCri(s: CriSamples): CriResult {
   };
 }
 
-function fmt(x: number, unit: string): string {
+export function fmt(x: number, unit: string): string {
   if (!Number.isFinite(x)) return "n/a";
-  return unit === "x" ? `${x.toFixed(2)}x` : unit === "MiB" ? x.toFixed(1) : x.toFixed(0);
+  return unit === "x" ? `${x.toFixed(2)}x` : unit === "MiB" || unit === "MB/s" ? x.toFixed(1) : x.toFixed(0);
 }
 
 /** MiB with an explicit sign: "−3679.2", "+179.1". */
@@ -131,15 +132,15 @@ function pad(s: string, n: number, right = false): string {
   return right ? s.padStart(n) : s.padEnd(n);
 }
 
-const W = 60;
+export const W = 60;
 
-function rows(summaries: Summaries): string[] {
+export function rows(summaries: Summaries): string[] {
   return Object.values(summaries).map(
     (s) => `${pad(s.label, W)}${pad(s.unit, 6)}${pad(fmt(s.median, s.unit), 10, true)}${pad(fmt(s.min, s.unit), 10, true)}${pad(fmt(s.max, s.unit), 10, true)}`,
   );
 }
 
-function header(title: string): string[] {
+export function header(title: string): string[] {
   return [title, `${pad("metric", W)}${pad("unit", 6)}${pad("median", 10, true)}${pad("min", 10, true)}${pad("max", 10, true)}`, "-".repeat(W + 36)];
 }
 
@@ -171,7 +172,7 @@ export function criTables(r: CriResult): string {
   return `${start.join("\n")}\n\n${mem.join("\n")}`;
 }
 
-function roundSummaries(summaries: Summaries): Record<string, unknown> {
+export function roundSummaries(summaries: Summaries): Record<string, unknown> {
   return Object.fromEntries(
     Object.entries(summaries).map(([k, s]) => [k, { label: s.label, unit: s.unit, n: s.n, median: round(s.median, 3), min: round(s.min, 3), max: round(s.max, 3) }]),
   );

@@ -21,7 +21,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { CriClient } from "../../src/cli/cri/cri-client.js";
 import { shimSocketAddress, socketPathOf } from "../../src/shim/address.js";
 import { cniResults, startCriContainerd, type CniNetwork, type CriContainerd } from "../../test/helpers/cri-containerd.js";
-import { containerConfig, podConfig, type PodConfig } from "../../test/helpers/cri-specs.js";
+import { containerConfig, podConfig, type ContainerExtra, type PodConfig } from "../../test/helpers/cri-specs.js";
 import { stopAfterWindDown, track, untrack } from "./children.js";
 import type { KernelEnv } from "./env.js";
 import { memAvailableMiB, podMemory, podProcesses, processesInCgroupsOf, processTable, qemusOf, shimsServing, type PodMemory } from "./pod-processes.js";
@@ -58,6 +58,8 @@ export const criMade = {
   containerIds: [] as string[],
   /** The pods' network namespaces (/var/run/netns/cni-*), from PodSandboxStatus. */
   netns: [] as string[],
+  /** The CNI networks of the sections' containerds (their bridges and cached results). */
+  networks: [] as CniNetwork[],
 };
 
 export interface PodStartSample {
@@ -104,16 +106,19 @@ export interface CriSectionOptions {
   workDir: string;
 }
 
-interface Ctx {
+/** One section's private CRI containerd and what its pods need. */
+export interface CriCtx {
   c: CriContainerd;
   cri: CriClient;
   logRoot: string;
   /** Prefix of every pod name of this run. */
   prefix: string;
+  /** The section's name in log lines ("cri", "io"). */
+  section: string;
   log: (s: string) => void;
 }
 
-interface StartedPod {
+export interface StartedPod {
   handler: Handler;
   name: string;
   podId: string;
@@ -140,7 +145,7 @@ async function waitForStartedLine(path: string, timeoutMs: number): Promise<void
 }
 
 /** Stops and removes the pod, then waits until its shim and QEMU are gone; returns the ms it took. */
-async function removePod(ctx: Ctx, podId: string): Promise<number> {
+export async function removePod(ctx: CriCtx, podId: string): Promise<number> {
   const t0 = performance.now();
   await ctx.cri.stopPodSandbox(podId);
   await ctx.cri.removePodSandbox(podId);
@@ -157,9 +162,14 @@ async function removePod(ctx: Ctx, podId: string): Promise<number> {
 /**
  * Starts one pod with one container and times it (see PodStartSample); the
  * pod is left running. On failure the pod is removed before the error is
- * passed on.
+ * passed on. `mounts` are the container's volumes (the io section's hostPath).
  */
-async function startPod(ctx: Ctx, handler: Handler, name: string): Promise<{ pod: StartedPod; sample: Omit<PodStartSample, "teardownMs"> }> {
+export async function startPod(
+  ctx: CriCtx,
+  handler: Handler,
+  name: string,
+  mounts: ContainerExtra["mounts"] = [],
+): Promise<{ pod: StartedPod; sample: Omit<PodStartSample, "teardownMs"> }> {
   const logDir = join(ctx.logRoot, name);
   mkdirSync(logDir, { recursive: true });
   const podCfg: PodConfig = podConfig({ name, uid: `${name}-uid`, hostname: name, logDir });
@@ -168,7 +178,7 @@ async function startPod(ctx: Ctx, handler: Handler, name: string): Promise<{ pod
   const t1 = performance.now();
   criMade.podIds.push(podId);
   try {
-    const containerId = await ctx.cri.createContainer(podId, containerConfig(CONTAINER_NAME, CONTAINER_COMMAND, { image: ctx.c.busybox, logPath: LOG_NAME }), podCfg);
+    const containerId = await ctx.cri.createContainer(podId, containerConfig(CONTAINER_NAME, CONTAINER_COMMAND, { image: ctx.c.busybox, logPath: LOG_NAME, mounts }), podCfg);
     const t2 = performance.now();
     criMade.containerIds.push(containerId);
     await ctx.cri.startContainer(containerId);
@@ -178,13 +188,13 @@ async function startPod(ctx: Ctx, handler: Handler, name: string): Promise<{ pod
     // Outside the timed part: where CNI put the pod, for the leak check.
     const netns = await netnsOf(ctx.cri, podId);
     if (netns) criMade.netns.push(netns);
-    else ctx.log(`bench: cri: pod ${podId} (${handler}): no network namespace path in PodSandboxStatus`);
+    else ctx.log(`bench: ${ctx.section}: pod ${podId} (${handler}): no network namespace path in PodSandboxStatus`);
     return {
       pod: { handler, name, podId, containerId },
       sample: { runPodSandboxMs: t1 - t0, createContainerMs: t2 - t1, startContainerMs: t3 - t2, logLineMs: t4 - t3, totalMs: t4 - t0 },
     };
   } catch (err) {
-    await removePod(ctx, podId).catch((e: Error) => ctx.log(`bench: cri: removing pod ${podId} after a failed start: ${e.message}`));
+    await removePod(ctx, podId).catch((e: Error) => ctx.log(`bench: ${ctx.section}: removing pod ${podId} after a failed start: ${e.message}`));
     throw err;
   }
 }
@@ -193,7 +203,7 @@ function fmtMs(ms: number): string {
   return `${ms.toFixed(0)} ms`;
 }
 
-async function measurePodStarts(ctx: Ctx, s: CriSamples, o: CriSectionOptions, stop: () => boolean): Promise<void> {
+async function measurePodStarts(ctx: CriCtx, s: CriSamples, o: CriSectionOptions, stop: () => boolean): Promise<void> {
   for (let i = -o.warmup; i < o.runs && !stop(); i++) {
     const tag = i < 0 ? `warm-up ${i + o.warmup + 1}/${o.warmup}` : `run ${i + 1}/${o.runs}`;
     const line: string[] = [];
@@ -211,7 +221,7 @@ async function measurePodStarts(ctx: Ctx, s: CriSamples, o: CriSectionOptions, s
 }
 
 /** Starts `count` pods of `handler` one after the other, lets them idle, reads their memory, removes them. */
-async function measureDensity(ctx: Ctx, handler: Handler, count: number, stop: () => boolean): Promise<DensitySample> {
+async function measureDensity(ctx: CriCtx, handler: Handler, count: number, stop: () => boolean): Promise<DensitySample> {
   const sample: DensitySample = {
     handler,
     pods: count,
@@ -255,65 +265,72 @@ async function measureDensity(ctx: Ctx, handler: Handler, count: number, stop: (
  * dir go through `hako delete --force`, and netns of our pods that survived
  * containerd are deleted.
  */
-async function teardown(ctx: Ctx, k: KernelEnv): Promise<void> {
+async function teardown(ctx: CriCtx, k: KernelEnv): Promise<void> {
   try {
     const pods = await ctx.cri.listPodSandbox(undefined, { timeoutMs: 30_000 });
     for (const p of pods.filter((x) => (x.metadata?.name ?? "").startsWith(`${ctx.prefix}-`))) {
       if (!criMade.podIds.includes(p.id)) criMade.podIds.push(p.id);
-      ctx.log(`bench: cri: pod ${p.id} (${p.metadata?.name}) still there: stop + remove`);
-      await removePod(ctx, p.id).catch((e: Error) => ctx.log(`bench: cri: ${e.message}`));
+      ctx.log(`bench: ${ctx.section}: pod ${p.id} (${p.metadata?.name}) still there: stop + remove`);
+      await removePod(ctx, p.id).catch((e: Error) => ctx.log(`bench: ${ctx.section}: ${e.message}`));
     }
   } catch (err) {
-    ctx.log(`bench: cri: listing pods at the end: ${(err as Error).message}`);
+    ctx.log(`bench: ${ctx.section}: listing pods at the end: ${(err as Error).message}`);
   }
   ctx.cri.close();
   await ctx.c.stop();
   const sbDir = join(k.config.runtime.state_dir, "sandboxes");
   for (const id of existsSync(sbDir) ? readdirSync(sbDir).filter((n) => criMade.podIds.includes(n)) : []) {
-    ctx.log(`bench: cri: sandbox ${id} left by its shim: hako delete --force`);
+    ctx.log(`bench: ${ctx.section}: sandbox ${id} left by its shim: hako delete --force`);
     spawnSync(HAKO_BIN, ["--config", k.configFile, "delete", "--force", id], { stdio: "ignore", timeout: 60_000 });
   }
   for (const ns of criMade.netns.filter((p) => existsSync(p))) {
-    ctx.log(`bench: cri: netns ${ns} of our pod outlived containerd: ip netns delete`);
+    ctx.log(`bench: ${ctx.section}: netns ${ns} of our pod outlived containerd: ip netns delete`);
     spawnSync("ip", ["netns", "delete", ns.slice(NETNS_DIR.length + 1)], { stdio: "ignore" });
   }
 }
 
-/** Runs the section; `log` gets one line per sample. */
-export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s: string) => void, stop: () => boolean): Promise<CriSamples> {
-  if (existsSync(`/sys/class/net/${CRI_NETWORK.bridge}`)) {
-    throw new Error(`bridge ${CRI_NETWORK.bridge} exists: another benchmark's CRI network, or a leak from an earlier one`);
+/**
+ * Runs `body` against a private CRI containerd on `network` (refused if its
+ * bridge exists: another run's, or a leak), then tears everything down
+ * (teardown above), also when `body` throws or the benchmark is interrupted.
+ * What it makes goes into criMade for criLeaks. Shared by the cri and io
+ * sections; each has a network of its own.
+ */
+export async function withCriContainerd<T>(
+  k: KernelEnv,
+  network: CniNetwork,
+  section: string,
+  workDir: string,
+  log: (s: string) => void,
+  body: (ctx: CriCtx, version: { name: string; version: string }) => Promise<T>,
+): Promise<T> {
+  if (existsSync(`/sys/class/net/${network.bridge}`)) {
+    throw new Error(`bridge ${network.bridge} exists: another benchmark's ${section} network, or a leak from an earlier one`);
   }
-  const logRoot = join(o.workDir, "cri-logs");
+  const logRoot = join(workDir, `${section}-logs`);
   mkdirSync(logRoot, { recursive: true });
-  const c = await startCriContainerd({ hakoConfig: k.configFile, network: CRI_NETWORK });
+  criMade.networks.push(network);
+  const c = await startCriContainerd({ hakoConfig: k.configFile, network });
   criMade.dirs.push(c.dir);
   criMade.addresses.push(c.address);
   const containerdPid = c.pid();
-  track(containerdPid, "containerd (cri)");
-  const ctx: Ctx = { c, cri: new CriClient(c.criAddress, { defaultTimeoutMs: CALL_TIMEOUT_MS }), logRoot, prefix: `bench-${process.pid}`, log };
+  track(containerdPid, `containerd (${section})`);
+  const ctx: CriCtx = {
+    c,
+    cri: new CriClient(c.criAddress, { defaultTimeoutMs: CALL_TIMEOUT_MS }),
+    logRoot,
+    prefix: `bench-${process.pid}-${section}`,
+    section,
+    log,
+  };
   let stopping: Promise<void> | undefined;
   const stopOnce = (): Promise<void> => (stopping ??= teardown(ctx, k));
   // On interruption: let the section notice stop() and wind down (bounded), then stop containerd.
   const sectionOver = stopAfterWindDown(stopOnce, WIND_DOWN_MS);
   try {
-    const version = await ctx.cri.version();
-    const s: CriSamples = {
-      containerdVersion: version.runtimeVersion,
-      kernel: k.kernel,
-      accel: k.probe.accel,
-      network: `${CRI_NETWORK.bridge} ${CRI_NETWORK.subnet}`,
-      podStart: { hako: [], runc: [] },
-      density: {},
-    };
-    log(`bench: cri: ${version.runtimeName} ${version.runtimeVersion} (pid ${containerdPid}, ${c.dir}), network ${s.network}, hako config ${k.configFile}`);
-    log(`bench: cri: pod start: ${o.runs} runs + ${o.warmup} warm-up, alternating ${HANDLERS.join(" and ")}; then ${o.pods} idle pods per runtime`);
-    await measurePodStarts(ctx, s, o, stop);
-    for (const handler of HANDLERS) {
-      if (stop()) break;
-      s.density[handler] = await measureDensity(ctx, handler, o.pods, stop);
-    }
-    return s;
+    const v = await ctx.cri.version();
+    log(`bench: ${section}: ${v.runtimeName} ${v.runtimeVersion} (pid ${containerdPid}, ${c.dir}), network ${network.bridge} ${network.subnet}, hako config ${k.configFile}`);
+    return await body(ctx, { name: v.runtimeName, version: v.runtimeVersion });
   } finally {
     await stopOnce();
     untrack(containerdPid);
@@ -321,12 +338,33 @@ export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s:
   }
 }
 
+/** Runs the section; `log` gets one line per sample. */
+export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s: string) => void, stop: () => boolean): Promise<CriSamples> {
+  return withCriContainerd(k, CRI_NETWORK, "cri", o.workDir, log, async (ctx, v) => {
+    const s: CriSamples = {
+      containerdVersion: v.version,
+      kernel: k.kernel,
+      accel: k.probe.accel,
+      network: `${CRI_NETWORK.bridge} ${CRI_NETWORK.subnet}`,
+      podStart: { hako: [], runc: [] },
+      density: {},
+    };
+    log(`bench: cri: pod start: ${o.runs} runs + ${o.warmup} warm-up, alternating ${HANDLERS.join(" and ")}; then ${o.pods} idle pods per runtime`);
+    await measurePodStarts(ctx, s, o, stop);
+    for (const handler of HANDLERS) {
+      if (stop()) break;
+      s.density[handler] = await measureDensity(ctx, handler, o.pods, stop);
+    }
+    return s;
+  });
+}
+
 /**
- * What the section may have left: its containerd dir, the netns, CNI cache
+ * What the cri and io sections may have left: their containerd dirs, the netns, CNI cache
  * entries, runc state dirs, cgroups (runc's /k8s.io/<id> in each v1
- * hierarchy) and shim sockets of its pods and containers, the bridge; shims
- * serving its containerd, QEMUs named after its pods, and processes in the
- * cgroups of its containers. `qemuNames` are for findLeaks' QEMU scan.
+ * hierarchy) and shim sockets of their pods and containers, their bridges; shims
+ * serving their containerds, QEMUs named after their pods, and processes in the
+ * cgroups of their containers. `qemuNames` are for findLeaks' QEMU scan.
  */
 export function criLeaks(): { paths: string[]; processes: string[]; qemuNames: string[] } {
   if (criMade.addresses.length === 0) return { paths: [], processes: [], qemuNames: [] };
@@ -334,8 +372,7 @@ export function criLeaks(): { paths: string[]; processes: string[]; qemuNames: s
   const paths = [
     ...criMade.dirs,
     ...criMade.netns,
-    `/sys/class/net/${CRI_NETWORK.bridge}`,
-    ...cniResults(CRI_NETWORK),
+    ...criMade.networks.flatMap((n) => [`/sys/class/net/${n.bridge}`, ...cniResults(n)]),
     ...criMade.podIds.map((id) => join(CNI_RESULTS_DIR, `cni-loopback-${id}-lo`)),
     ...ids.map((id) => join(RUNC_STATE_DIR, id)),
     ...(existsSync(CGROUP_V1_ROOT) ? readdirSync(CGROUP_V1_ROOT) : []).flatMap((hierarchy) => ids.map((id) => join(CGROUP_V1_ROOT, hierarchy, CRI_NAMESPACE, id))),
