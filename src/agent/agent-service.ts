@@ -10,6 +10,7 @@ import type { TtrpcServer } from "../protocols/ttrpc/server.js";
 import { ContainerManager } from "./containers.js";
 import { addNeighbors, updateInterface, updateRoutes } from "./guest-network.js";
 import { agentLaunchMs, guestDetails, mixEntropy, mountStorage, setClock, setDns, setHostname, unmount, type StorageSpec } from "./guest-system.js";
+import { warmUp } from "./warm-up.js";
 import { AGENT_PROTOCOL_VERSION, AGENT_VERSION } from "./version.js";
 
 const MAX_READ = 1024 * 1024;
@@ -141,6 +142,11 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
     async setGuestDateTime(req) {
       await setClock(req.sec);
       return {};
+    },
+    async prepareTemplate() {
+      const ms = await warmUp();
+      log.info({ ms }, "warmed up for a template");
+      return { warmUpMs: Math.round(ms) };
     },
     async getOOMEvent(_req, ctx) {
       return { containerId: await containers.oom.next(ctx.signal) };

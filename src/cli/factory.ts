@@ -3,7 +3,7 @@
 import { createHypervisor } from "../hypervisor/index.js";
 import { chooseAccel } from "../runtime/accel.js";
 import { ConfigError } from "../runtime/errors.js";
-import { createTemplate, destroyTemplates, listTemplates, type TemplateShape } from "../runtime/factory.js";
+import { createTemplate, destroyTemplates, listTemplates, pruneStaleTemplates, type TemplateShape } from "../runtime/factory.js";
 import { requireGuestAssets, setup, type GlobalOptions } from "./common.js";
 
 /** Builds the templates for the configured default size: without a NIC (`hako run`) and with one (pods). */
@@ -12,6 +12,8 @@ export async function factoryInit(opts: GlobalOptions): Promise<void> {
   if (!cfg.factory.enable_template)
     throw new ConfigError("templating is off in this configuration", { hint: "set [factory] enable_template = true (the shim and hako run only clone when it is on)" });
   requireGuestAssets(cfg);
+  const stale = pruneStaleTemplates(cfg);
+  if (stale.length > 0) process.stdout.write(`removed ${stale.length} stale template(s): ${stale.join(", ")}\n`);
   const accel = (await chooseAccel(cfg, log)).accel;
   const q = cfg.hypervisor.qemu;
   for (const nics of [0, 1]) {

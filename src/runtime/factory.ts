@@ -95,6 +95,30 @@ export function listTemplates(cfg: HakoConfig): Array<TemplateManifest & { valid
   return out;
 }
 
+/** A directory without a manifest this old is a build that died (a build writes its manifest last). */
+const ABANDONED_BUILD_MS = 10 * 60_000;
+
+/**
+ * Removes templates that no longer match the configuration or assets (each
+ * holds its guest RAM on tmpfs, hundreds of MiB) and builds that died; returns
+ * what it removed. `hako factory init` runs it first.
+ */
+export function pruneStaleTemplates(cfg: HakoConfig, now = Date.now()): string[] {
+  const root = cfg.factory.template_path;
+  if (!existsSync(root)) return [];
+  const valid = new Set(listTemplates(cfg).filter((t) => t.valid).map((t) => t.key));
+  const removed: string[] = [];
+  for (const d of readdirSync(root)) {
+    const dir = join(root, d);
+    if (valid.has(d)) continue;
+    const hasManifest = existsSync(join(dir, "manifest.json"));
+    if (!hasManifest && now - statSync(dir).mtimeMs < ABANDONED_BUILD_MS) continue;
+    rmSync(dir, { recursive: true, force: true });
+    removed.push(d);
+  }
+  return removed;
+}
+
 export function destroyTemplates(cfg: HakoConfig): number {
   const n = listTemplates(cfg).length;
   rmSync(cfg.factory.template_path, { recursive: true, force: true });
@@ -158,7 +182,13 @@ export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, sh
     });
     try {
       const agent = await connectAgentWhenReady(key, vm.agentSocketPath, cfg.agent.dial_timeout * 1000, vm.exited);
-      agent.close();
+      try {
+        // Clones resume what the template's agent compiled: run a pod start's paths once.
+        const { warmUpMs } = await agent.agent.prepareTemplate({}, { timeoutMs: 60_000 });
+        log.info({ key, warmUpMs }, "template agent warmed up");
+      } finally {
+        agent.close();
+      }
       await vm.saveState(m.stateFile);
     } finally {
       await vm.stop(2000).catch(() => undefined);
