@@ -9,15 +9,19 @@ import type { SandboxState } from "./state.js";
 /** Traces kept per state dir (oldest removed first). */
 export const MAX_TRACES = 50;
 
-/** Timeline marks in the order they happen, and what the phase ending at each one is. */
-const PHASES: ReadonlyArray<{ mark: string; label: string }> = [
+/**
+ * Timeline marks in the order they happen, and what the phase ending at each
+ * one is. A phase with `from` began at that mark (it ran concurrently with
+ * the phase before it) rather than at the previous mark.
+ */
+const PHASES: ReadonlyArray<{ mark: string; label: string; from?: string }> = [
   { mark: "config", label: "config: accelerator, state dir, share" },
   { mark: "network_attached", label: "netns scan + taps + tc filters" },
   { mark: "vmm_started", label: "QEMU spawn → running (QMP)" },
   { mark: "guest_kernel_booted", label: "guest kernel boot → agent launched" },
   { mark: "agent_ready", label: "agent start (node) → health check answered" },
   { mark: "guest_network", label: "guest network (UpdateInterface/Routes/ARP)" },
-  { mark: "sandbox_created", label: "CreateSandbox (hostname, clock, mounts)" },
+  { mark: "sandbox_created", label: "CreateSandbox (hostname, clock, mounts)", from: "agent_ready" },
   { mark: "container_created", label: "first container: share rootfs + CreateContainer" },
   { mark: "container_started", label: "first container: StartContainer (crun run)" },
   { mark: "container_exited", label: "container runs until it exits" },
@@ -56,9 +60,10 @@ export function traceFromState(st: Pick<SandboxState, "id" | "created" | "accel"
   let prev = 0;
   for (const p of PHASES) {
     const t = tl[p.mark];
-    if (t === undefined || t < prev) continue;
-    phases.push({ name: p.mark, label: p.label, startMs: prev, endMs: t });
-    prev = t;
+    const start = p.from !== undefined && tl[p.from] !== undefined ? Math.min(tl[p.from]!, prev) : prev;
+    if (t === undefined || t < start) continue;
+    phases.push({ name: p.mark, label: p.label, startMs: start, endMs: t });
+    prev = Math.max(prev, t);
   }
   return { id: st.id, created: st.created, accel: st.accel ?? "", phases, totalMs: prev };
 }

@@ -23,7 +23,7 @@ test("phases run from mark to mark; the guest's launch uptime splits kernel boot
       ["guest_kernel_booted", 110, 1520],
       ["agent_ready", 1520, 3500],
       ["guest_network", 3500, 3780],
-      ["sandbox_created", 3780, 3800],
+      ["sandbox_created", 3500, 3800],
       ["container_created", 3800, 4400],
       ["container_started", 4400, 4900],
     ],
