@@ -56,6 +56,8 @@ export interface VmSpec {
   memoryFile?: { path: string; shared: boolean };
   /** Restore the device state saved from a template (needs a private memoryFile) instead of booting. */
   restoreState?: string;
+  /** TCG translation cache in MiB instead of the configured tb_size (clones: not part of the saved state). */
+  tcgCacheMiB?: number;
 }
 
 export interface VmExit {

@@ -44,6 +44,8 @@ export interface RuntimeConfig {
 export interface FactoryConfig {
   enable_template: boolean;
   template_path: string;
+  /** TCG translation cache (MiB) of a VM cloned from a template (not part of the migrated state). */
+  clone_tb_size: number;
 }
 
 export interface HakoConfig {
@@ -91,6 +93,7 @@ const RUNTIME_FIELDS: Record<keyof RuntimeConfig, FieldSpec> = {
 const FACTORY_FIELDS: Record<keyof FactoryConfig, FieldSpec> = {
   enable_template: { kind: "bool" },
   template_path: { kind: "string" },
+  clone_tb_size: { kind: "int", min: 8, max: 2048 },
 };
 
 export function defaultConfig(): HakoConfig {
@@ -103,7 +106,7 @@ export function defaultConfig(): HakoConfig {
         image: "",
         rootfs_type: "initrd",
         machine_type: "microvm",
-        cpu_model: "qemu64",
+        cpu_model: "qemu64,+arat",
         default_vcpus: 1,
         default_memory: 512,
         kernel_params: "",
@@ -118,7 +121,7 @@ export function defaultConfig(): HakoConfig {
     },
     agent: { dial_timeout: 60, debug: false },
     runtime: { state_dir: "/run/hako", log_level: "warn", internetworking_model: "tcfilter" },
-    factory: { enable_template: false, template_path: "/run/hako/template" },
+    factory: { enable_template: false, template_path: "/run/hako/template", clone_tb_size: 32 },
     source: "",
   };
 }

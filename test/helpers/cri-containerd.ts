@@ -43,6 +43,8 @@ export interface StartCriContainerdOptions {
   hakoConfig?: string;
   /** Default: TEST_NETWORK. */
   network?: CniNetwork;
+  /** More hako runtime handlers: name → their ConfigPath (e.g. "hako-template" with templating on). */
+  extraHakoHandlers?: Record<string, string>;
 }
 
 export interface CriContainerd extends Containerd {
@@ -74,7 +76,7 @@ function cniConfList(network: CniNetwork, ipamDir: string): string {
   );
 }
 
-function criToml(dir: string, hakoConfig: string, network: CniNetwork): string {
+function criToml(dir: string, hakoConfig: string, network: CniNetwork, extraHakoHandlers: Record<string, string> = {}): string {
   const cniConf = join(dir, "cni", "net.d");
   mkdirSync(cniConf, { recursive: true });
   writeFileSync(join(cniConf, `10-${network.name}.conflist`), cniConfList(network, join(dir, "cni", "ipam")));
@@ -92,6 +94,12 @@ function criToml(dir: string, hakoConfig: string, network: CniNetwork): string {
     '      runtime_type = "io.containerd.hako.v2"',
     '      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hako.options]',
     `        ConfigPath = ${s(hakoConfig)}`,
+    ...Object.entries(extraHakoHandlers).flatMap(([name, config]) => [
+      `    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${s(name)}]`,
+      '      runtime_type = "io.containerd.hako.v2"',
+      `      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${s(name)}.options]`,
+      `        ConfigPath = ${s(config)}`,
+    ]),
     '  [plugins."io.containerd.grpc.v1.cri".cni]',
     `    bin_dir = ${s(CNI_BIN_DIR)}`,
     `    conf_dir = ${s(cniConf)}`,
@@ -142,7 +150,7 @@ export async function startCriContainerd(opts: StartCriContainerdOptions = {}): 
   const network = opts.network ?? TEST_NETWORK;
   const c = await startContainerd({
     namespace: "k8s.io",
-    criConfig: (dir) => criToml(dir, hakoConfig, network),
+    criConfig: (dir) => criToml(dir, hakoConfig, network, opts.extraHakoHandlers),
     afterStop: () => removeTestNetwork(network),
   });
   const criAddress = `unix://${c.address}`;

@@ -43,7 +43,7 @@ test("microvm + tcg: exact argv with virtio-mmio devices", () => {
     "-name", "hako-sb1",
     "-machine", "microvm",
     "-accel", "tcg,tb-size=64",
-    "-cpu", "qemu64",
+    "-cpu", "qemu64,+arat",
     "-m", "512M",
     "-smp", "1",
     "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none",
@@ -240,5 +240,9 @@ test("templating: a template's RAM is a shared file; a clone maps it privately a
   const clone = buildQemuArgs(spec({ memoryFile: { path: "/run/t/memory", shared: false }, restoreState: "/run/t/state" }), qemuCfg(), paths, { hostTscKhz: 1000 });
   assert.ok(clone.includes("memory-backend-file,id=mem,size=512M,mem-path=/run/t/memory,share=off"));
   assert.deepEqual(clone.slice(clone.indexOf("-incoming"), clone.indexOf("-incoming") + 2), ["-incoming", "defer"]);
+  // The translation cache is not migrated: a clone may have a smaller one than the template.
+  const small = buildQemuArgs(spec({ memoryFile: { path: "/run/t/memory", shared: false }, restoreState: "/run/t/state", tcgCacheMiB: 32 }), qemuCfg(), paths, { hostTscKhz: 1000 });
+  assert.equal(small[small.indexOf("-accel") + 1], "tcg,tb-size=32");
+  assert.equal(clone[clone.indexOf("-accel") + 1], "tcg,tb-size=64");
   assert.throws(() => buildQemuArgs(spec({ restoreState: "/run/t/state" }), qemuCfg(), paths, { hostTscKhz: 1000 }), /needs a private memory file/);
 });

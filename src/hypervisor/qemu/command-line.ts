@@ -151,7 +151,8 @@ export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, 
   const e = qemuEscape;
 
   const args: string[] = ["-name", `hako-${e(spec.id)}`];
-  args.push(...machineArgs(machine, transport, spec.accel, qemu, spec.acpi ?? kernelWantsAcpi(spec.kernel)));
+  const tcg = spec.tcgCacheMiB !== undefined ? { ...qemu, tb_size: spec.tcgCacheMiB } : qemu;
+  args.push(...machineArgs(machine, transport, spec.accel, tcg, spec.acpi ?? kernelWantsAcpi(spec.kernel)));
   args.push("-m", `${spec.memoryMiB}M`, "-smp", String(spec.vcpus));
   if (spec.memoryFile) {
     const m = args.indexOf("-machine");
