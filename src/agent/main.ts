@@ -38,20 +38,24 @@ async function waitForPort(name: string, timeoutMs: number): Promise<string> {
   }
 }
 
-/** Serves one host connection on the port; resolves when the host side closes. */
-async function serveOnce(server: TtrpcServer, path: string): Promise<void> {
-  const fd = openSync(path, "r+");
+/**
+ * Serves one host connection on the open port; resolves when the host side
+ * closes (reads then return EOF until a host connects again), or with
+ * "error" when the port itself failed.
+ */
+async function serveOnce(server: TtrpcServer, fd: number): Promise<"closed" | "error"> {
   const readable = createReadStream("", { fd, autoClose: false, highWaterMark: 256 * 1024 });
   const writable = createWriteStream("", { fd, autoClose: false });
   const handle = server.serve(Duplex.from({ readable, writable }));
-  readable.on("error", () => handle.close());
-  writable.on("error", () => handle.close());
+  let failed = false;
+  const fail = (): void => {
+    failed = true;
+    handle.close();
+  };
+  readable.on("error", fail);
+  writable.on("error", fail);
   await handle.closed;
-  try {
-    closeSync(fd);
-  } catch {
-    /* already closed */
-  }
+  return failed ? "error" : "closed";
 }
 
 async function main(): Promise<void> {
@@ -61,9 +65,24 @@ async function main(): Promise<void> {
   registerAgentServices(server, log, () => readyMs);
   readyMs = uptimeSec() * 1000;
   log.info({ port, readyMs }, "hako-agent serving");
+  // The port stays open across host connections: closing it discards what
+  // the guest has not read yet, and a new host (a restarted shim, or the
+  // first one of a VM cloned from a template, which may still see the
+  // template builder's hang-up) can have sent its first request already.
+  let fd = openSync(port, "r+");
   for (;;) {
-    await serveOnce(server, port);
-    // The host closed its end; wait for it to come back (e.g. a restarted shim).
+    const how = await serveOnce(server, fd);
+    if (how === "error") {
+      try {
+        closeSync(fd);
+      } catch {
+        /* already closed */
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      fd = openSync(port, "r+");
+      continue;
+    }
+    // The host hung up: reads return EOF until one connects again.
     await new Promise((r) => setTimeout(r, 100));
   }
 }
