@@ -25,7 +25,15 @@ export interface ChartFigure {
   unit: string;
   /** One line under the title: what was measured, how many samples. */
   note?: string;
+  /** Targets this figure is judged by, one line under the note ("template ≤ 3× runc: 16.7×", met or not). */
+  targets?: ChartTarget[];
   bars: ChartBar[];
+}
+
+export interface ChartTarget {
+  text: string;
+  /** undefined: not measured in this run. */
+  met: boolean | undefined;
 }
 
 export interface ChartHeading {
@@ -184,6 +192,22 @@ function containerdFigures(section: unknown): ChartFigure[] {
   return out;
 }
 
+/** The cri section's targets (`cri.targets`) judged on the figure of `metric`: "template ≤ 3× runc: 16.7×". */
+function criTargets(section: JsonObject, metric: string): ChartTarget[] {
+  const targets = Array.isArray(section.targets) ? section.targets.filter(isObject) : [];
+  return targets
+    .filter((t) => t.metric === metric && text(t.short) !== "")
+    .map((t) => {
+      const value = isFiniteNumber(t.value) ? (t.unit === "x" ? formatRatio(t.value) : `${formatNumber(t.value)} ${text(t.unit)}`) : "n/a";
+      return { text: `${text(t.short)}: ${value}`, met: typeof t.met === "boolean" ? t.met : undefined };
+    });
+}
+
+/** The figure with its targets, when it has any. */
+function withTargets(f: ChartFigure | undefined, targets: ChartTarget[]): ChartFigure | undefined {
+  return f && targets.length > 0 ? { ...f, targets } : f;
+}
+
 /** Cri section: pod start, and per idle pod its PSS and the start of one more pod, for every handler the run had. */
 function criFigures(section: unknown): ChartFigure[] {
   if (!isObject(section)) return [];
@@ -195,9 +219,17 @@ function criFigures(section: unknown): ChartFigure[] {
   const podStart = start.get("pod_start_*");
   const podPss = memory.get("*_pod_pss");
   const loadedStart = memory.get("*_pod_start");
+  // Every handler but runc runs its pods in VMs (hako, hako-template).
+  const vmHandlers = (bars: readonly ChartBar[]): string => bars.filter((b) => !b.baseline).map((b) => b.label).join(", ");
   return [
-    handlerFigure("CRI pod start (RunPodSandbox → container's first log line)", "ms", podStart, (bars) => joinNote(samplesNote(bars, podStart, "runs"), where(section))),
-    handlerFigure("PSS per idle pod", "MiB", podPss, (bars) => `${idle}, hako: shim + QEMU, runc: shim + pause + container; ${samplesNote(bars, podPss, "pods")}`),
+    withTargets(
+      handlerFigure("CRI pod start (RunPodSandbox → container's first log line)", "ms", podStart, (bars) => joinNote(samplesNote(bars, podStart, "runs"), where(section))),
+      criTargets(section, "pod_start"),
+    ),
+    withTargets(
+      handlerFigure("PSS per idle pod", "MiB", podPss, (bars) => `${idle}; ${vmHandlers(bars)}: shim + QEMU, runc: shim + pause + container; ${samplesNote(bars, podPss, "pods")}`),
+      criTargets(section, "pod_pss"),
+    ),
     handlerFigure("CRI pod start while the other pods idle", "ms", loadedStart, (bars) => `${idle}; ${samplesNote(bars, loadedStart, "pods")}`),
   ].filter((f): f is ChartFigure => f !== undefined);
 }
@@ -327,9 +359,27 @@ function layoutFor(figures: readonly ChartFigure[]): Layout {
   return { labelW, plotX, plotW: WIDTH - plotX - VALUE_W - MARGIN };
 }
 
-/** Panel-relative y of the first bar row: below the title, and the note when there is one. */
+/** Panel-relative y of the note's baseline, and of the targets' (below the note when there is one). */
+const NOTE_Y = 32;
+function targetsY(f: ChartFigure): number {
+  return f.note ? 46 : 32;
+}
+
+/** Panel-relative y of the first bar row: below the title, the note and the targets line, as far as there are. */
 function barsTopOf(f: ChartFigure): number {
-  return f.note ? 40 : 26;
+  return 26 + (f.note ? 14 : 0) + (f.targets && f.targets.length > 0 ? 14 : 0);
+}
+
+const TARGET_FILL = { met: "#2e7d32", missed: "#c62828", unknown: "#777" };
+
+/** "targets: a: 0.44× NOT met  b: 16.7× NOT met", each coloured by its verdict. */
+function renderTargets(f: ChartFigure): string {
+  const parts = (f.targets ?? []).map((t, i) => {
+    const [fill, word] = t.met === undefined ? [TARGET_FILL.unknown, "not measured"] : t.met ? [TARGET_FILL.met, "met"] : [TARGET_FILL.missed, "NOT met"];
+    // dx, not spaces: SVG collapses the space between the text and its tspans.
+    return `<tspan fill="${fill}" dx="${i > 0 ? 10 : 6}">${esc(`${t.text} ${word}`)}</tspan>`;
+  });
+  return `<text class="targets" x="${MARGIN}" y="${targetsY(f)}" font-size="11" fill="#555">targets:${parts.join("")}</text>`;
 }
 
 function panelHeight(f: ChartFigure): number {
@@ -354,7 +404,8 @@ function renderPanel(f: ChartFigure, y: number, layout: Layout): string {
     `<rect x="${MARGIN / 2}" y="0" width="${WIDTH - MARGIN}" height="${panelHeight(f)}" rx="4" fill="#f8f8f8" stroke="#e0e0e0"/>`,
     `<text x="${MARGIN}" y="17" font-size="13" font-weight="bold">${esc(truncate(f.title, Math.floor((WIDTH - 2 * MARGIN) / 7.5)))}</text>`,
   ];
-  if (f.note) out.push(`<text x="${MARGIN}" y="32" font-size="11" fill="#555">${esc(truncate(f.note, Math.floor((WIDTH - 2 * MARGIN) / 6.2)))}</text>`);
+  if (f.note) out.push(`<text x="${MARGIN}" y="${NOTE_Y}" font-size="11" fill="#555">${esc(truncate(f.note, Math.floor((WIDTH - 2 * MARGIN) / 6.2)))}</text>`);
+  if (f.targets && f.targets.length > 0) out.push(renderTargets(f));
   const ticks = Math.round(axis.top / axis.step);
   for (let t = 0; t <= ticks; t++) {
     const v = t * axis.step;

@@ -1,5 +1,5 @@
 // The cri section's summaries, tables and JSON (see bench/lib/cri.ts).
-import { HANDLERS, type CriSamples, type DensitySample, type Handler, type PodStartSample } from "./cri.js";
+import { HANDLERS, TEMPLATE_HANDLER, type CriSamples, type DensitySample, type Handler, type PodStartSample } from "./cri.js";
 import { round, summarize, type Summary } from "./stats.js";
 
 // Exported for the io section's report (throughput-report.ts), which prints its tables alike.
@@ -17,19 +17,58 @@ export interface CriDensityResult {
   memAvailableAfterMiB: number;
 }
 
+/** One of the issue's targets, judged on this run's medians. */
+export interface CriTarget {
+  /** What is compared with what, e.g. "hako-template pod start ≤ 0.25 × hako pod start". */
+  name: string;
+  /** The same in a few words, for the chart's notes ("template ≤ 0.25× cold"). */
+  short: string;
+  /** The figure the chart notes it under: "pod_start" or "pod_pss" (the summary keys' metric). */
+  metric: "pod_start" | "pod_pss";
+  /** How the value came about ("1980 ms / 4512 ms", "median of 10 pods"). */
+  detail: string;
+  value: number;
+  limit: number;
+  unit: "x" | "MiB";
+  /** undefined when a figure it needs was not measured (an interrupted run). */
+  met: boolean | undefined;
+}
+
 export interface CriResult {
   containerdVersion: string;
   kernel: string;
   accel: string;
   network: string;
+  templateInitMs: number;
   /** Pod start table. */
   start: Summaries;
   /** median(hako) / median(runc) of the pod start. */
   startRatioOfMedians: number;
+  /** Every START_RATIOS pair as median / median, keyed "hako-template/hako". */
+  startRatiosOfMedians: Record<string, number>;
   /** Idle pods table. */
   memory: Summaries;
   density: Partial<Record<Handler, CriDensityResult>>;
+  targets: CriTarget[];
   samples: CriSamples;
+}
+
+/** The pod-start ratios reported, [numerator, denominator]: each hako handler against runc, and templated against cold. */
+const START_RATIOS: ReadonlyArray<readonly [Handler, Handler]> = [
+  ["hako", "runc"],
+  [TEMPLATE_HANDLER, "runc"],
+  [TEMPLATE_HANDLER, "hako"],
+];
+
+/** The issue's limits: a templated pod starts in a quarter of a cold one's time and within 3 × runc's; idle pods' host PSS. */
+const TEMPLATE_START_VS_COLD = 0.25;
+const TEMPLATE_START_VS_RUNC = 3;
+const TEMPLATE_PSS_MIB = 90;
+const COLD_PSS_MIB = 150;
+
+/** One value per handler, typed so that adding a handler makes every such table say what it holds. */
+function perHandler<T>(f: (h: Handler) => T): Record<Handler, T> {
+  return { hako: f("hako"), "hako-template": f("hako-template"), runc: f("runc") };
 }
 
 export function entry(label: string, unit: Unit, values: readonly number[]): LabelledSummary {
@@ -38,11 +77,14 @@ export function entry(label: string, unit: Unit, values: readonly number[]): Lab
 
 function startSummaries(s: CriSamples): Summaries {
   const out: Summaries = {};
-  const phase = (key: keyof PodStartSample): Record<Handler, number[]> => ({ hako: s.podStart.hako.map((x) => x[key]), runc: s.podStart.runc.map((x) => x[key]) });
+  const phase = (key: keyof PodStartSample): Record<Handler, number[]> => perHandler((h) => s.podStart[h].map((x) => x[key]));
   const total = phase("totalMs");
   for (const h of HANDLERS) out[`pod_start_${h}`] = entry(`${h}: pod start (RunPodSandbox → "started" logged)`, "ms", total[h]);
-  const n = Math.min(total.hako.length, total.runc.length);
-  out.ratio_hako_runc = entry("ratio hako / runc (paired)", "x", [...Array(n).keys()].map((i) => total.hako[i]! / total.runc[i]!));
+  // Paired: the handlers' starts of one run follow each other, so they share that moment's host load.
+  for (const [a, b] of START_RATIOS) {
+    const n = Math.min(total[a].length, total[b].length);
+    out[`ratio_${a}_${b}`] = entry(`ratio ${a} / ${b} (paired)`, "x", [...Array(n).keys()].map((i) => total[a][i]! / total[b][i]!));
+  }
   const phases: Array<[keyof PodStartSample, string]> = [
     ["runPodSandboxMs", "RunPodSandbox"],
     ["createContainerMs", "CreateContainer"],
@@ -66,16 +108,18 @@ function rolePss(d: DensitySample, role: "qemu" | "shim" | "pause" | "container"
 
 function memorySummaries(s: CriSamples): Summaries {
   const out: Summaries = {};
-  const hako = s.density.hako;
-  const runc = s.density.runc;
-  if (hako) {
-    out.hako_pod_pss = entry(`hako pod PSS (shim + QEMU), ${hako.pods} idle pods`, "MiB", hako.perPod.map((p) => p.pssMiB));
-    out.hako_qemu_pss = entry("  its QEMU PSS", "MiB", rolePss(hako, "qemu"));
-    out.hako_qemu_pss_anon = entry("    of which anonymous (Pss_Anon: guest RAM, TCG cache)", "MiB", rolePss(hako, "qemu", "pssAnonMiB"));
-    out.hako_shim_pss = entry("  its shim PSS", "MiB", rolePss(hako, "shim"));
-    out.hako_pod_rss = entry("hako pod RSS (shim + QEMU)", "MiB", hako.perPod.map((p) => p.rssMiB));
-    out.hako_pod_start = entry("hako pod start while the others idle", "ms", hako.startMs);
+  for (const h of HANDLERS) {
+    const d = s.density[h];
+    if (!d || h === "runc") continue;
+    // A clone's Pss_Anon is the guest RAM it wrote since the restore; the template's pages it only read are shared.
+    out[`${h}_pod_pss`] = entry(`${h} pod PSS (shim + QEMU), ${d.pods} idle pods`, "MiB", d.perPod.map((p) => p.pssMiB));
+    out[`${h}_qemu_pss`] = entry("  its QEMU PSS", "MiB", rolePss(d, "qemu"));
+    out[`${h}_qemu_pss_anon`] = entry("    of which anonymous (Pss_Anon: guest RAM, TCG cache)", "MiB", rolePss(d, "qemu", "pssAnonMiB"));
+    out[`${h}_shim_pss`] = entry("  its shim PSS", "MiB", rolePss(d, "shim"));
+    out[`${h}_pod_rss`] = entry(`${h} pod RSS (shim + QEMU)`, "MiB", d.perPod.map((p) => p.rssMiB));
+    out[`${h}_pod_start`] = entry(`${h} pod start while the others idle`, "ms", d.startMs);
   }
+  const runc = s.density.runc;
   if (runc) {
     out.runc_pod_pss = entry(`runc pod PSS (shim + pause + container), ${runc.pods} idle pods`, "MiB", runc.perPod.map((p) => p.pssMiB));
     out.runc_shim_pss = entry("  its shim PSS", "MiB", rolePss(runc, "shim"));
@@ -98,22 +142,51 @@ function densityResult(d: DensitySample): CriDensityResult {
   };
 }
 
+/** A summary's median, NaN when the table lacks it (that handler was not measured). */
+const medianOf = (t: Summaries, key: string): number => t[key]?.median ?? NaN;
+
+function target(name: string, short: string, metric: CriTarget["metric"], detail: string, value: number, limit: number, unit: CriTarget["unit"]): CriTarget {
+  return { name, short, metric, detail, value, limit, unit, met: Number.isFinite(value) ? value <= limit : undefined };
+}
+
+/** The issue's targets, from the medians (as the boot section's verdict): the paired ratios are in the table above them. */
+function targets(start: Summaries, memory: Summaries): CriTarget[] {
+  const tpl = medianOf(start, `pod_start_${TEMPLATE_HANDLER}`);
+  const cold = medianOf(start, "pod_start_hako");
+  const runc = medianOf(start, "pod_start_runc");
+  const ms = (x: number): string => `${fmt(x, "ms")} ms`;
+  const tplPss = memory[`${TEMPLATE_HANDLER}_pod_pss`];
+  const coldPss = memory.hako_pod_pss;
+  const pods = (x: LabelledSummary | undefined): string => `median of ${x?.n ?? 0} pods`;
+  return [
+    target(`${TEMPLATE_HANDLER} pod start ≤ ${TEMPLATE_START_VS_COLD} × hako (cold) pod start`, `template ≤ ${TEMPLATE_START_VS_COLD}× cold`, "pod_start", `${ms(tpl)} / ${ms(cold)}`, tpl / cold, TEMPLATE_START_VS_COLD, "x"),
+    target(`${TEMPLATE_HANDLER} pod start ≤ ${TEMPLATE_START_VS_RUNC} × runc pod start`, `template ≤ ${TEMPLATE_START_VS_RUNC}× runc`, "pod_start", `${ms(tpl)} / ${ms(runc)}`, tpl / runc, TEMPLATE_START_VS_RUNC, "x"),
+    target(`${TEMPLATE_HANDLER} PSS per idle pod (QEMU + shim) ≤ ${TEMPLATE_PSS_MIB} MiB`, `template ≤ ${TEMPLATE_PSS_MIB} MiB`, "pod_pss", pods(tplPss), tplPss?.median ?? NaN, TEMPLATE_PSS_MIB, "MiB"),
+    target(`hako (cold) PSS per idle pod (QEMU + shim) ≤ ${COLD_PSS_MIB} MiB`, `cold ≤ ${COLD_PSS_MIB} MiB`, "pod_pss", pods(coldPss), coldPss?.median ?? NaN, COLD_PSS_MIB, "MiB"),
+  ];
+}
+
 export function summarizeCri(s: CriSamples): CriResult {
   const start = startSummaries(s);
+  const memory = memorySummaries(s);
   const density: CriResult["density"] = {};
   for (const h of HANDLERS) {
     const d = s.density[h];
     if (d) density[h] = densityResult(d);
   }
+  const startRatiosOfMedians = Object.fromEntries(START_RATIOS.map(([a, b]) => [`${a}/${b}`, medianOf(start, `pod_start_${a}`) / medianOf(start, `pod_start_${b}`)]));
   return {
     containerdVersion: s.containerdVersion,
     kernel: s.kernel,
     accel: s.accel,
     network: s.network,
+    templateInitMs: s.templateInitMs,
     start,
-    startRatioOfMedians: start.pod_start_hako!.median / start.pod_start_runc!.median,
-    memory: memorySummaries(s),
+    startRatioOfMedians: medianOf(start, "pod_start_hako") / medianOf(start, "pod_start_runc"),
+    startRatiosOfMedians,
+    memory,
     density,
+    targets: targets(start, memory),
     samples: s,
   };
 }
@@ -144,19 +217,42 @@ export function header(title: string): string[] {
   return [title, `${pad("metric", W)}${pad("unit", 6)}${pad("median", 10, true)}${pad("min", 10, true)}${pad("max", 10, true)}`, "-".repeat(W + 36)];
 }
 
-/** The two tables: pod start, then idle pods' memory. */
+/** "met", "NOT MET", or why there is no verdict. */
+function verdict(t: CriTarget): string {
+  return t.met === undefined ? "not measured" : t.met ? "met" : "NOT MET";
+}
+
+/** The targets block: each target with its measured value, its limit and the verdict. */
+function targetLines(r: CriResult): string[] {
+  const width = Math.max(...r.targets.map((t) => t.name.length));
+  return [
+    "== cri: targets (medians of this run) ==",
+    ...r.targets.map((t) => {
+      const shown = !Number.isFinite(t.value) ? "n/a" : t.unit === "x" ? fmt(t.value, "x") : `${fmt(t.value, "MiB")} MiB`;
+      const value = `${t.detail} = ${shown}`;
+      const limit = t.unit === "x" ? `${t.limit}x` : `${t.limit} MiB`;
+      return `${pad(t.name, width)}  ${pad(value, 28, true)}  limit ${pad(limit, 7)}  ${verdict(t)}`;
+    }),
+  ];
+}
+
+/** The tables: pod start, idle pods' memory, then the targets. */
 export function criTables(r: CriResult): string {
-  const hako = r.start.pod_start_hako!.median;
-  const runc = r.start.pod_start_runc!.median;
+  const startLines = START_RATIOS.map(([a, b]) => {
+    const [x, y] = [medianOf(r.start, `pod_start_${a}`), medianOf(r.start, `pod_start_${b}`)];
+    return `pod start, medians: ${a} ${fmt(x, "ms")} ms / ${b} ${fmt(y, "ms")} ms = ${fmt(x / y, "x")} (${a} − ${b} = ${fmt(x - y, "ms")} ms)`;
+  });
   const start = [
-    ...header(`== cri: pod start, containerd ${r.containerdVersion} (CRI, kernel ${r.kernel}, accel ${r.accel}), ${r.start.pod_start_hako!.n} runs ==`),
+    ...header(`== cri: pod start, containerd ${r.containerdVersion} (CRI, kernel ${r.kernel}, accel ${r.accel}), ${r.start.pod_start_hako?.n ?? 0} runs ==`),
     ...rows(r.start),
     "-".repeat(W + 36),
-    `pod start, medians: hako ${fmt(hako, "ms")} ms / runc ${fmt(runc, "ms")} ms = ${fmt(r.startRatioOfMedians, "x")} (hako − runc = ${fmt(hako - runc, "ms")} ms)`,
+    ...startLines,
+    `${TEMPLATE_HANDLER}: its templates were built first (hako factory init, not part of any pod start): ${fmt(r.templateInitMs, "ms")} ms`,
   ];
   const d = r.density;
-  const podsNote = [d.hako, d.runc].filter((x) => x !== undefined).map((x) => x.pods);
-  const mem = [...header(`== cri: host memory of idle pods (${podsNote.join(" / ")} pods, PSS after ${((d.hako ?? d.runc)?.settleMs ?? 0) / 1000} s idle) ==`), ...rows(r.memory), "-".repeat(W + 36)];
+  const measured = HANDLERS.flatMap((h) => (d[h] ? [d[h]] : []));
+  const podsNote = measured.map((x) => x.pods);
+  const mem = [...header(`== cri: host memory of idle pods (${podsNote.join(" / ")} pods, PSS after ${(measured[0]?.settleMs ?? 0) / 1000} s idle) ==`), ...rows(r.memory), "-".repeat(W + 36)];
   for (const h of HANDLERS) {
     const x = d[h];
     if (!x) continue;
@@ -166,10 +262,12 @@ export function criTables(r: CriResult): string {
         `${fmt(x.memAvailableSettledMiB, "MiB")} with the pods (${signed(change)}, ${signed(change / Math.max(x.pods, 1))} per pod) → ${fmt(x.memAvailableAfterMiB, "MiB")} after teardown`,
     );
   }
-  const hp = r.memory.hako_pod_pss?.median;
-  const rp = r.memory.runc_pod_pss?.median;
-  if (hp !== undefined && rp !== undefined) mem.push(`per-pod PSS, medians: hako ${fmt(hp, "MiB")} MiB / runc ${fmt(rp, "MiB")} MiB = ${fmt(hp / rp, "x")}`);
-  return `${start.join("\n")}\n\n${mem.join("\n")}`;
+  // The same pairs as the pod start's, as far as both handlers had idle pods.
+  for (const [a, b] of START_RATIOS) {
+    const [x, y] = [r.memory[`${a}_pod_pss`]?.median, r.memory[`${b}_pod_pss`]?.median];
+    if (x !== undefined && y !== undefined) mem.push(`per-pod PSS, medians: ${a} ${fmt(x, "MiB")} MiB / ${b} ${fmt(y, "MiB")} MiB = ${fmt(x / y, "x")}`);
+  }
+  return `${start.join("\n")}\n\n${mem.join("\n")}\n\n${targetLines(r).join("\n")}`;
 }
 
 export function roundSummaries(summaries: Summaries): Record<string, unknown> {
@@ -197,10 +295,14 @@ export function criJson(r: CriResult): unknown {
     kernel: r.kernel,
     accel: r.accel,
     network: r.network,
+    templateInitMs: Math.round(r.templateInitMs),
     startRatioOfMedians: round(r.startRatioOfMedians, 3),
+    startRatiosOfMedians: Object.fromEntries(Object.entries(r.startRatiosOfMedians).map(([k, v]) => [k, round(v, 3)])),
     start: roundSummaries(r.start),
     memory: roundSummaries(r.memory),
     density,
+    // JSON.stringify drops an undefined field: null says "not measured" explicitly.
+    targets: r.targets.map((t) => ({ ...t, value: round(t.value, 3), met: t.met ?? null })),
     samples: r.samples,
   };
 }

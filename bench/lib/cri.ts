@@ -1,13 +1,17 @@
 // The "cri" section: what Kubernetes sees. One private containerd with the
-// CRI plugin (test/helpers/cri-containerd.ts: runtime handlers `hako` and
-// `runc`, a CNI bridge of the benchmark's own, busybox and pause imported),
-// driven over CRI by our client as kubelet would:
+// CRI plugin (test/helpers/cri-containerd.ts: runtime handlers `hako`,
+// `hako-template` (the same configuration with VM templating on) and `runc`,
+// a CNI bridge of the benchmark's own, busybox and pause imported), driven
+// over CRI by our client as kubelet would:
 //
-// 1. pod start, hako vs runc alternated: RunPodSandbox + CreateContainer +
-//    StartContainer of `sh -c 'echo started; exec sleep 3600'`, until the
-//    CRI log file holds the line "started" (the container's process ran);
-// 2. host memory of N idle pods: N hako pods, then N runc pods, each pod's
-//    PSS summed over its shim and the shim's descendants.
+// 0. `hako factory init` builds the templates `hako-template` pods are
+//    restored from (bench/lib/template.ts; destroyed in the teardown);
+// 1. pod start, the three handlers alternated: RunPodSandbox +
+//    CreateContainer + StartContainer of `sh -c 'echo started; exec sleep
+//    3600'`, until the CRI log file holds the line "started" (the
+//    container's process ran);
+// 2. host memory of N idle pods per handler, one handler after the other,
+//    each pod's PSS summed over its shim and the shim's descendants.
 //
 // Every pod is stopped and removed through CRI; the leak check (criLeaks)
 // covers what the section made.
@@ -24,13 +28,20 @@ import { cniResults, startCriContainerd, type CniNetwork, type CriContainerd } f
 import { containerConfig, podConfig, type ContainerExtra, type PodConfig } from "../../test/helpers/cri-specs.js";
 import { stopAfterWindDown, track, untrack } from "./children.js";
 import type { KernelEnv } from "./env.js";
+import { destroyTemplates, initTemplates, templateLeaks } from "./template.js";
 import { memAvailableMiB, podMemory, podProcesses, processesInCgroupsOf, processTable, qemusOf, shimsServing, type PodMemory } from "./pod-processes.js";
 
 /** Not the tests' network (hakotest0, 10.217.0.0/24): a `make test` may run beside the benchmark. */
 export const CRI_NETWORK: CniNetwork = { name: "hako-bench-pods", bridge: "hakobench0", subnet: "10.218.0.0/24", gateway: "10.218.0.1" };
 const CRI_NAMESPACE = "k8s.io";
-export const HANDLERS = ["hako", "runc"] as const;
+/** Cold hako pods, hako pods restored from a VM template, and the baseline. */
+export const HANDLERS = ["hako", "hako-template", "runc"] as const;
 export type Handler = (typeof HANDLERS)[number];
+/** The io section's: its two pods stay up for the whole section, so how a hako pod started does not matter there. */
+export const IO_HANDLERS = ["hako", "runc"] as const;
+export type IoHandler = (typeof IO_HANDLERS)[number];
+/** The handler whose pods are cloned from the templates of the kernel's templating configuration. */
+export const TEMPLATE_HANDLER: Handler = "hako-template";
 /** The container writes this line first: its presence in the CRI log means the process ran. */
 export const STARTED_MARKER = "started";
 export const CONTAINER_COMMAND = ["sh", "-c", `echo ${STARTED_MARKER}; exec sleep 3600`];
@@ -93,6 +104,8 @@ export interface CriSamples {
   kernel: string;
   accel: string;
   network: string;
+  /** How long `hako factory init` took (before any pod start). */
+  templateInitMs: number;
   podStart: Record<Handler, PodStartSample[]>;
   density: Partial<Record<Handler, DensitySample>>;
 }
@@ -116,6 +129,8 @@ export interface CriCtx {
   /** The section's name in log lines ("cri", "io"). */
   section: string;
   log: (s: string) => void;
+  /** Run by the teardown after containerd has stopped (no pod left to use them), also on failure or interruption. */
+  afterStop: Array<() => Promise<void>>;
 }
 
 export interface StartedPod {
@@ -244,7 +259,7 @@ async function measureDensity(ctx: CriCtx, handler: Handler, count: number, stop
     await sleep(SETTLE_MS);
     sample.memAvailableSettledMiB = memAvailableMiB();
     for (const pod of pods) {
-      const m = podMemory(ctx.c.address, pod.podId, handler === "hako");
+      const m = podMemory(ctx.c.address, pod.podId, handler !== "runc");
       sample.perPod.push(m);
       const parts = m.processes.map((p) => `${p.role} ${p.pid} ${p.pssMiB.toFixed(1)}`).join(" + ");
       ctx.log(`bench: cri: ${handler} pod ${pod.podId.slice(0, 12)}: PSS ${m.pssMiB.toFixed(1)} MiB = ${parts}`);
@@ -278,6 +293,7 @@ async function teardown(ctx: CriCtx, k: KernelEnv): Promise<void> {
   }
   ctx.cri.close();
   await ctx.c.stop();
+  for (const fn of ctx.afterStop) await fn().catch((e: Error) => ctx.log(`bench: ${ctx.section}: teardown: ${e.message}`));
   const sbDir = join(k.config.runtime.state_dir, "sandboxes");
   for (const id of existsSync(sbDir) ? readdirSync(sbDir).filter((n) => criMade.podIds.includes(n)) : []) {
     ctx.log(`bench: ${ctx.section}: sandbox ${id} left by its shim: hako delete --force`);
@@ -310,7 +326,7 @@ export async function withCriContainerd<T>(
   const logRoot = join(workDir, `${section}-logs`);
   mkdirSync(logRoot, { recursive: true });
   criMade.networks.push(network);
-  const c = await startCriContainerd({ hakoConfig: k.configFile, network });
+  const c = await startCriContainerd({ hakoConfig: k.configFile, network, extraHakoHandlers: { [TEMPLATE_HANDLER]: k.templateConfigFile } });
   criMade.dirs.push(c.dir);
   criMade.addresses.push(c.address);
   const containerdPid = c.pid();
@@ -322,6 +338,7 @@ export async function withCriContainerd<T>(
     prefix: `bench-${process.pid}-${section}`,
     section,
     log,
+    afterStop: [],
   };
   let stopping: Promise<void> | undefined;
   const stopOnce = (): Promise<void> => (stopping ??= teardown(ctx, k));
@@ -346,10 +363,16 @@ export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s:
       kernel: k.kernel,
       accel: k.probe.accel,
       network: `${CRI_NETWORK.bridge} ${CRI_NETWORK.subnet}`,
-      podStart: { hako: [], runc: [] },
+      templateInitMs: NaN,
+      podStart: { hako: [], "hako-template": [], runc: [] },
       density: {},
     };
-    log(`bench: cri: pod start: ${o.runs} runs + ${o.warmup} warm-up, alternating ${HANDLERS.join(" and ")}; then ${o.pods} idle pods per runtime`);
+    // Registered before the init: a build that fails or is interrupted half-way leaves a template dir too.
+    ctx.afterStop.push(() => destroyTemplates(k, log));
+    log(`bench: cri: hako factory init (${k.templateConfigFile}, templates in ${k.templateDir})`);
+    s.templateInitMs = await initTemplates(k, log);
+    if (stop()) return s;
+    log(`bench: cri: pod start: ${o.runs} runs + ${o.warmup} warm-up, alternating ${HANDLERS.join(", ")}; then ${o.pods} idle pods per runtime`);
     await measurePodStarts(ctx, s, o, stop);
     for (const handler of HANDLERS) {
       if (stop()) break;
@@ -360,14 +383,15 @@ export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s:
 }
 
 /**
- * What the cri and io sections may have left: their containerd dirs, the netns, CNI cache
+ * What the cri and io sections may have left: the VM templates (their dir under the state dir,
+ * factory init's scratch netns), their containerd dirs, the netns, CNI cache
  * entries, runc state dirs, cgroups (runc's /k8s.io/<id> in each v1
  * hierarchy) and shim sockets of their pods and containers, their bridges; shims
  * serving their containerds, QEMUs named after their pods, and processes in the
  * cgroups of their containers. `qemuNames` are for findLeaks' QEMU scan.
  */
 export function criLeaks(): { paths: string[]; processes: string[]; qemuNames: string[] } {
-  if (criMade.addresses.length === 0) return { paths: [], processes: [], qemuNames: [] };
+  if (criMade.addresses.length === 0) return { paths: templateLeaks(), processes: [], qemuNames: [] };
   const ids = [...criMade.podIds, ...criMade.containerIds];
   const paths = [
     ...criMade.dirs,
@@ -377,6 +401,7 @@ export function criLeaks(): { paths: string[]; processes: string[]; qemuNames: s
     ...ids.map((id) => join(RUNC_STATE_DIR, id)),
     ...(existsSync(CGROUP_V1_ROOT) ? readdirSync(CGROUP_V1_ROOT) : []).flatMap((hierarchy) => ids.map((id) => join(CGROUP_V1_ROOT, hierarchy, CRI_NAMESPACE, id))),
     ...criMade.addresses.flatMap((a) => criMade.podIds.map((id) => socketPathOf(shimSocketAddress(a, CRI_NAMESPACE, id)))),
+    ...templateLeaks(),
   ].filter((p) => existsSync(p));
   const table = processTable();
   const shims = criMade.addresses.flatMap((a) => shimsServing(table, a)).map((p) => `${p.pid} ${p.argv.join(" ").slice(0, 160)}`);

@@ -1,7 +1,7 @@
 // The io section's summaries, table and JSON (see bench/lib/throughput.ts).
 // Same table layout as the cri section's (cri-report.ts).
 import { entry, fmt, header, roundSummaries, rows, W, type Summaries } from "./cri-report.js";
-import { HANDLERS } from "./cri.js";
+import { IO_HANDLERS } from "./cri.js";
 import { IO_KINDS, mbPerS, type IoKind, type IoSamples } from "./throughput.js";
 import { round } from "./stats.js";
 
@@ -34,7 +34,7 @@ export function summarizeIo(s: IoSamples): IoResult {
     ratioOfMedians[kind] = summaries[`${kind}_hako`]!.median / summaries[`${kind}_runc`]!.median;
   }
   // What the in-container timing leaves out, for the reader who compares with ExecSync wall times.
-  for (const h of HANDLERS) {
+  for (const h of IO_HANDLERS) {
     summaries[`dd_spawn_${h}`] = entry(`${h}: empty dd in the container (subtracted above)`, "ms", s.runs[h].map((r) => r.read.spawnMs));
     summaries[`exec_overhead_${h}`] = entry(`${h}: ExecSync wall − timed dd (write; exec set-up)`, "ms", s.runs[h].map((r) => r.write.execMs - r.write.ms - r.write.spawnMs));
   }

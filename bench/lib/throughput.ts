@@ -36,7 +36,7 @@ import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { CniNetwork } from "../../test/helpers/cri-containerd.js";
-import { HANDLERS, removePod, startPod, withCriContainerd, type CriCtx, type Handler, type StartedPod } from "./cri.js";
+import { IO_HANDLERS, removePod, startPod, withCriContainerd, type CriCtx, type IoHandler, type StartedPod } from "./cri.js";
 import type { KernelEnv } from "./env.js";
 
 /** Not the cri section's hakobench0 (10.218.0.0/24) nor the tests' hakotest0 (10.217.0.0/24). */
@@ -89,12 +89,12 @@ export interface IoSamples {
   netMiB: number;
   ncMiB: number;
   /** The host dirs behind the volumes (in the benchmark's temp dir). */
-  hostDirs: Record<Handler, string>;
+  hostDirs: Record<IoHandler, string>;
   /** The volume's file system type in the container (/proc/mounts): 9p for hako. */
-  volumeFs: Record<Handler, string>;
+  volumeFs: Record<IoHandler, string>;
   /** The pods' start (RunPodSandbox → container running), once per runtime; not a figure of this section. */
-  podStartMs: Record<Handler, number>;
-  runs: Record<Handler, IoRun[]>;
+  podStartMs: Record<IoHandler, number>;
+  runs: Record<IoHandler, IoRun[]>;
 }
 
 export interface IoSectionOptions {
@@ -295,7 +295,7 @@ function describe(name: string, t: Transfer): string {
 }
 
 /** Starts the pod with its volume and finds the volume's file system type in the container. */
-async function startVolumePod(ctx: CriCtx, h: Handler, hostDir: string): Promise<{ pod: StartedPod; startMs: number; fs: string }> {
+async function startVolumePod(ctx: CriCtx, h: IoHandler, hostDir: string): Promise<{ pod: StartedPod; startMs: number; fs: string }> {
   mkdirSync(hostDir, { recursive: true });
   const { pod, sample } = await startPod(ctx, h, `${ctx.prefix}-${h}`, [{ containerPath: VOLUME, hostPath: hostDir, readonly: false }]);
   const fs = (await shell(ctx, pod, `awk '$2 == "${VOLUME}" { t = $3 } END { print t }' /proc/mounts`)).stdout.trim();
@@ -321,12 +321,13 @@ export async function runIoSection(k: KernelEnv, o: IoSectionOptions, log: (s: s
     };
     // One buffer for the read files and wget's body: the content does not matter (but for NUL, see measureWget), the size does.
     const content = Buffer.alloc(Math.max(FILE_MIB, NET_MIB) * MIB, 0x5a);
-    const pods: StartedPod[] = [];
+    // Narrowed to the io section's handlers, which key its records.
+    const pods: Array<StartedPod & { handler: IoHandler }> = [];
     let sink: Sink | undefined;
     try {
-      for (const h of HANDLERS) {
+      for (const h of IO_HANDLERS) {
         const { pod, startMs, fs } = await startVolumePod(ctx, h, hostDirs[h]);
-        pods.push(pod);
+        pods.push({ ...pod, handler: h });
         s.podStartMs[h] = startMs;
         s.volumeFs[h] = fs;
         writeFileSync(join(hostDirs[h], POST_FILE), content.subarray(0, NET_MIB * MIB));
@@ -335,7 +336,7 @@ export async function runIoSection(k: KernelEnv, o: IoSectionOptions, log: (s: s
       // The gateway address exists once CNI made the bridge, i.e. after the first pod.
       sink = await Sink.open(IO_NETWORK.gateway);
       log(
-        `bench: io: ${o.runs} runs + ${o.warmup} warm-up, alternating ${HANDLERS.join(" and ")}: dd ${FILE_MIB} MiB write (conv=fsync) + read over the volume, ` +
+        `bench: io: ${o.runs} runs + ${o.warmup} warm-up, alternating ${IO_HANDLERS.join(" and ")}: dd ${FILE_MIB} MiB write (conv=fsync) + read over the volume, ` +
           `TCP to ${IO_NETWORK.gateway}:${sink.port}: wget POST ${NET_MIB} MiB, dd | nc ${NC_MIB} MiB`,
       );
       for (let i = -o.warmup; i < o.runs && !stop(); i++) {

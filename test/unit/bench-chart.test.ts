@@ -36,10 +36,20 @@ const results = {
       hako_pod_pss: s("hako pod PSS", "MiB", 10, 348.2, 346.4, 435.3),
       hako_qemu_pss: s("  its QEMU PSS", "MiB", 10, 332.9, 331.3, 420),
       runc_pod_pss: s("runc pod PSS", "MiB", 10, 3.89, 3.8, 4.29),
+      "hako-template_pod_pss": s("hako-template pod PSS", "MiB", 10, 101.5, 99, 130),
+      "hako-template_qemu_pss": s("  its QEMU PSS", "MiB", 10, 88, 86, 117),
       // A handler that measured nothing: JSON writes its NaN median as null.
-      "hako-template_pod_pss": s("hako-template pod PSS", "MiB", 0, null, null, null),
+      "hako-template_pod_start": s("hako-template pod start while the others idle", "ms", 0, null, null, null),
+      runc_pod_start: s("runc pod start while the others idle", "ms", 10, 150, 120, 170),
     },
-    density: { hako: { pods: 10 }, runc: { pods: 10 } },
+    density: { hako: { pods: 10 }, "hako-template": { pods: 10 }, runc: { pods: 10 } },
+    // As cri-report.ts writes them; met is null for a target whose figures were not measured.
+    targets: [
+      { name: "hako-template pod start ≤ 0.25 × hako (cold) pod start", short: "template ≤ 0.25× cold", metric: "pod_start", value: 0.19, limit: 0.25, unit: "x", met: true },
+      { name: "hako-template pod start ≤ 3 × runc pod start", short: "template ≤ 3× runc", metric: "pod_start", value: 7.5, limit: 3, unit: "x", met: false },
+      { name: "hako-template PSS per idle pod ≤ 90 MiB", short: "template ≤ 90 MiB", metric: "pod_pss", value: 101.2, limit: 90, unit: "MiB", met: false },
+      { name: "hako (cold) PSS per idle pod ≤ 150 MiB", short: "cold ≤ 150 MiB", metric: "pod_pss", value: null, limit: 150, unit: "MiB", met: null },
+    ],
   },
   io: {
     summary: {
@@ -72,7 +82,7 @@ test("the extractor finds every hako-vs-baseline pair, baseline last, and skips 
       ["ms", "hako,runc*"],
       ["MiB", "hako,runc*"],
       ["ms", "hako,hako-template,runc*"],
-      ["MiB", "hako,runc*"],
+      ["MiB", "hako,hako-template,runc*"],
       ["MiB/s", "hako,runc*"],
     ],
   );
@@ -80,7 +90,17 @@ test("the extractor finds every hako-vs-baseline pair, baseline last, and skips 
   assert.match(figures[0]!.note ?? "", /floor \(QEMU boot to init\) 1736 ms; target ≤ 1\.25×/);
   assert.equal(figures[3]!.title, "CRI pod start (RunPodSandbox → container's first log line): hako / hako-template / runc");
   assert.deepEqual(figures[3]!.bars[1], { label: "hako-template", median: 900, min: 850, max: 990 });
-  assert.match(figures[4]!.note ?? "", /10 idle pods per runtime/);
+  assert.match(figures[4]!.note ?? "", /10 idle pods per runtime; hako, hako-template: shim \+ QEMU/);
+  // Each cri target goes with the figure it judges; the others have none.
+  assert.deepEqual(figures[3]!.targets, [
+    { text: "template ≤ 0.25× cold: 0.19×", met: true },
+    { text: "template ≤ 3× runc: 7.50×", met: false },
+  ]);
+  assert.deepEqual(figures[4]!.targets, [
+    { text: "template ≤ 90 MiB: 101 MiB", met: false },
+    { text: "cold ≤ 150 MiB: n/a", met: undefined },
+  ]);
+  assert.deepEqual(figures.filter((f) => f.targets !== undefined).length, 2);
   // The unknown section's title comes from its label, the handler prefix dropped.
   assert.equal(figures[5]!.title, 'io: sequential read <4 KiB & "direct">: hako vs runc');
   // One sample each: no whiskers to speak of.
@@ -142,6 +162,11 @@ test("the SVG is well-formed and self-contained: one panel per figure, escaped t
   const ratios = svg.match(/class="ratio"/g)?.length;
   const nonBaseline = figures.reduce((acc, f) => acc + f.bars.filter((b) => !b.baseline).length, 0);
   assert.equal(ratios, nonBaseline);
+  // The targets' lines, each verdict in its colour: met green, missed red, unmeasured grey.
+  assert.equal(svg.match(/class="targets"/g)?.length, 2);
+  assert.ok(svg.includes('<tspan fill="#2e7d32" dx="6">template ≤ 0.25× cold: 0.19× met</tspan>'));
+  assert.ok(svg.includes('<tspan fill="#c62828" dx="10">template ≤ 3× runc: 7.50× NOT met</tspan>'));
+  assert.ok(svg.includes('<tspan fill="#777" dx="10">cold ≤ 150 MiB: n/a not measured</tspan>'));
   // Whiskers where the samples spread, none for the single-sample shim PSS bars.
   const whiskers = svg.match(/class="whisker"/g)?.length;
   assert.equal(whiskers, figures.reduce((acc, f) => acc + f.bars.filter((b) => b.max > b.min).length, 0));

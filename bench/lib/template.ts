@@ -1,0 +1,84 @@
+// The VM templates of the cri section's `hako-template` runtime handler
+// (docs/templating.md): `hako factory init` with the kernel's templating
+// configuration before its pods are measured, `hako factory destroy` in the
+// section's teardown. The templates live under the bench state dir
+// (KernelEnv.templateDir), so that templateLeaks can tell whether one survived.
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { resolve } from "node:path";
+import { performance } from "node:perf_hooks";
+import { NETNS_DIR } from "../../test/helpers/leaks.js";
+import { track, untrack } from "./children.js";
+import type { KernelEnv } from "./env.js";
+
+const HAKO_BIN = resolve(import.meta.dirname, "..", "..", "build", "bin", "hako");
+/** Two template VMs booted cold under TCG (~5 s each) plus their warm-up; generous for a loaded host. */
+const INIT_TIMEOUT_MS = 240_000;
+const DESTROY_TIMEOUT_MS = 60_000;
+/** What an error message quotes of the command's output: its end holds the reason. */
+const OUTPUT_TAIL = 2_000;
+
+/** What the templates left if they leaked: the template dirs, and the scratch netns `factory init` makes (`hako-tpl-<its pid>`). */
+const made = { dirs: [] as string[], netns: [] as string[] };
+
+interface HakoExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
+
+/** Runs `hako --config <templating config> factory <verb>`, tracked like every child of the benchmark. */
+function factory(k: KernelEnv, verb: "init" | "destroy", timeoutMs: number): Promise<HakoExit> {
+  return new Promise((resolveExit, reject) => {
+    const t0 = performance.now();
+    const child = spawn(HAKO_BIN, ["--config", k.templateConfigFile, "factory", verb], { stdio: ["ignore", "pipe", "pipe"] });
+    track(child.pid, `hako factory ${verb}`);
+    if (verb === "init" && child.pid !== undefined) made.netns.push(`${NETNS_DIR}/hako-tpl-${child.pid}`);
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    // SIGTERM, not SIGKILL: the CLI then gets to stop the template VM it is building.
+    const timer = setTimeout(() => child.kill("SIGTERM"), timeoutMs);
+    child.on("error", (err) => {
+      clearTimeout(timer);
+      untrack(child.pid);
+      reject(err);
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      untrack(child.pid);
+      resolveExit({ code, signal, stdout, stderr, ms: performance.now() - t0 });
+    });
+  });
+}
+
+const tail = (s: string): string => (s.length > OUTPUT_TAIL ? `…${s.slice(-OUTPUT_TAIL)}` : s).trim();
+
+/** Builds the templates; returns how long `hako factory init` took. Throws with its stderr when it fails. */
+export async function initTemplates(k: KernelEnv, log: (s: string) => void): Promise<number> {
+  if (!made.dirs.includes(k.templateDir)) made.dirs.push(k.templateDir);
+  const r = await factory(k, "init", INIT_TIMEOUT_MS);
+  if (r.code !== 0) {
+    const how = r.signal ? `killed by ${r.signal}` : `exit status ${r.code}`;
+    throw new Error(`hako factory init (${k.templateConfigFile}) failed, ${how}, after ${r.ms.toFixed(0)} ms: ${tail(r.stderr) || tail(r.stdout) || "no output"}`);
+  }
+  for (const line of r.stdout.trim().split("\n").filter((l) => l !== "")) log(`bench: cri: factory init: ${line}`);
+  log(`bench: cri: hako factory init took ${(r.ms / 1000).toFixed(1)} s`);
+  return r.ms;
+}
+
+/** Removes the templates (best effort: what survives is reported by templateLeaks). */
+export async function destroyTemplates(k: KernelEnv, log: (s: string) => void): Promise<void> {
+  const r = await factory(k, "destroy", DESTROY_TIMEOUT_MS).catch((err: Error) => err);
+  if (r instanceof Error) log(`bench: cri: hako factory destroy: ${r.message}`);
+  else if (r.code !== 0) log(`bench: cri: hako factory destroy failed (exit status ${r.code}, signal ${r.signal}): ${tail(r.stderr) || tail(r.stdout)}`);
+  else log(`bench: cri: factory destroy: ${r.stdout.trim()}`);
+}
+
+/** Template dirs and scratch netns of `factory init` still there. */
+export function templateLeaks(): string[] {
+  return [...made.dirs, ...made.netns].filter((p) => existsSync(p));
+}
