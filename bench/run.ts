@@ -23,6 +23,7 @@ import { killAll } from "./lib/children.js";
 import { containerdBaseline, containerdLeaks, runContainerdSection, type ContainerdSamples } from "./lib/containerd.js";
 import { criLeaks, runCriSection, type CriSamples } from "./lib/cri.js";
 import { criJson, criTables, summarizeCri } from "./lib/cri-report.js";
+import { densityTable, runDensitySection, summarizeDensity, type DensityRunSample } from "./lib/density.js";
 import { runIoSection, type IoSamples } from "./lib/throughput.js";
 import { ioJson, ioTable, summarizeIo } from "./lib/throughput-report.js";
 import { KERNELS, setupEnv, teardownEnv, type BenchEnv, type KernelName } from "./lib/env.js";
@@ -41,10 +42,14 @@ import {
 
 const RESULTS_DIR = resolve(import.meta.dirname, "results");
 const MIN_RUNS = 5;
-const SECTIONS = ["boot", "containerd", "cri", "io"] as const;
+const SECTIONS = ["boot", "containerd", "cri", "io", "density"] as const;
 /** The containerd, cri and io sections run with this kernel only. */
 const CONTAINERD_KERNEL: KernelName = "generic";
 const DEFAULT_PODS = 10;
+/** The issue's density claim is about 100 pods; --density-pods lowers it while developing. */
+const DEFAULT_DENSITY_PODS = 100;
+/** Pod starts in flight in the density section (kubelet starts pods concurrently; more only queues on 2 cores). */
+const DEFAULT_DENSITY_PARALLEL = 8;
 
 const { values: opts } = parseArgs({
   options: {
@@ -56,6 +61,8 @@ const { values: opts } = parseArgs({
     "state-dir": { type: "string", default: "/run/hako-bench" },
     sections: { type: "string", default: SECTIONS.join(",") },
     pods: { type: "string", default: String(DEFAULT_PODS) },
+    "density-pods": { type: "string", default: String(DEFAULT_DENSITY_PODS) },
+    "density-parallel": { type: "string", default: String(DEFAULT_DENSITY_PARALLEL) },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -66,6 +73,8 @@ if (opts.help) {
       "       [--kernels generic,minimal] [--accel auto|tcg|kvm] [--state-dir /run/hako-bench]\n" +
       "       [--sections boot,containerd,cri,io] (boot: floor/hako run/sandbox per kernel; containerd: ctr run hako vs runc, generic kernel;\n" +
       "        cri: CRI pod start hako vs runc and host PSS of --pods N idle pods per runtime (default 10), generic kernel;\n" +
+      "        density: --density-pods N (default 100) templated pods requested at once, --density-parallel P starts in flight (default 8):\n" +
+      "        time until all run, host memory, teardown, generic kernel;\n" +
       "        io: MB/s of dd write/read on a hostPath volume (9p for hako) and of TCP pod → host, hako pod vs runc pod, generic kernel)\n",
   );
   process.exit(0);
@@ -89,10 +98,15 @@ const doBoot = sections.has("boot");
 const doContainerd = sections.has("containerd");
 const doCri = sections.has("cri");
 const doIo = sections.has("io");
+const doDensity = sections.has("density");
+const densityPods = Number(opts["density-pods"]);
+if (!Number.isInteger(densityPods) || densityPods < 1) fail("--density-pods must be an integer ≥ 1");
+const densityParallel = Number(opts["density-parallel"]);
+if (!Number.isInteger(densityParallel) || densityParallel < 1) fail("--density-parallel must be an integer ≥ 1");
 const pods = Number(opts.pods);
 if (!Number.isInteger(pods) || pods < 1) fail("--pods must be an integer ≥ 1");
 // The environment (configs, probe) covers the boot section's kernels plus the generic one for containerd, cri and io.
-const envKernels = KERNELS.filter((k) => (doBoot && kernels.includes(k)) || ((doContainerd || doCri || doIo) && k === CONTAINERD_KERNEL));
+const envKernels = KERNELS.filter((k) => (doBoot && kernels.includes(k)) || ((doContainerd || doCri || doIo || doDensity) && k === CONTAINERD_KERNEL));
 if (envKernels.length === 0) fail("--kernels: nothing to run");
 const accel = opts.accel as Accel;
 if (!["auto", "tcg", "kvm"].includes(accel)) fail("--accel must be auto, tcg or kvm");
@@ -207,10 +221,21 @@ try {
     if (interrupted) throw new Error("interrupted");
   }
 
+  let densitySamples: DensityRunSample | undefined;
+  let densityMs = 0;
+  if (doDensity) {
+    const tc = performance.now();
+    const k = env.kernels.find((x) => x.kernel === CONTAINERD_KERNEL)!;
+    densitySamples = await runDensitySection(k, { pods: densityPods, parallel: densityParallel, workDir: env.tmpDir }, log, () => interrupted);
+    densityMs = performance.now() - tc;
+    if (interrupted) throw new Error("interrupted");
+  }
+
   const results = bootKernels.map((k) => summarizeKernel(k, samples.get(k.kernel)!));
   const ctrd = ctrdSamples ? summarizeContainerd(ctrdSamples) : undefined;
   const cri = criSamples ? summarizeCri(criSamples) : undefined;
   const io = ioSamples ? summarizeIo(ioSamples) : undefined;
+  const density = densitySamples ? summarizeDensity(densitySamples) : undefined;
   const durationMs = performance.now() - t0;
   const hakoRun = results.find((r) => r.kernel === CONTAINERD_KERNEL)?.summaries.run?.median;
   const out = [
@@ -219,11 +244,13 @@ try {
     ...(ctrd ? [containerdTable(ctrd, hakoRun)] : []),
     ...(cri ? [criTables(cri)] : []),
     ...(io ? [ioTable(io)] : []),
+    ...(density ? [densityTable(density)] : []),
   ].join("\n\n");
   const parts = [`setup + boot section ${(bootMs / 1000).toFixed(1)} s`];
   if (ctrd) parts.push(`containerd section ${(ctrdMs / 1000).toFixed(1)} s`);
   if (cri) parts.push(`cri section ${(criMs / 1000).toFixed(1)} s`);
   if (io) parts.push(`io section ${(ioMs / 1000).toFixed(1)} s`);
+  if (density) parts.push(`density section ${(densityMs / 1000).toFixed(1)} s`);
   const split = parts.length > 1 ? ` (${parts.join(", ")})` : "";
   process.stdout.write(`\n${out}\n\nwhole benchmark: ${(durationMs / 1000).toFixed(1)} s${split}\n`);
 
@@ -233,7 +260,7 @@ try {
     runs,
     warmup,
     sections: [...sections],
-    sectionMs: { setupAndBoot: Math.round(bootMs), containerd: Math.round(ctrdMs), cri: Math.round(criMs), io: Math.round(ioMs) },
+    sectionMs: { setupAndBoot: Math.round(bootMs), containerd: Math.round(ctrdMs), cri: Math.round(criMs), io: Math.round(ioMs), density: Math.round(densityMs) },
     ...(doCri ? { pods } : {}),
     host: {
       cpu: cpus()[0]?.model ?? "",
@@ -249,7 +276,7 @@ try {
   mkdirSync(RESULTS_DIR, { recursive: true });
   const ignore = join(RESULTS_DIR, ".gitignore");
   if (!existsSync(ignore) || !readFileSync(ignore, "utf8").includes("!.gitignore")) writeFileSync(ignore, "*\n!.gitignore\n");
-  const doc = JSON.stringify(resultJson(meta, results, ctrd, { ...(cri ? { cri: criJson(cri) } : {}), ...(io ? { io: ioJson(io) } : {}) }), null, 2) + "\n";
+  const doc = JSON.stringify(resultJson(meta, results, ctrd, { ...(cri ? { cri: criJson(cri) } : {}), ...(io ? { io: ioJson(io) } : {}), ...(density && densitySamples ? { density: { summary: density, samples: densitySamples } } : {}) }), null, 2) + "\n";
   const file = join(RESULTS_DIR, `run-${startedAt.toISOString().replace(/[:.]/g, "-")}.json`);
   writeFileSync(file, doc);
   writeFileSync(join(RESULTS_DIR, "latest.json"), doc);

@@ -121,7 +121,7 @@ export function defaultConfig(): HakoConfig {
     },
     agent: { dial_timeout: 60, debug: false },
     runtime: { state_dir: "/run/hako", log_level: "warn", internetworking_model: "tcfilter" },
-    factory: { enable_template: false, template_path: "/run/hako/template", clone_tb_size: 32 },
+    factory: { enable_template: false, template_path: "/run/hako/template", clone_tb_size: 64 },
     source: "",
   };
 }

@@ -351,3 +351,43 @@ describe("bad input fails with a clear CRI error and leaves nothing", () => {
     assert.equal(hasLeaks(l), false, describeLeaks(l));
   });
 });
+
+// The density claim at CI size: the full 100 pods are `make bench`'s (bench/lib/density.ts).
+const DENSITY_PODS = 6;
+describe(`density: ${DENSITY_PODS} templated pods requested at once`, { skip: !TEMPLATE_MODE && "templated mode only (the density claim is about clones)" }, () => {
+  test(`all ${DENSITY_PODS} run, each a clone with its own IP and hostname; all removed, nothing left`, async (t) => {
+    const logDir = join(work, "logs-density");
+    mkdirSync(logDir, { recursive: true });
+    const specs: PodSpec[] = Array.from({ length: DENSITY_PODS }, (_, i) => ({ name: `dense-${i}`, uid: `uid-dense-${i}`, hostname: `dense-${i}`, logDir }));
+    const memBefore = Number(/^MemAvailable:\s+(\d+)/m.exec(readFileSync("/proc/meminfo", "utf8"))![1]);
+    const t0 = Date.now();
+    const started = await Promise.allSettled(
+      specs.map(async (spec) => {
+        const pod = await startPod(spec, "hako");
+        const cid = await startContainer(pod, spec, "main", ["sh", "-c", "hostname; exec sleep 3600"], { logPath: `${spec.name}.log` });
+        return { pod, cid, spec };
+      }),
+    );
+    const allMs = Date.now() - t0;
+    const pods = started.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+    try {
+      assert.deepEqual(started.filter((r) => r.status === "rejected").map((r) => String((r as PromiseRejectedResult).reason)), [], "every pod starts");
+      const memAfter = Number(/^MemAvailable:\s+(\d+)/m.exec(readFileSync("/proc/meminfo", "utf8"))![1]);
+      t.diagnostic(`${DENSITY_PODS} pods running ${allMs} ms after the first request; MemAvailable −${((memBefore - memAfter) / 1024).toFixed(0)} MiB`);
+      assert.equal(qemuPids().length, DENSITY_PODS, "one QEMU per pod");
+      const ips = new Set<string>();
+      for (const { pod, cid, spec } of pods) {
+        assert.ok(readState(sandboxDir(TEST_STATE_DIR, pod))?.template, `pod ${spec.name} is a clone`);
+        ips.add((await cri.podSandboxStatus(pod)).status?.network?.ip ?? "");
+        await waitForLog(join(logDir, `${spec.name}.log`), spec.hostname);
+        assert.equal((await cri.containerStatus(cid)).status?.state, 1 /* CONTAINER_RUNNING */);
+      }
+      assert.equal(ips.size, DENSITY_PODS, `distinct pod IPs: ${[...ips].join(", ")}`);
+    } finally {
+      const netns = pods.map(({ pod }) => podNetnsPath(pod));
+      const removed = await Promise.allSettled(pods.map(({ pod }) => removePod(pod)));
+      assert.deepEqual(removed.filter((r) => r.status === "rejected").map((r) => String((r as PromiseRejectedResult).reason)), [], "every pod is removed");
+      for (const n of netns) assertPodGone(n);
+    }
+  });
+});
