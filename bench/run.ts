@@ -233,7 +233,8 @@ try {
 
   const results = bootKernels.map((k) => summarizeKernel(k, samples.get(k.kernel)!));
   const ctrd = ctrdSamples ? summarizeContainerd(ctrdSamples) : undefined;
-  const cri = criSamples ? summarizeCri(criSamples) : undefined;
+  const bootReady = results.find((r) => r.kernel === CONTAINERD_KERNEL)?.target;
+  const cri = criSamples ? summarizeCri(criSamples, bootReady) : undefined;
   const io = ioSamples ? summarizeIo(ioSamples) : undefined;
   const density = densitySamples ? summarizeDensity(densitySamples) : undefined;
   const durationMs = performance.now() - t0;

@@ -62,6 +62,8 @@ const START_RATIOS: ReadonlyArray<readonly [Handler, Handler]> = [
 
 /** The issue's limits: a templated pod starts in a quarter of a cold one's time and within 3 × runc's; idle pods' host PSS. */
 const TEMPLATE_START_VS_COLD = 0.25;
+/** Cold pod start ≤ this × (floor + agent start) of the boot section (same kernel, same run). */
+const COLD_START_VS_BOOT = 1.25;
 const TEMPLATE_START_VS_RUNC = 3;
 const TEMPLATE_PSS_MIB = 90;
 const COLD_PSS_MIB = 150;
@@ -150,7 +152,7 @@ function target(name: string, short: string, metric: CriTarget["metric"], detail
 }
 
 /** The issue's targets, from the medians (as the boot section's verdict): the paired ratios are in the table above them. */
-function targets(start: Summaries, memory: Summaries): CriTarget[] {
+function targets(start: Summaries, memory: Summaries, boot: BootReady | undefined): CriTarget[] {
   const tpl = medianOf(start, `pod_start_${TEMPLATE_HANDLER}`);
   const cold = medianOf(start, "pod_start_hako");
   const runc = medianOf(start, "pod_start_runc");
@@ -162,11 +164,26 @@ function targets(start: Summaries, memory: Summaries): CriTarget[] {
     target(`${TEMPLATE_HANDLER} pod start ≤ ${TEMPLATE_START_VS_COLD} × hako (cold) pod start`, `template ≤ ${TEMPLATE_START_VS_COLD}× cold`, "pod_start", `${ms(tpl)} / ${ms(cold)}`, tpl / cold, TEMPLATE_START_VS_COLD, "x"),
     target(`${TEMPLATE_HANDLER} pod start ≤ ${TEMPLATE_START_VS_RUNC} × runc pod start`, `template ≤ ${TEMPLATE_START_VS_RUNC}× runc`, "pod_start", `${ms(tpl)} / ${ms(runc)}`, tpl / runc, TEMPLATE_START_VS_RUNC, "x"),
     target(`${TEMPLATE_HANDLER} PSS per idle pod (QEMU + shim) ≤ ${TEMPLATE_PSS_MIB} MiB`, `template ≤ ${TEMPLATE_PSS_MIB} MiB`, "pod_pss", pods(tplPss), tplPss?.median ?? NaN, TEMPLATE_PSS_MIB, "MiB"),
+    target(
+      `hako (cold) pod start ≤ ${COLD_START_VS_BOOT} × (floor + agent start) of the boot section`,
+      `cold ≤ ${COLD_START_VS_BOOT}× (floor + agent)`,
+      "pod_start",
+      boot ? `${ms(cold)} / (${ms(boot.floorMs)} + ${ms(boot.agentStartMs)}); hako trace <pod> shows the phases` : "boot section not run",
+      boot ? cold / (boot.floorMs + boot.agentStartMs) : NaN,
+      COLD_START_VS_BOOT,
+      "x",
+    ),
     target(`hako (cold) PSS per idle pod (QEMU + shim) ≤ ${COLD_PSS_MIB} MiB`, `cold ≤ ${COLD_PSS_MIB} MiB`, "pod_pss", pods(coldPss), coldPss?.median ?? NaN, COLD_PSS_MIB, "MiB"),
   ];
 }
 
-export function summarizeCri(s: CriSamples): CriResult {
+/** The boot section's medians for the cri section's kernel: bare QEMU boot-to-init, and agent start after it. */
+export interface BootReady {
+  floorMs: number;
+  agentStartMs: number;
+}
+
+export function summarizeCri(s: CriSamples, boot?: BootReady): CriResult {
   const start = startSummaries(s);
   const memory = memorySummaries(s);
   const density: CriResult["density"] = {};
@@ -186,7 +203,7 @@ export function summarizeCri(s: CriSamples): CriResult {
     startRatiosOfMedians,
     memory,
     density,
-    targets: targets(start, memory),
+    targets: targets(start, memory, boot),
     samples: s,
   };
 }
