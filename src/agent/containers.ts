@@ -2,8 +2,8 @@
 // `crun run` stays in the foreground as the parent of the container's init,
 // so the agent learns the exit status from crun's own exit; `crun exec` does
 // the same for extra processes.
-import { mkdirSync, writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
-import { join } from "node:path";
+import { mkdirSync, writeFileSync, readFileSync, rmSync, existsSync, watch, type FSWatcher } from "node:fs";
+import { dirname, join } from "node:path";
 import { Code } from "../protocols/ttrpc/status.js";
 import { AgentError } from "../runtime/errors.js";
 import { GuestProcess, type ExitInfo } from "./guest-process.js";
@@ -66,13 +66,51 @@ function readPidFile(path: string): number {
   }
 }
 
+/**
+ * Waits until crun has written the container's pid file, crun exited, or
+ * the timeout. Woken by inotify on the bundle directory rather than a tight
+ * poll: on the guest's one vCPU under TCG every poll (a timer, a failed read
+ * and its exception) is taken from crun itself. A slow poll stays as a
+ * safety net.
+ */
 async function waitForPidFile(path: string, proc: GuestProcess, timeoutMs: number): Promise<number> {
   const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const pid = readPidFile(path);
-    if (pid > 0) return pid;
-    if (proc.exitInfo || Date.now() > deadline) return 0;
-    await new Promise((r) => setTimeout(r, 5));
+  let wake: (() => void) | undefined;
+  // An event between a check and the wait must not be lost.
+  let changed = false;
+  const poke = (): void => {
+    changed = true;
+    wake?.();
+  };
+  let watcher: FSWatcher | undefined;
+  try {
+    watcher = watch(dirname(path), poke);
+    watcher.on("error", () => undefined);
+  } catch {
+    /* no inotify: the poll below still finds it */
+  }
+  void proc.exited.then(poke);
+  try {
+    for (;;) {
+      const pid = readPidFile(path);
+      if (pid > 0) return pid;
+      if (proc.exitInfo || Date.now() > deadline) return 0;
+      if (changed) {
+        changed = false;
+        continue;
+      }
+      await new Promise<void>((r) => {
+        const timer = setTimeout(r, 100);
+        wake = () => {
+          clearTimeout(timer);
+          r();
+        };
+      });
+      wake = undefined;
+      changed = false;
+    }
+  } finally {
+    watcher?.close();
   }
 }
 
