@@ -2,9 +2,7 @@
 // build/lib/hako/containerd-shim-hako-v2.mjs). Actions: `start` and `delete`
 // (called by containerd), `serve` (the daemon that `start` spawns), `-v`.
 import { AGENT_VERSION } from "../agent/version.js";
-import { runDelete } from "./delete.js";
 import { parseShimFlags } from "./flags.js";
-import { runStart } from "./start.js";
 
 export const SHIM_NAME = "containerd-shim-hako-v2";
 /** serve keeps running on its socket; it exits itself on Shutdown or a signal. */
@@ -22,10 +20,13 @@ async function main(argv: readonly string[]): Promise<number> {
     case "version":
       process.stdout.write(`${SHIM_NAME} version ${AGENT_VERSION} (hako, containerd shim v2, node ${process.version})\n`);
       return 0;
+    // Each action loads only its own modules: containerd runs `start` twice
+    // per pod (the sandbox's task and each container's) and `delete` as often,
+    // each a fresh node process, on the pod-start path.
     case "start":
-      return runStart(flags);
+      return (await import("./start.js")).runStart(flags);
     case "delete":
-      return runDelete(flags);
+      return (await import("./delete.js")).runDelete(flags);
     case "serve": {
       const { serveShim } = await import("./serve.js");
       await serveShim(flags);
