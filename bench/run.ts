@@ -2,14 +2,16 @@
 // the generic (Debian) and the minimal guest kernel ("boot" section), and
 // `ctr run` through containerd-shim-hako-v2 against runc ("containerd"
 // section, generic kernel), and Kubernetes pods through containerd's CRI with
-// hako against runc: pod start and host memory per idle pod ("cri" section,
-// generic kernel), and the throughput of a hako pod's hostPath volume (9p)
+// hako (cold and cloned from a VM template) against runc: pod start and host
+// memory per idle pod ("cri" section, generic kernel), the throughput of a hako pod's hostPath volume (9p)
 // and of its network to the host against a runc pod's ("io" section, generic
-// kernel). See docs/benchmarks.md.
+// kernel), and N templated pods requested at once: time until all run and
+// host memory ("density" section). See docs/benchmarks.md.
 //
 //   node --import tsx bench/run.ts [--runs N] [--quick] [--warmup N]
 //        [--kernels generic,minimal] [--accel auto|tcg|kvm] [--state-dir DIR]
-//        [--sections boot,containerd,cri,io] [--pods N]
+//        [--sections boot,containerd,cri,io,density] [--pods N]
+//        [--density-pods N] [--density-parallel P]
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
