@@ -22,13 +22,13 @@ import type { Accel } from "../src/runtime/config.js";
 import { CONTAINERD_TMP_PREFIX } from "../test/helpers/containerd.js";
 import { chartSvgFromResults } from "./lib/chart.js";
 import { killAll } from "./lib/children.js";
-import { containerdBaseline, containerdLeaks, runContainerdSection, type ContainerdSamples } from "./lib/containerd.js";
-import { criLeaks, runCriSection, type CriSamples } from "./lib/cri.js";
+import { containerdBaseline, containerdLeaks, runContainerdSection } from "./lib/containerd.js";
+import { criLeaks, runCriSection } from "./lib/cri.js";
 import { criJson, criTables, summarizeCri } from "./lib/cri-report.js";
-import { densityTable, runDensitySection, summarizeDensity, type DensityRunSample } from "./lib/density.js";
-import { runIoSection, type IoSamples } from "./lib/throughput.js";
+import { densityTable, runDensitySection, summarizeDensity } from "./lib/density.js";
+import { runIoSection } from "./lib/throughput.js";
 import { ioJson, ioTable, summarizeIo } from "./lib/throughput-report.js";
-import { KERNELS, setupEnv, teardownEnv, type BenchEnv, type KernelName } from "./lib/env.js";
+import { KERNELS, setupEnv, teardownEnv, type BenchEnv, type KernelEnv, type KernelName } from "./lib/env.js";
 import { describeLeaks, findLeaks, hasLeaks, removeEmptyStateDir } from "./lib/leaks.js";
 import { measureCliStartup, measureFloor, measureHakoRun, measureSandbox } from "./lib/measure.js";
 import {
@@ -193,45 +193,23 @@ try {
   if (interrupted) throw new Error("interrupted");
   const bootMs = performance.now() - t0;
 
-  let ctrdSamples: ContainerdSamples | undefined;
-  let ctrdMs = 0;
-  if (doContainerd) {
+  // The sections after boot all run on the containerd kernel, one after the other, each timed.
+  const sectionKernel = env.kernels.find((x) => x.kernel === CONTAINERD_KERNEL);
+  const runSection = async <T>(enabled: boolean, run: (k: KernelEnv) => Promise<T>): Promise<{ samples: T | undefined; ms: number }> => {
+    if (!enabled || !sectionKernel) return { samples: undefined, ms: 0 };
     const tc = performance.now();
-    const k = env.kernels.find((x) => x.kernel === CONTAINERD_KERNEL)!;
-    ctrdSamples = await runContainerdSection(k, stateDir, runs, warmup, log, () => interrupted);
-    ctrdMs = performance.now() - tc;
+    const samples = await run(sectionKernel);
     if (interrupted) throw new Error("interrupted");
-  }
-
-  let criSamples: CriSamples | undefined;
-  let criMs = 0;
-  if (doCri) {
-    const tc = performance.now();
-    const k = env.kernels.find((x) => x.kernel === CONTAINERD_KERNEL)!;
-    criSamples = await runCriSection(k, { runs, warmup, pods, workDir: env.tmpDir }, log, () => interrupted);
-    criMs = performance.now() - tc;
-    if (interrupted) throw new Error("interrupted");
-  }
-
-  let ioSamples: IoSamples | undefined;
-  let ioMs = 0;
-  if (doIo) {
-    const tc = performance.now();
-    const k = env.kernels.find((x) => x.kernel === CONTAINERD_KERNEL)!;
-    ioSamples = await runIoSection(k, { runs, warmup, workDir: env.tmpDir }, log, () => interrupted);
-    ioMs = performance.now() - tc;
-    if (interrupted) throw new Error("interrupted");
-  }
-
-  let densitySamples: DensityRunSample | undefined;
-  let densityMs = 0;
-  if (doDensity) {
-    const tc = performance.now();
-    const k = env.kernels.find((x) => x.kernel === CONTAINERD_KERNEL)!;
-    densitySamples = await runDensitySection(k, { pods: densityPods, parallel: densityParallel, workDir: env.tmpDir }, log, () => interrupted);
-    densityMs = performance.now() - tc;
-    if (interrupted) throw new Error("interrupted");
-  }
+    return { samples, ms: performance.now() - tc };
+  };
+  const stopped = (): boolean => interrupted;
+  const workDir = env.tmpDir;
+  const { samples: ctrdSamples, ms: ctrdMs } = await runSection(doContainerd, (k) => runContainerdSection(k, stateDir, runs, warmup, log, stopped));
+  const { samples: criSamples, ms: criMs } = await runSection(doCri, (k) => runCriSection(k, { runs, warmup, pods, workDir }, log, stopped));
+  const { samples: ioSamples, ms: ioMs } = await runSection(doIo, (k) => runIoSection(k, { runs, warmup, workDir }, log, stopped));
+  const { samples: densitySamples, ms: densityMs } = await runSection(doDensity, (k) =>
+    runDensitySection(k, { pods: densityPods, parallel: densityParallel, workDir }, log, stopped),
+  );
 
   const results = bootKernels.map((k) => summarizeKernel(k, samples.get(k.kernel)!));
   const ctrd = ctrdSamples ? summarizeContainerd(ctrdSamples) : undefined;

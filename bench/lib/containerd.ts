@@ -3,7 +3,6 @@
 // the memory of the hako shim (and of its QEMU) while one container runs.
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, readdirSync, rmSync } from "node:fs";
-import { resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { importBusybox, startContainerd, type Containerd } from "../../test/helpers/containerd.js";
 import { commandLine, processTable } from "../../test/helpers/processes.js";
@@ -11,6 +10,7 @@ import { shimSocketAddress, socketPathOf } from "../../src/shim/address.js";
 import { stopAfterWindDown, track, untrack } from "./children.js";
 import type { KernelEnv } from "./env.js";
 import { smapsRollup } from "./measure.js";
+import { HAKO } from "../../test/helpers/hako.js";
 
 export const HAKO_RUNTIME = "io.containerd.hako.v2";
 export const RUNC_RUNTIME = "io.containerd.runc.v2";
@@ -19,7 +19,6 @@ export const NAMESPACE = "hako-bench";
 const RUN_TIMEOUT_MS = 120_000;
 /** On interruption the section finishes its current `ctr run` (a shim killed mid-create leaves state) for at most this long. */
 const WIND_DOWN_MS = 60_000;
-const HAKO_BIN = resolve(import.meta.dirname, "..", "..", "build", "bin", "hako");
 
 /** What the section made, for the final leak check (filled as it goes). */
 export const made = { dirs: [] as string[], addresses: [] as string[], shimSockets: [] as string[] };
@@ -125,7 +124,7 @@ function sweep(k: KernelEnv, stateDir: string, log: (s: string) => void): void {
   const ours = existsSync(sbDir) ? readdirSync(sbDir).filter((n) => n.startsWith(`bench-${process.pid}-`)) : [];
   for (const id of ours) {
     log(`bench: containerd: sandbox ${id} left by its shim: hako delete --force`);
-    spawnSync(HAKO_BIN, ["--config", k.configFile, "delete", "--force", id], { stdio: "ignore", timeout: 60_000 });
+    spawnSync(HAKO, ["--config", k.configFile, "delete", "--force", id], { stdio: "ignore", timeout: 60_000 });
   }
   const served = new Set(allShims().flatMap((p) => p.argv));
   for (const sock of made.shimSockets) {

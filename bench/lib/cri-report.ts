@@ -42,8 +42,6 @@ export interface CriResult {
   templateInitMs: number;
   /** Pod start table. */
   start: Summaries;
-  /** median(hako) / median(runc) of the pod start. */
-  startRatioOfMedians: number;
   /** Every START_RATIOS pair as median / median, keyed "hako-template/hako". */
   startRatiosOfMedians: Record<string, number>;
   /** Idle pods table. */
@@ -199,7 +197,6 @@ export function summarizeCri(s: CriSamples, boot?: BootReady): CriResult {
     network: s.network,
     templateInitMs: s.templateInitMs,
     start,
-    startRatioOfMedians: medianOf(start, "pod_start_hako") / medianOf(start, "pod_start_runc"),
     startRatiosOfMedians,
     memory,
     density,
@@ -313,7 +310,8 @@ export function criJson(r: CriResult): unknown {
     accel: r.accel,
     network: r.network,
     templateInitMs: Math.round(r.templateInitMs),
-    startRatioOfMedians: round(r.startRatioOfMedians, 3),
+    // Kept for readers of earlier result files: the same as startRatiosOfMedians["hako/runc"].
+    startRatioOfMedians: round(r.startRatiosOfMedians["hako/runc"] ?? NaN, 3),
     startRatiosOfMedians: Object.fromEntries(Object.entries(r.startRatiosOfMedians).map(([k, v]) => [k, round(v, 3)])),
     start: roundSummaries(r.start),
     memory: roundSummaries(r.memory),

@@ -19,7 +19,7 @@ import { NETNS_DIR } from "../../test/helpers/leaks.js";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { CriClient } from "../../src/cli/cri/cri-client.js";
@@ -30,6 +30,7 @@ import { stopAfterWindDown, track, untrack } from "./children.js";
 import type { KernelEnv } from "./env.js";
 import { destroyTemplates, initTemplates, templateLeaks } from "./template.js";
 import { memAvailableMiB, podMemory, podProcesses, processesInCgroupsOf, processTable, qemusOf, shimsServing, type PodMemory } from "./pod-processes.js";
+import { HAKO } from "../../test/helpers/hako.js";
 
 /** Not the tests' network (hakotest0, 10.217.0.0/24): a `make test` may run beside the benchmark. */
 export const CRI_NETWORK: CniNetwork = { name: "hako-bench-pods", bridge: "hakobench0", subnet: "10.218.0.0/24", gateway: "10.218.0.1" };
@@ -59,7 +60,6 @@ const WIND_DOWN_MS = 60_000;
 const CNI_RESULTS_DIR = "/var/lib/cni/results";
 const RUNC_STATE_DIR = `/run/containerd/runc/${CRI_NAMESPACE}`;
 const CGROUP_V1_ROOT = "/sys/fs/cgroup";
-const HAKO_BIN = resolve(import.meta.dirname, "..", "..", "build", "bin", "hako");
 
 /** What the section made, for the final leak check (filled as it goes). */
 export const criMade = {
@@ -258,8 +258,9 @@ async function measureDensity(ctx: CriCtx, handler: Handler, count: number, stop
     if (stop()) return sample;
     await sleep(SETTLE_MS);
     sample.memAvailableSettledMiB = memAvailableMiB();
+    const table = processTable();
     for (const pod of pods) {
-      const m = podMemory(ctx.c.address, pod.podId, handler !== "runc");
+      const m = podMemory(ctx.c.address, pod.podId, handler !== "runc", table);
       sample.perPod.push(m);
       const parts = m.processes.map((p) => `${p.role} ${p.pid} ${p.pssMiB.toFixed(1)}`).join(" + ");
       ctx.log(`bench: cri: ${handler} pod ${pod.podId.slice(0, 12)}: PSS ${m.pssMiB.toFixed(1)} MiB = ${parts}`);
@@ -297,7 +298,7 @@ async function teardown(ctx: CriCtx, k: KernelEnv): Promise<void> {
   const sbDir = join(k.config.runtime.state_dir, "sandboxes");
   for (const id of existsSync(sbDir) ? readdirSync(sbDir).filter((n) => criMade.podIds.includes(n)) : []) {
     ctx.log(`bench: ${ctx.section}: sandbox ${id} left by its shim: hako delete --force`);
-    spawnSync(HAKO_BIN, ["--config", k.configFile, "delete", "--force", id], { stdio: "ignore", timeout: 60_000 });
+    spawnSync(HAKO, ["--config", k.configFile, "delete", "--force", id], { stdio: "ignore", timeout: 60_000 });
   }
   for (const ns of criMade.netns.filter((p) => existsSync(p))) {
     ctx.log(`bench: ${ctx.section}: netns ${ns} of our pod outlived containerd: ip netns delete`);

@@ -131,7 +131,8 @@ export async function runDensitySection(k: KernelEnv, o: DensityOptions, log: (s
       if (s.failures.length === 0 && !stop()) {
         await sleep(SETTLE_MS);
         s.memAvailableSettledMiB = memAvailableMiB();
-        for (const p of pods) s.perPod.push(podMemory(ctx.c.address, p.podId, true));
+        const table = processTable(); // one scan for all the pods
+        for (const p of pods) s.perPod.push(podMemory(ctx.c.address, p.podId, true, table));
       }
     } finally {
       const removed = await removeAll(ctx, pods, o.parallel);

@@ -4,15 +4,14 @@
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
-import { resolve } from "node:path";
 import { buildProbeArgs, PROBE_MARKER } from "../../src/hypervisor/accel-probe.js";
 import { createHypervisor } from "../../src/hypervisor/index.js";
 import { createLogger } from "../../src/runtime/logger.js";
 import { Sandbox } from "../../src/runtime/sandbox.js";
 import { onInterrupt, track, untrack } from "./children.js";
 import type { KernelEnv } from "./env.js";
+import { HAKO } from "../../test/helpers/hako.js";
 
-const HAKO_BIN = resolve(import.meta.dirname, "..", "..", "build", "bin", "hako");
 const TIMEOUT_MS = 120_000;
 /** How long QEMU gets to exit by itself after the marker (init exits → panic → reset → -no-reboot). */
 const EXIT_GRACE_MS = 10_000;
@@ -100,7 +99,7 @@ export function measureCliStartup(): Promise<number> {
 function timeHako(argv: string[], what: string): Promise<number> {
   return new Promise((resolvePromise, reject) => {
     const t0 = performance.now();
-    const child = spawn(HAKO_BIN, argv, { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(HAKO, argv, { stdio: ["ignore", "pipe", "pipe"] });
     track(child.pid, "hako");
     let out = "";
     child.stdout.on("data", (b: Buffer) => (out = (out + b.toString()).slice(-4096)));
@@ -110,7 +109,7 @@ function timeHako(argv: string[], what: string): Promise<number> {
     }, TIMEOUT_MS);
     child.on("error", (e) => {
       clearTimeout(timer);
-      reject(new Error(`cannot run ${HAKO_BIN}: ${e.message}`));
+      reject(new Error(`cannot run ${HAKO}: ${e.message}`));
     });
     child.on("close", (code, signal) => {
       const ms = performance.now() - t0;

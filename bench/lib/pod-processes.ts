@@ -10,9 +10,9 @@
 import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { smapsRollup } from "./measure.js";
-import { processTable, type ProcessEntry } from "../../test/helpers/processes.js";
+import { memAvailableMiB, processTable, type ProcessEntry } from "../../test/helpers/processes.js";
 
-export { processTable, type ProcessEntry };
+export { memAvailableMiB, processTable, type ProcessEntry };
 
 
 export interface PodProcesses {
@@ -86,8 +86,7 @@ const mib = (kb: number): number => kb / 1024;
  * RSS and PSS of a pod's processes (read now). For a hako pod the QEMU named
  * after the pod must be among the shim's descendants.
  */
-export function podMemory(containerdAddress: string, podId: string, hakoPod: boolean): PodMemory {
-  const table = processTable();
+export function podMemory(containerdAddress: string, podId: string, hakoPod: boolean, table: readonly ProcessEntry[] = processTable()): PodMemory {
   const procs = podProcesses(table, containerdAddress, podId);
   if (!procs) throw new Error(`pod ${podId}: no shim serving ${containerdAddress} with -id ${podId}`);
   const qemuPids = new Set(qemusOf(table, podId).map((p) => p.pid));
@@ -114,12 +113,6 @@ function cgroupOf(pid: number): string {
   }
 }
 
-/** MemAvailable of /proc/meminfo, MiB. */
-export function memAvailableMiB(): number {
-  const m = /^MemAvailable:\s+(\d+) kB/m.exec(readFileSync("/proc/meminfo", "utf8"));
-  if (!m) throw new Error("no MemAvailable in /proc/meminfo");
-  return Number(m[1]) / 1024;
-}
 
 /** Processes whose cgroup path names one of `ids` (runc containers left running). */
 export function processesInCgroupsOf(ids: readonly string[]): string[] {

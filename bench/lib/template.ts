@@ -3,15 +3,14 @@
 // configuration before its pods are measured, `hako factory destroy` in the
 // section's teardown. The templates live under the bench state dir
 // (KernelEnv.templateDir), so that templateLeaks can tell whether one survived.
-import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { NETNS_DIR } from "../../test/helpers/leaks.js";
+import { runToEnd } from "../../test/helpers/processes.js";
 import { track, untrack } from "./children.js";
 import type { KernelEnv } from "./env.js";
+import { HAKO } from "../../test/helpers/hako.js";
 
-const HAKO_BIN = resolve(import.meta.dirname, "..", "..", "build", "bin", "hako");
 /** Two template VMs booted cold under TCG (~5 s each) plus their warm-up; generous for a loaded host. */
 const INIT_TIMEOUT_MS = 240_000;
 const DESTROY_TIMEOUT_MS = 60_000;
@@ -30,29 +29,24 @@ interface HakoExit {
 }
 
 /** Runs `hako --config <templating config> factory <verb>`, tracked like every child of the benchmark. */
-function factory(k: KernelEnv, verb: "init" | "destroy", timeoutMs: number): Promise<HakoExit> {
-  return new Promise((resolveExit, reject) => {
-    const t0 = performance.now();
-    const child = spawn(HAKO_BIN, ["--config", k.templateConfigFile, "factory", verb], { stdio: ["ignore", "pipe", "pipe"] });
-    track(child.pid, `hako factory ${verb}`);
-    if (verb === "init" && child.pid !== undefined) made.netns.push(`${NETNS_DIR}/hako-tpl-${child.pid}`);
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    // SIGTERM, not SIGKILL: the CLI then gets to stop the template VM it is building.
-    const timer = setTimeout(() => child.kill("SIGTERM"), timeoutMs);
-    child.on("error", (err) => {
-      clearTimeout(timer);
-      untrack(child.pid);
-      reject(err);
+async function factory(k: KernelEnv, verb: "init" | "destroy", timeoutMs: number): Promise<HakoExit> {
+  const t0 = performance.now();
+  let pid: number | undefined;
+  try {
+    const r = await runToEnd(HAKO, ["--config", k.templateConfigFile, "factory", verb], {
+      timeoutMs,
+      // SIGTERM, not SIGKILL: the CLI then gets to stop the template VM it is building.
+      timeoutSignal: "SIGTERM",
+      onSpawn: (p) => {
+        pid = p;
+        track(p, `hako factory ${verb}`);
+        if (verb === "init" && p !== undefined) made.netns.push(`${NETNS_DIR}/hako-tpl-${p}`);
+      },
     });
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      untrack(child.pid);
-      resolveExit({ code, signal, stdout, stderr, ms: performance.now() - t0 });
-    });
-  });
+    return { code: r.status, signal: r.signal, stdout: r.stdout.toString(), stderr: r.stderr, ms: performance.now() - t0 };
+  } finally {
+    untrack(pid);
+  }
 }
 
 const tail = (s: string): string => (s.length > OUTPUT_TAIL ? `…${s.slice(-OUTPUT_TAIL)}` : s).trim();

@@ -45,6 +45,13 @@ export function pidsMatching(needle: string): number[] {
     .map((p) => p.pid);
 }
 
+/** MemAvailable of /proc/meminfo, MiB (how much a set of pods cost the host). */
+export function memAvailableMiB(): number {
+  const m = /^MemAvailable:\s+(\d+) kB/m.exec(readFileSync("/proc/meminfo", "utf8"));
+  if (!m) throw new Error("no MemAvailable in /proc/meminfo");
+  return Number(m[1]) / 1024;
+}
+
 export interface RunResult {
   status: number | null;
   signal: NodeJS.Signals | null;
@@ -57,6 +64,14 @@ export interface RunOptions {
   /** SIGKILL and reject after this long (default 60 s). */
   timeoutMs?: number;
   env?: NodeJS.ProcessEnv;
+  /**
+   * On timeout send this signal and let the program end as it ends (the
+   * result then carries the signal), e.g. SIGTERM for a program that must
+   * clean up. Default: SIGKILL and reject at once.
+   */
+  timeoutSignal?: NodeJS.Signals;
+  /** Called with the child's pid once it is spawned (e.g. to track it for an interruption). */
+  onSpawn?: (pid: number | undefined) => void;
 }
 
 /** Runs a program to its end, collecting stdout (bytes) and stderr (text); stdin gets `input` or EOF. */
@@ -64,11 +79,13 @@ export function runToEnd(bin: string, args: readonly string[], opts: RunOptions 
   const timeoutMs = opts.timeoutMs ?? 60_000;
   return new Promise((resolvePromise, reject) => {
     const child = spawn(bin, args, { env: opts.env ?? process.env, stdio: ["pipe", "pipe", "pipe"] });
+    opts.onSpawn?.(child.pid);
     const out: Buffer[] = [];
     let err = "";
     child.stdout.on("data", (d: Buffer) => out.push(d));
     child.stderr.on("data", (d: Buffer) => (err += d.toString()));
     const timer = setTimeout(() => {
+      if (opts.timeoutSignal) return void child.kill(opts.timeoutSignal);
       child.kill("SIGKILL");
       reject(new Error(`${bin} ${args.join(" ")} timed out after ${timeoutMs} ms; stderr: ${err}`));
     }, timeoutMs);

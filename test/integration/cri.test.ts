@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { CriClient } from "../../src/cli/cri/cri-client.js";
 import { cniNetns, startCriContainerd, CNI_BRIDGE, type CriContainerd } from "../helpers/cri-containerd.js";
 import { mountsUnder, pidsMatching } from "../helpers/containerd.js";
+import { memAvailableMiB } from "../helpers/processes.js";
 import { TEMPLATE_MODE, TEST_STATE_DIR, hako } from "../helpers/hako.js";
 import { readState, sandboxDir } from "../../src/runtime/state.js";
 import { findLeaks, describeLeaks, hasLeaks } from "../helpers/leaks.js";
@@ -359,7 +360,7 @@ describe(`density: ${DENSITY_PODS} templated pods requested at once`, { skip: !T
     const logDir = join(work, "logs-density");
     mkdirSync(logDir, { recursive: true });
     const specs: PodSpec[] = Array.from({ length: DENSITY_PODS }, (_, i) => ({ name: `dense-${i}`, uid: `uid-dense-${i}`, hostname: `dense-${i}`, logDir }));
-    const memBefore = Number(/^MemAvailable:\s+(\d+)/m.exec(readFileSync("/proc/meminfo", "utf8"))![1]);
+    const memBefore = memAvailableMiB();
     const t0 = Date.now();
     const started = await Promise.allSettled(
       specs.map(async (spec) => {
@@ -372,8 +373,7 @@ describe(`density: ${DENSITY_PODS} templated pods requested at once`, { skip: !T
     const pods = started.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     try {
       assert.deepEqual(started.filter((r) => r.status === "rejected").map((r) => String((r as PromiseRejectedResult).reason)), [], "every pod starts");
-      const memAfter = Number(/^MemAvailable:\s+(\d+)/m.exec(readFileSync("/proc/meminfo", "utf8"))![1]);
-      t.diagnostic(`${DENSITY_PODS} pods running ${allMs} ms after the first request; MemAvailable −${((memBefore - memAfter) / 1024).toFixed(0)} MiB`);
+      t.diagnostic(`${DENSITY_PODS} pods running ${allMs} ms after the first request; MemAvailable −${(memBefore - memAvailableMiB()).toFixed(0)} MiB`);
       assert.equal(qemuPids().length, DENSITY_PODS, "one QEMU per pod");
       const ips = new Set<string>();
       for (const { pod, cid, spec } of pods) {
