@@ -7,6 +7,8 @@
 // (execFile, a piped and a pseudo-terminal GuestProcess), the network script
 // builders and runner, and waits for them. Nothing is left behind: only
 // /bin/true runs, and the builders are pure.
+import { existsSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { execFileAsync } from "../runtime/command.js";
 import { GuestProcess } from "./guest-process.js";
 import { interfaceCommands, neighborCommands, routeCommands, runCommands } from "./guest-network.js";
@@ -28,4 +30,42 @@ export async function warmUp(rounds = 3): Promise<number> {
     neighborCommands([{ toIpAddress: "10.0.0.1", device: "eth0", llAddr: "02:00:00:00:00:03", state: 0x80 }], () => true);
   }
   return performance.now() - t0;
+}
+
+/** Id of the throwaway container of a cached VM's warm-up (no pod container can have it: CRI ids are hex). */
+export const WARM_UP_CONTAINER = "hako-warm-up";
+
+/**
+ * A pod container's shape, run once in a VM the VM cache keeps ready: crun
+ * create/start/delete, its namespaces, cgroup, mounts and limits go through
+ * TCG (and the guest's caches) before a pod's first container needs them.
+ * Its root is an empty directory with the guest's program directories bound
+ * in read-only; it runs /bin/true and leaves nothing but that directory.
+ */
+export function warmUpSpec(): object {
+  const root = "/run/hako/warm-up-rootfs";
+  const binds = ["bin", "sbin", "lib", "lib64", "usr"].filter((d) => existsSync(`/${d}`));
+  for (const d of [...binds, "proc", "dev", "sys", "tmp"]) mkdirSync(join(root, d), { recursive: true });
+  return {
+    ociVersion: "1.0.2",
+    process: { args: ["/bin/true"], cwd: "/", env: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], user: { uid: 0, gid: 0 }, noNewPrivileges: true },
+    root: { path: root, readonly: true },
+    hostname: WARM_UP_CONTAINER,
+    mounts: [
+      ...binds.map((d) => ({ destination: `/${d}`, type: "bind", source: `/${d}`, options: ["rbind", "ro"] })),
+      { destination: "/proc", type: "proc", source: "proc", options: ["nosuid", "noexec", "nodev"] },
+      { destination: "/dev", type: "tmpfs", source: "tmpfs", options: ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+      { destination: "/dev/pts", type: "devpts", source: "devpts", options: ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
+      { destination: "/dev/shm", type: "tmpfs", source: "shm", options: ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+      { destination: "/sys", type: "sysfs", source: "sysfs", options: ["nosuid", "noexec", "nodev", "ro"] },
+      { destination: "/sys/fs/cgroup", type: "cgroup", source: "cgroup", options: ["nosuid", "noexec", "nodev", "relatime", "ro"] },
+    ],
+    linux: {
+      namespaces: [{ type: "pid" }, { type: "ipc" }, { type: "uts" }, { type: "mount" }, { type: "cgroup" }],
+      cgroupsPath: `/hako/${WARM_UP_CONTAINER}`,
+      resources: { memory: { limit: 64 * 1024 * 1024 }, cpu: { quota: 50000, period: 100000 } },
+      maskedPaths: ["/proc/kcore", "/proc/keys", "/sys/firmware"],
+      readonlyPaths: ["/proc/bus", "/proc/sys", "/proc/sysrq-trigger"],
+    },
+  };
 }

@@ -8,7 +8,7 @@ import { printEnv } from "./env.js";
 import { runCheck } from "./check.js";
 import { imageBuild } from "./image.js";
 import { traceCommand } from "./trace.js";
-import { factoryDestroy, factoryInit, factoryStatus } from "./factory.js";
+import { factoryCache, factoryDestroy, factoryInit, factoryStatus } from "./factory.js";
 
 const program = new Command();
 program
@@ -101,6 +101,10 @@ factory
   .description("list the templates and whether they match the current configuration and assets")
   .option("--json", "JSON output")
   .action((o: { json?: boolean }) => guarded(async () => factoryStatus({ ...globals(), ...o })));
+factory
+  .command("cache")
+  .description("keep [factory] vm_cache_number warm VMs per template ready for sandboxes (runs until SIGTERM)")
+  .action(() => guarded(() => factoryCache(globals())));
 factory
   .command("destroy")
   .description("remove every template")

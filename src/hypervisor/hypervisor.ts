@@ -78,12 +78,29 @@ export interface VirtualMachine {
   resume(): Promise<void>;
   /** Stops the VM and saves its device state to `file`, leaving RAM in its memory file (templating). */
   saveState(file: string): Promise<void>;
+  /**
+   * Lets go of a running VM for another process to adopt (the VM cache):
+   * closes the monitor connection; `exited` still resolves when it exits.
+   */
+  release(): void;
   /** Graceful stop (QMP quit), then SIGKILL after graceMs; resolves after exit and cleanup of sockets. */
   stop(graceMs?: number): Promise<VmExit>;
+}
+
+/** A running VMM that another process started and hands over (the VM cache). */
+export interface AdoptableVm {
+  /** Sandbox id: names the VM in logs and errors from now on. */
+  id: string;
+  pid: number;
+  /** The VM's run directory (sockets, console log) after the handover. */
+  runDir: string;
+  consoleLog: string;
 }
 
 export interface Hypervisor {
   readonly name: string;
   /** Starts the VMM; resolves once the VM runs (QMP answered), not when the guest has booted. */
   start(spec: VmSpec, signal?: AbortSignal): Promise<VirtualMachine>;
+  /** Takes over a running VMM (connects its monitor); fails if it is not running. */
+  adopt(vm: AdoptableVm, signal?: AbortSignal): Promise<VirtualMachine>;
 }

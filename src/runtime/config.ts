@@ -28,6 +28,8 @@ export interface QemuConfig {
   shared_fs: "virtio-9p";
   msize_9p: number;
   free_page_reporting: boolean;
+  /** Under TCG, boot guests with `norandmaps` (no ASLR) so that QEMU reuses its translations across guest processes. */
+  tcg_norandmaps: boolean;
 }
 
 export interface AgentConfig {
@@ -46,6 +48,8 @@ export interface FactoryConfig {
   template_path: string;
   /** TCG translation cache (MiB) of a VM cloned from a template (not part of the migrated state). */
   clone_tb_size: number;
+  /** Warm clones per template kept by `hako factory cache` (0: no VM cache; sandboxes restore their own clone). */
+  vm_cache_number: number;
 }
 
 export interface HakoConfig {
@@ -80,6 +84,7 @@ const QEMU_FIELDS: Record<keyof QemuConfig, FieldSpec> = {
   shared_fs: { kind: "string", oneOf: ["virtio-9p"] },
   msize_9p: { kind: "int", min: 4096, max: 1048576 },
   free_page_reporting: { kind: "bool" },
+  tcg_norandmaps: { kind: "bool" },
 };
 const AGENT_FIELDS: Record<keyof AgentConfig, FieldSpec> = {
   dial_timeout: { kind: "int", min: 1, max: 600 },
@@ -94,6 +99,7 @@ const FACTORY_FIELDS: Record<keyof FactoryConfig, FieldSpec> = {
   enable_template: { kind: "bool" },
   template_path: { kind: "string" },
   clone_tb_size: { kind: "int", min: 8, max: 2048 },
+  vm_cache_number: { kind: "int", min: 0, max: 64 },
 };
 
 export function defaultConfig(): HakoConfig {
@@ -117,11 +123,12 @@ export function defaultConfig(): HakoConfig {
         shared_fs: "virtio-9p",
         msize_9p: 524288,
         free_page_reporting: true,
+        tcg_norandmaps: true,
       },
     },
     agent: { dial_timeout: 60, debug: false },
     runtime: { state_dir: "/run/hako", log_level: "warn", internetworking_model: "tcfilter" },
-    factory: { enable_template: false, template_path: "/run/hako/template", clone_tb_size: 64 },
+    factory: { enable_template: false, template_path: "/run/hako/template", clone_tb_size: 64, vm_cache_number: 0 },
     source: "",
   };
 }

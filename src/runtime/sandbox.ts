@@ -16,6 +16,7 @@ import type { Logger } from "./logger.js";
 import type { SandboxSize } from "./sandbox-sizing.js";
 import { archiveTrace, traceFromState } from "./trace.js";
 import { findTemplate, templateGuestNic } from "./factory.js";
+import { claimCachedVm, killCachedVm, moveCachedTaps } from "./vm-cache.js";
 import { bindMountsToShare, guestSpec, type Bundle } from "./oci-spec.js";
 import { configureGuestNetwork } from "./sandbox-network.js";
 import { pidMatches, readState, sandboxDir, writeState, type SandboxState } from "./state.js";
@@ -67,8 +68,10 @@ export class Sandbox {
     };
   }
 
+  private consoleLogPath: string | undefined;
+
   get consoleLog(): string {
-    return join(this.dir, "console.log");
+    return this.consoleLogPath ?? join(this.dir, "console.log");
   }
 
   mark(phase: string): void {
@@ -96,43 +99,55 @@ export class Sandbox {
     this.save();
   }
 
-  /** Boots the VM and waits for its agent. */
+  /** Boots the VM (or restores a clone, or takes one from the VM cache) and waits for its agent. */
   async start(signal?: AbortSignal): Promise<void> {
-    const { config, hypervisor, logger } = this.opts;
+    const { config, hypervisor } = this.opts;
     const q = config.hypervisor.qemu;
-    this.share = new VirtioNinePShare(this.id, join(this.dir, "shared"), q.msize_9p);
     this.mark("config");
-    const network = await this.attachNetwork();
+    const podNet = await this.openNetwork();
     const vcpus = this.opts.size?.vcpus ?? q.default_vcpus;
     const memoryMiB = this.opts.size?.memoryMiB ?? q.default_memory;
-    const template = findTemplate(config, { vcpus, memoryMiB, accel: this.opts.accel, nics: network?.nics.length ?? 0 });
+    const template = findTemplate(config, { vcpus, memoryMiB, accel: this.opts.accel, nics: podNet?.endpoints.length ?? 0 });
     this.state.template = template?.key;
-    this.vm = await hypervisor.start(
-      {
-        id: this.id,
-        runDir: this.dir,
-        accel: this.opts.accel,
-        vcpus,
-        memoryMiB,
-        kernel: q.kernel,
-        initrd: q.rootfs_type === "initrd" ? q.initrd : undefined,
-        image: q.rootfs_type === "erofs" ? q.image : undefined,
-        // Under TCG, V8's JIT makes QEMU retranslate the code it writes; the
-        // agent starts ~0.3 s faster and answers faster without it (make bench).
-        // A clone keeps its template's (the guest booted with them) and mounts its share later.
-        kernelParams: template ? template.kernelParams : [...(this.opts.accel === "tcg" ? ["hako.node_opts=--jitless"] : []), `hako.share=${this.share.tag},${q.msize_9p}`],
-        sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],
-        consoleLog: this.consoleLog,
-        verboseConsole: config.agent.debug,
-        network,
-        ...(template ? { memoryFile: { path: template.memoryFile, shared: false }, restoreState: template.stateFile, tcgCacheMiB: config.factory.clone_tb_size } : {}),
-      },
-      signal,
-    );
+    const vmDir = join(this.dir, "vm");
+    const cached = template && config.factory.vm_cache_number > 0 ? claimCachedVm(config, template.key, vmDir) : undefined;
+    if (cached) {
+      this.state.vmmPid = cached.pid;
+      this.state.vmCache = true;
+      this.consoleLogPath = join(vmDir, "console.log");
+      this.save();
+      this.mark("vm_cache_claimed");
+    }
+    this.share = new VirtioNinePShare(this.id, join(cached ? vmDir : this.dir, "shared"), q.msize_9p);
+    const network = podNet ? await this.attachNetwork(podNet, cached ? await moveCachedTaps(cached, podNet.netnsPath) : []) : undefined;
+    this.vm = cached
+      ? await hypervisor.adopt({ id: this.id, pid: cached.pid, runDir: vmDir, consoleLog: this.consoleLog }, signal)
+      : await hypervisor.start(
+          {
+            id: this.id,
+            runDir: this.dir,
+            accel: this.opts.accel,
+            vcpus,
+            memoryMiB,
+            kernel: q.kernel,
+            initrd: q.rootfs_type === "initrd" ? q.initrd : undefined,
+            image: q.rootfs_type === "erofs" ? q.image : undefined,
+            // Under TCG, V8's JIT makes QEMU retranslate the code it writes; the
+            // agent starts ~0.3 s faster and answers faster without it (make bench).
+            // A clone keeps its template's (the guest booted with them) and mounts its share later.
+            kernelParams: template ? template.kernelParams : [...(this.opts.accel === "tcg" ? ["hako.node_opts=--jitless"] : []), `hako.share=${this.share.tag},${q.msize_9p}`],
+            sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],
+            consoleLog: this.consoleLog,
+            verboseConsole: config.agent.debug,
+            network,
+            ...(template ? { memoryFile: { path: template.memoryFile, shared: false }, restoreState: template.stateFile, tcgCacheMiB: config.factory.clone_tb_size } : {}),
+          },
+          signal,
+        );
     this.state.vmmPid = this.vm.pid;
-    this.mark("vmm_started");
+    this.mark(cached ? "vmm_adopted" : "vmm_started");
     this.save();
-    logger.debug({ sandbox: this.id, pid: this.vm.pid }, "VM started");
+    this.opts.logger.debug({ sandbox: this.id, pid: this.vm.pid, cached: cached !== undefined }, "VM started");
     this.agent = await connectAgentWhenReady(this.id, this.vm.agentSocketPath, config.agent.dial_timeout * 1000, this.vm.exited, signal);
     this.mark("agent_ready");
     // For `hako trace`: splits the boot into guest kernel and agent start.
@@ -140,10 +155,9 @@ export class Sandbox {
     // The guest network and CreateSandbox (share mount, hostname, clock)
     // touch different things in the guest: run them concurrently (each is a
     // few guest process spawns, ~0.1 s apiece under TCG).
-    const podNet = this.network;
     const agent = this.agent.agent;
     const guestNetwork = podNet
-      ? configureGuestNetwork(this.id, agent, podNet.scan, logger, template ? podNet.scan.interfaces.map((_, i) => templateGuestNic(i)) : undefined).then(() => this.mark("guest_network"))
+      ? configureGuestNetwork(this.id, agent, podNet.scan, this.opts.logger, template ? podNet.scan.interfaces.map((_, i) => templateGuestNic(i)) : undefined).then(() => this.mark("guest_network"))
       : Promise.resolve();
     const sandbox = agent.createSandbox({
       sandboxId: this.id,
@@ -161,12 +175,8 @@ export class Sandbox {
 
   }
 
-  /**
-   * Scans the pod netns and plumbs a tap per interface into it. The record is
-   * saved before anything is created, so that a crash from here on is undone
-   * by `hako delete -f` or the shim's delete.
-   */
-  private async attachNetwork(): Promise<VmNetwork | undefined> {
+  /** Scans the pod netns (changes nothing there); undefined when the VM gets no network. */
+  private async openNetwork(): Promise<PodNetwork | undefined> {
     const { netnsPath, config, logger } = this.opts;
     if (netnsPath === undefined) return undefined;
     if (config.runtime.internetworking_model === "none") {
@@ -178,15 +188,24 @@ export class Sandbox {
       logger.warn({ sandbox: this.id, netns: netnsPath }, "the network namespace has no Ethernet interface: the VM gets no network");
       return undefined;
     }
+    return net;
+  }
+
+  /**
+   * Plumbs a tap per interface into the pod netns (or takes the cached VM's
+   * taps, moved there). The record is saved before anything is created, so
+   * that a crash from here on is undone by `hako delete -f` or the shim's delete.
+   */
+  private async attachNetwork(net: PodNetwork, handedOverTaps: string[]): Promise<VmNetwork> {
     this.network = net;
     this.state.network = net.record();
     this.save();
-    await net.attach();
+    await net.attach(handedOverTaps);
     this.state.network = net.record();
     this.save();
     this.mark("network_attached");
-    logger.debug({ sandbox: this.id, netns: netnsPath, taps: net.endpoints.map((e) => e.tapName) }, "pod network attached");
-    return { netnsPath, nics: net.endpoints.map((e) => ({ tapName: e.tapName, mac: e.mac })) };
+    this.opts.logger.debug({ sandbox: this.id, netns: net.netnsPath, taps: net.endpoints.map((e) => e.tapName) }, "pod network attached");
+    return { netnsPath: net.netnsPath, nics: net.endpoints.map((e) => ({ tapName: e.tapName, mac: e.mac })) };
   }
 
   /** Shares the bundle's rootfs and bind mounts, then creates the container in the guest. */
@@ -240,6 +259,7 @@ export class Sandbox {
     // the guest-side unmounts and crun deletes only delay the QMP quit.
     this.agent?.close();
     if (this.vm) await this.vm.stop(2000).catch((err: unknown) => log.warn({ err, sandbox: this.id }, "VM stop failed"));
+    else if (this.state.vmCache) await killCachedVm(this.state.vmmPid); // claimed, not yet adopted
     // After QEMU is gone (it held the taps). A netns that is gone already (CRI removes it after StopPodSandbox) is clean.
     let networkError: unknown;
     if (this.network) await this.network.detach().catch((err: unknown) => (networkError = err));

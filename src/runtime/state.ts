@@ -23,6 +23,8 @@ export interface SandboxState {
   timeline?: Record<string, number>;
   /** Key of the VM template this sandbox was cloned from (absent: booted cold). */
   template?: string;
+  /** The VM was taken from the VM cache (`hako factory cache`) rather than started by this sandbox. */
+  vmCache?: boolean;
   /** Guest uptime when init launched the agent: splits the boot into kernel and agent start (hako trace). */
   guestAgentLaunchUptimeMs?: number;
   /** Pod network plumbing (netns path, taps, filters) to remove when the sandbox goes, even after its owner died. */

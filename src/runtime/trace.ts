@@ -16,8 +16,10 @@ export const MAX_TRACES = 50;
  */
 const PHASES: ReadonlyArray<{ mark: string; label: string; from?: string }> = [
   { mark: "config", label: "config: accelerator, state dir, share" },
+  { mark: "vm_cache_claimed", label: "take a warm VM from the VM cache" },
   { mark: "network_attached", label: "netns scan + taps + tc filters" },
   { mark: "vmm_started", label: "QEMU spawn → running (QMP)" },
+  { mark: "vmm_adopted", label: "cached VM adopted (QMP connected)" },
   { mark: "guest_kernel_booted", label: "guest kernel boot → agent launched" },
   { mark: "agent_ready", label: "agent start (node) → health check answered" },
   { mark: "guest_network", label: "guest network (UpdateInterface/Routes/ARP)" },

@@ -1,6 +1,6 @@
 // Runs the built `hako` CLI as a user would, with a private state directory.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdirSync, writeFileSync, readFileSync, existsSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { runToEnd, type RunResult } from "./processes.js";
 
@@ -10,8 +10,15 @@ export const HAKO = join(REPO, "build", "bin", "hako");
 export const TEST_STATE_DIR = process.env.HAKO_TEST_STATE_DIR ?? "/run/hako-test";
 export const TEST_CONFIG = join(TEST_STATE_DIR, "configuration.toml");
 
-/** HAKO_TEST_TEMPLATE=1: sandboxes are cloned from VM templates (the CRI suite runs in both modes). */
-export const TEMPLATE_MODE = process.env.HAKO_TEST_TEMPLATE === "1";
+/**
+ * HAKO_TEST_TEMPLATE=1: sandboxes are cloned from VM templates; =cache: and
+ * taken warm from the VM cache (`hako factory cache`, 2 per template). The CRI
+ * suite runs in all three modes.
+ */
+export const VM_CACHE_MODE = process.env.HAKO_TEST_TEMPLATE === "cache";
+export const TEMPLATE_MODE = process.env.HAKO_TEST_TEMPLATE === "1" || VM_CACHE_MODE;
+/** VMs the VM cache keeps per template in VM_CACHE_MODE. */
+export const TEST_VM_CACHE_NUMBER = 2;
 
 export function ensureTestConfig(extra = ""): string {
   mkdirSync(TEST_STATE_DIR, { recursive: true });
@@ -19,6 +26,7 @@ export function ensureTestConfig(extra = ""): string {
   let text = base.replace(/state_dir = ".*"/, `state_dir = "${TEST_STATE_DIR}"`) + extra;
   if (TEMPLATE_MODE)
     text = text.replace(/enable_template = .*/, "enable_template = true").replace(/template_path = ".*"/, `template_path = "${join(TEST_STATE_DIR, "template")}"`);
+  if (VM_CACHE_MODE) text = text.replace(/vm_cache_number = .*/, `vm_cache_number = ${TEST_VM_CACHE_NUMBER}`);
   if (!existsSync(TEST_CONFIG) || readFileSync(TEST_CONFIG, "utf8") !== text) writeFileSync(TEST_CONFIG, text);
   return TEST_CONFIG;
 }
@@ -41,4 +49,59 @@ export function hakoSpawn(args: string[]): ChildProcess {
 export function hakoSync(args: string[]): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(HAKO, args, { env: hakoEnv(), encoding: "utf8" });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** `hako factory cache` run by a test: wait for it to fill, stop it. */
+export interface VmCacheDaemon {
+  readonly pid: number;
+  /** Resolves when every valid template has TEST_VM_CACHE_NUMBER ready VMs; rejects after timeoutMs. */
+  waitFull(timeoutMs: number): Promise<void>;
+  /** SIGTERM, then its exit and output. */
+  stop(): Promise<{ status: number | null; stdout: string; stderr: string }>;
+}
+
+/** Ready cached VMs per template key, as `hako factory status` counts them (directories not starting with "."). */
+export function cachedVmsReady(stateDir = TEST_STATE_DIR): number[] {
+  const templates = join(stateDir, "template");
+  const keys = existsSync(templates) ? readdirSync(templates).filter((k) => existsSync(join(templates, k, "manifest.json"))) : [];
+  return keys.map((k) => {
+    const dir = join(stateDir, "vm-cache", k);
+    return existsSync(dir) ? readdirSync(dir).filter((n) => !n.startsWith(".")).length : 0;
+  });
+}
+
+export async function startVmCache(fillTimeoutMs = 120_000): Promise<VmCacheDaemon> {
+  let out = "";
+  let err = "";
+  const child = spawn(HAKO, ["factory", "cache"], { env: hakoEnv(), stdio: ["ignore", "pipe", "pipe"] });
+  child.stdout!.on("data", (b: Buffer) => (out += b.toString()));
+  child.stderr!.on("data", (b: Buffer) => (err += b.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const d: VmCacheDaemon = {
+    pid: child.pid ?? 0,
+    async waitFull(timeoutMs) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const counts = cachedVmsReady();
+        if (counts.length > 0 && counts.every((n) => n >= TEST_VM_CACHE_NUMBER)) return;
+        if (child.exitCode !== null) throw new Error(`hako factory cache exited (${child.exitCode}): ${err}`);
+        if (Date.now() > deadline) throw new Error(`the VM cache did not fill within ${timeoutMs} ms (ready: ${counts.join(", ")}): ${out}${err}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    },
+    async stop() {
+      if (child.exitCode === null) child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+      const code = await exited;
+      clearTimeout(timer);
+      return { status: code, stdout: out, stderr: err };
+    },
+  };
+  try {
+    await d.waitFull(fillTimeoutMs);
+  } catch (e) {
+    await d.stop();
+    throw e;
+  }
+  return d;
 }

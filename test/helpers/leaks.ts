@@ -26,10 +26,31 @@ export function listNetns(): string[] {
 }
 
 
-/** Everything under `stateDir` (the test config's runtime.state_dir) that still exists. */
-export function findLeaks(stateDir: string, netnsBefore?: readonly string[]): Leaks {
+/** QEMU pids that sandboxes under `stateDir` record as theirs. */
+function sandboxVmmPids(stateDir: string): Set<number> {
+  const dir = join(stateDir, "sandboxes");
+  const pids = new Set<number>();
+  for (const id of existsSync(dir) ? readdirSync(dir) : []) {
+    try {
+      pids.add((JSON.parse(readFileSync(join(dir, id, "state.json"), "utf8")) as { vmmPid?: number }).vmmPid ?? 0);
+    } catch {
+      /* being created or removed */
+    }
+  }
+  return pids;
+}
+
+/**
+ * Everything under `stateDir` (the test config's runtime.state_dir) that still
+ * exists. `vmCacheRunning`: the VM cache daemon runs, and the VMs it keeps
+ * (started under <stateDir>/vm-cache, taken by no sandbox) are its, not leaks.
+ */
+export function findLeaks(stateDir: string, netnsBefore?: readonly string[], opts: { vmCacheRunning?: boolean } = {}): Leaks {
   const procs = processTable().map((p) => ({ pid: p.pid, cmd: commandLine(p) }));
-  const qemu = procs.filter((p) => p.cmd.includes("qemu-system") && p.cmd.includes(stateDir)).map((p) => `${p.pid} ${p.cmd.slice(0, 160)}`);
+  const cacheDir = join(stateDir, "vm-cache") + "/";
+  const taken = opts.vmCacheRunning ? sandboxVmmPids(stateDir) : new Set<number>();
+  const cached = (p: { pid: number; cmd: string }): boolean => opts.vmCacheRunning === true && p.cmd.includes(cacheDir) && !taken.has(p.pid);
+  const qemu = procs.filter((p) => p.cmd.includes("qemu-system") && p.cmd.includes(stateDir) && !cached(p)).map((p) => `${p.pid} ${p.cmd.slice(0, 160)}`);
   // Shims of this checkout (another checkout's runs are not ours to judge).
   const shims = procs.filter((p) => p.cmd.includes(SHIM_BUNDLE) && p.pid !== process.pid).map((p) => `${p.pid} ${p.cmd.slice(0, 160)}`);
   const netns = netnsBefore ? listNetns().filter((n) => !netnsBefore.includes(n)) : [];

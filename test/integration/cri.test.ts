@@ -11,7 +11,7 @@ import { CriClient } from "../../src/cli/cri/cri-client.js";
 import { cniNetns, startCriContainerd, CNI_BRIDGE, type CriContainerd } from "../helpers/cri-containerd.js";
 import { mountsUnder, pidsMatching } from "../helpers/containerd.js";
 import { memAvailableMiB } from "../helpers/processes.js";
-import { TEMPLATE_MODE, TEST_STATE_DIR, hako } from "../helpers/hako.js";
+import { TEMPLATE_MODE, TEST_STATE_DIR, VM_CACHE_MODE, hako, startVmCache, type VmCacheDaemon } from "../helpers/hako.js";
 import { readState, sandboxDir } from "../../src/runtime/state.js";
 import { findLeaks, describeLeaks, hasLeaks } from "../helpers/leaks.js";
 import { TMP_PREFIX } from "../helpers/bundle.js";
@@ -21,6 +21,10 @@ let c: CriContainerd;
 let cri: CriClient;
 let work: string;
 let netnsBefore: string[];
+let vmCache: VmCacheDaemon | undefined;
+
+/** Leaks under the test state dir; the VM cache's own VMs are not, while it runs. */
+const leaks = (): ReturnType<typeof findLeaks> => findLeaks(TEST_STATE_DIR, undefined, { vmCacheRunning: vmCache !== undefined });
 
 function httpGet(url: string, timeoutMs = 10_000): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -36,7 +40,7 @@ function httpGet(url: string, timeoutMs = 10_000): Promise<{ status: number; bod
 
 /** QEMU processes of this test run (their command lines hold the state dir). */
 function qemuPids(): number[] {
-  return findLeaks(TEST_STATE_DIR).qemu.map((l) => Number(l.split(" ")[0]));
+  return leaks().qemu.map((l) => Number(l.split(" ")[0]));
 }
 
 async function exec(cid: string, cmd: string[], timeout = 30): Promise<{ stdout: string; stderr: string; exitCode: number }> {
@@ -94,7 +98,7 @@ function assertPodGone(netnsPath: string): void {
   assert.equal(existsSync(netnsPath), false, `pod netns ${netnsPath} removed`);
   assert.deepEqual(readdirSync("/sys/class/net").filter((n) => /^tap\d+_hako$/.test(n)), [], "no tap in the host netns");
   assert.deepEqual(mountsUnder(join(c.state, "io.containerd.runtime.v2.task")), [], "no task rootfs mount");
-  const l = findLeaks(TEST_STATE_DIR);
+  const l = leaks();
   assert.equal(hasLeaks(l), false, describeLeaks(l));
 }
 
@@ -107,12 +111,19 @@ before(async () => {
     const r = await hako(["factory", "init"], { timeoutMs: 180_000 });
     assert.equal(r.status, 0, `hako factory init: ${r.stderr}`);
   }
+  if (VM_CACHE_MODE) vmCache = await startVmCache();
 });
 
 after(async () => {
   try {
     cri?.close();
     await c?.stop();
+    // Stops the cached VMs no pod took (and its netns); it must exit cleanly.
+    if (vmCache) {
+      const out = await vmCache.stop();
+      vmCache = undefined;
+      assert.equal(out.status, 0, `hako factory cache: ${out.stderr}`);
+    }
     // Templates hold their guest RAM in files on tmpfs: never leave them behind.
     if (TEMPLATE_MODE) assert.equal((await hako(["factory", "destroy"])).status, 0);
   } finally {
@@ -172,6 +183,7 @@ describe("a hako pod: two containers in one VM", () => {
     const st = readState(sandboxDir(TEST_STATE_DIR, pod));
     if (TEMPLATE_MODE) {
       assert.match(st?.template ?? "", /^[0-9a-f]{16}$/, "state.json names the template the pod was cloned from");
+      assert.equal(st?.vmCache === true, VM_CACHE_MODE, VM_CACHE_MODE ? "the VM was taken from the VM cache" : "the VM was restored by the pod");
       assert.ok(kib > 384 * 1024 && kib <= 512 * 1024, `guest MemTotal ${kib} kB`);
     } else {
       assert.equal(st?.template, undefined, "booted cold");
@@ -182,11 +194,19 @@ describe("a hako pod: two containers in one VM", () => {
     assert.equal((await exec(client, ["cat", "/sys/fs/cgroup/cpu.max"])).stdout.trim(), "50000 100000");
   });
 
+  test("the VM cache: the pod's trace shows the handover; the cache refills", { skip: !VM_CACHE_MODE && "VM cache mode only" }, async () => {
+    const trace = await hako(["trace", pod]);
+    assert.match(trace.stdout.toString(), /take a warm VM from the VM cache/);
+    assert.ok(vmCache, "the cache daemon runs");
+    await vmCache.waitFull(60_000);
+    assert.equal(qemuPids().length, 1, "the refill's VMs are the cache's, not the pod's");
+  });
+
   test("hako trace shows where the pod's start went, network phases included", async () => {
     const r = await hako(["trace", pod]);
     assert.equal(r.status, 0, r.stderr);
     const text = r.stdout.toString();
-    for (const phase of ["netns scan + taps + tc filters", "QEMU spawn → running (QMP)", "agent start (node)", "guest network (UpdateInterface/Routes/ARP)", "first container: StartContainer"])
+    for (const phase of ["netns scan + taps + tc filters", VM_CACHE_MODE ? "cached VM adopted" : "QEMU spawn → running (QMP)", "agent start (node)", "guest network (UpdateInterface/Routes/ARP)", "first container: StartContainer"])
       assert.ok(text.includes(phase), `${phase} missing in:\n${text}`);
   });
 
@@ -348,7 +368,7 @@ describe("bad input fails with a clear CRI error and leaves nothing", () => {
       /not found|does not exist/i,
     );
     assert.deepEqual(qemuPids(), []);
-    const l = findLeaks(TEST_STATE_DIR);
+    const l = leaks();
     assert.equal(hasLeaks(l), false, describeLeaks(l));
   });
 });

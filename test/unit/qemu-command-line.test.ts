@@ -49,7 +49,7 @@ test("microvm + tcg: exact argv with virtio-mmio devices", () => {
     "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none",
     "-kernel", "/g/vmlinux",
     "-initrd", "/g/rootfs.initrd",
-    "-append", `${BASE} quiet tsc_early_khz=2596148`,
+    "-append", `${BASE} quiet tsc_early_khz=2596148 norandmaps`,
     "-chardev", "file,id=console,path=/run/vm/console.log",
     "-serial", "chardev:console",
     "-qmp", "unix:/run/vm/qmp.sock,server=on,wait=off",
@@ -130,6 +130,16 @@ test("microvm with the pci transport turns on pcie and uses -pci devices", () =>
 test("free_page_reporting = false: no balloon device", () => {
   const args = buildQemuArgs(spec({}), qemuCfg({ free_page_reporting: false }), paths, { hostTscKhz: 1000 });
   assert.ok(!args.some((a) => a.includes("balloon")));
+});
+
+test("tcg_norandmaps: norandmaps under TCG only, and only when on", () => {
+  const append = (accel: "tcg" | "kvm", on: boolean): string[] => {
+    const args = buildQemuArgs(spec({ accel }), qemuCfg({ tcg_norandmaps: on }), paths, { hostTscKhz: 1000 });
+    return args[args.indexOf("-append") + 1]!.split(" ");
+  };
+  assert.ok(append("tcg", true).includes("norandmaps"));
+  assert.ok(!append("tcg", false).includes("norandmaps"));
+  assert.ok(!append("kvm", true).includes("norandmaps"), "KVM has no translation cache: keep ASLR");
 });
 
 test("transport follows the machine type; q35 has no mmio", () => {

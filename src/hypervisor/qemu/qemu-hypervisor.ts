@@ -1,16 +1,18 @@
 // The QEMU variant of the Hypervisor seam: one QEMU process per sandbox VM,
 // controlled over QMP. Every path out of start() that fails kills the QEMU it
 // spawned (by pid) and removes its sockets and pid file.
-import { spawn, type ChildProcess } from "node:child_process";
-import { open, rm } from "node:fs/promises";
+import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { Code } from "../../protocols/ttrpc/status.js";
 import type { QemuConfig } from "../../runtime/config.js";
 import { HakoError, HypervisorError } from "../../runtime/errors.js";
 import type { Logger } from "../../runtime/logger.js";
-import type { Hypervisor, VirtualMachine, VmExit, VmSpec } from "../hypervisor.js";
+import type { AdoptableVm, Hypervisor, VirtualMachine, VmExit, VmSpec } from "../hypervisor.js";
 import { buildQemuArgs, type QemuPaths, type Transport } from "./command-line.js";
 import { QmpClient } from "./qmp-client.js";
+import { AdoptedQemuProcess, QemuProcess, diagnostics, exitText, fileTail, lastLines, printable, sleep, type VmmProcess } from "./vmm-process.js";
+
+export { NSENTER, TailBuffer, fileTail, launchCommand } from "./vmm-process.js";
 
 /** Longest unix socket path Linux accepts (sun_path is 108 bytes with the NUL). */
 const MAX_SOCKET_PATH = 107;
@@ -22,175 +24,12 @@ export interface QemuHypervisorOptions {
   transport?: Transport;
 }
 
-/** Program that enters a network namespace and execs QEMU (so the spawned pid stays QEMU's). */
-export const NSENTER = "nsenter";
-
-/**
- * The program and argv that start QEMU: directly, or, for a VM with pod
- * networking, through `nsenter --net=<netns>` (which execs QEMU, keeping the
- * pid) so that QEMU opens its taps inside the pod netns.
- */
-export function launchCommand(qemuPath: string, args: readonly string[], netnsPath?: string): { file: string; argv: string[] } {
-  if (netnsPath === undefined) return { file: qemuPath, argv: [...args] };
-  return { file: NSENTER, argv: [`--net=${netnsPath}`, "--", qemuPath, ...args] };
-}
-
 export function vmPaths(runDir: string): QemuPaths {
   return {
     qmpSocket: join(runDir, "qmp.sock"),
     agentSocket: join(runDir, "agent.sock"),
     pidFile: join(runDir, "qemu.pid"),
   };
-}
-
-/** Keeps the last `limit` bytes written to it (QEMU's stderr/stdout). */
-export class TailBuffer {
-  private chunks: Buffer[] = [];
-  private size = 0;
-  constructor(private readonly limit = 64 * 1024) {}
-
-  push(chunk: Buffer): void {
-    this.chunks.push(chunk);
-    this.size += chunk.length;
-    while (this.size > this.limit) {
-      const first = this.chunks[0]!;
-      const excess = this.size - this.limit;
-      if (first.length <= excess) {
-        this.chunks.shift();
-        this.size -= first.length;
-      } else {
-        this.chunks[0] = first.subarray(excess);
-        this.size -= excess;
-      }
-    }
-  }
-
-  text(): string {
-    return Buffer.concat(this.chunks).toString("utf8");
-  }
-}
-
-/** The last `bytes` of a file as printable text ("" if missing). */
-export async function fileTail(path: string, bytes = 4096): Promise<string> {
-  let fh;
-  try {
-    fh = await open(path, "r");
-    const { size } = await fh.stat();
-    const len = Math.min(size, bytes);
-    const buf = Buffer.alloc(len);
-    await fh.read(buf, 0, len, size - len);
-    return printable(buf.toString("utf8"));
-  } catch {
-    return "";
-  } finally {
-    await fh?.close();
-  }
-}
-
-function printable(s: string): string {
-  // eslint-disable-next-line no-control-regex
-  return s.replace(/\r/g, "").replace(/[\x00-\x08\x0b-\x1f\x7f]/g, "");
-}
-
-function lastLines(s: string, n: number): string {
-  const lines = s.trimEnd().split("\n");
-  return lines.slice(-n).join("\n");
-}
-
-/** Formats the QEMU stderr and console tails for an error message. */
-export function diagnostics(stderr: string, consoleTail: string): string {
-  const parts: string[] = [];
-  const e = lastLines(printable(stderr), 20);
-  const c = lastLines(consoleTail, 20);
-  parts.push(e ? `\n--- QEMU stderr (tail) ---\n${e}` : "\n--- QEMU stderr: empty ---");
-  parts.push(c ? `\n--- console log (tail) ---\n${c}` : "\n--- console log: empty ---");
-  return parts.join("");
-}
-
-function exitText(exit: VmExit): string {
-  return exit.signal ? `killed by ${exit.signal}` : `exit code ${exit.code}`;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-function sendSignal(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ESRCH") throw err;
-  }
-}
-
-/** A spawned QEMU process: its pid, exit promise and output tail. */
-class QemuProcess {
-  readonly child: ChildProcess;
-  readonly pid: number;
-  readonly output = new TailBuffer();
-  readonly exited: Promise<VmExit>;
-  /** Resolves when stdout/stderr are drained after exit. */
-  private readonly closed: Promise<void>;
-  exit: VmExit | undefined;
-
-  private constructor(child: ChildProcess, pid: number) {
-    this.child = child;
-    this.pid = pid;
-    child.stdout?.on("data", (b: Buffer) => this.output.push(b));
-    child.stderr?.on("data", (b: Buffer) => this.output.push(b));
-    this.exited = new Promise((resolve) => {
-      child.once("exit", (code, signal) => {
-        this.exit = { code, signal };
-        resolve(this.exit);
-      });
-    });
-    this.closed = new Promise((resolve) => child.once("close", () => resolve()));
-  }
-
-  static async spawn(id: string, path: string, args: string[], netnsPath?: string): Promise<QemuProcess> {
-    const cmd = launchCommand(path, args, netnsPath);
-    const child = spawn(cmd.file, cmd.argv, { stdio: ["ignore", "pipe", "pipe"] });
-    if (child.pid === undefined) {
-      const err = await new Promise<Error>((resolve) => child.once("error", resolve));
-      throw new HypervisorError(id, `cannot run ${cmd.file === path ? `QEMU ${path}` : `${cmd.file} (to start QEMU in netns ${netnsPath})`} for sandbox ${id}: ${err.message}`, {
-        code: Code.FAILED_PRECONDITION,
-        hint: cmd.file === path ? "install qemu-system-x86 or set hypervisor.qemu.path" : "install util-linux (nsenter)",
-        cause: err,
-      });
-    }
-    child.on("error", () => {}); // signalling errors are handled where we signal
-    return new QemuProcess(child, child.pid);
-  }
-
-  get running(): boolean {
-    return this.exit === undefined && this.child.exitCode === null && this.child.signalCode === null;
-  }
-
-  signal(sig: NodeJS.Signals): void {
-    if (this.running) sendSignal(this.pid, sig);
-  }
-
-  /** Resolves true if QEMU exited within ms. */
-  async waitExit(ms: number): Promise<boolean> {
-    if (!this.running) return true;
-    let t: NodeJS.Timeout | undefined;
-    const r = await Promise.race([this.exited.then(() => true), new Promise<boolean>((res) => (t = setTimeout(() => res(false), ms)))]);
-    clearTimeout(t);
-    return r;
-  }
-
-  /** SIGKILL by pid and wait for the exit. */
-  async kill(): Promise<VmExit | undefined> {
-    this.signal("SIGKILL");
-    await this.waitExit(10_000);
-    return this.exit;
-  }
-
-  /** QEMU's output so far, after draining its pipes (briefly) if it has exited. */
-  async outputText(): Promise<string> {
-    if (!this.running) await Promise.race([this.closed, sleep(300)]);
-    return this.output.text();
-  }
 }
 
 async function removeFiles(paths: QemuPaths): Promise<void> {
@@ -204,12 +43,13 @@ export class QemuVirtualMachine implements VirtualMachine {
   readonly consoleLog: string;
   readonly exited: Promise<VmExit>;
   readonly paths: QemuPaths;
-  private readonly proc: QemuProcess;
+  private readonly proc: VmmProcess;
   private readonly qmp: QmpClient;
   private readonly logger: Logger | undefined;
   private stopping: Promise<VmExit> | undefined;
+  private released = false;
 
-  constructor(spec: VmSpec, proc: QemuProcess, qmp: QmpClient, paths: QemuPaths, logger: Logger | undefined) {
+  constructor(spec: Pick<VmSpec, "id" | "consoleLog">, proc: VmmProcess, qmp: QmpClient, paths: QemuPaths, logger: Logger | undefined) {
     this.id = spec.id;
     this.pid = proc.pid;
     this.agentSocketPath = paths.agentSocket;
@@ -219,9 +59,11 @@ export class QemuVirtualMachine implements VirtualMachine {
     this.proc = proc;
     this.qmp = qmp;
     this.logger = logger;
+    // Not our child: its monitor closing is the first sign that it exited.
+    if (proc instanceof AdoptedQemuProcess) qmp.once("close", () => setTimeout(() => proc.check(), 20));
     void proc.exited.then(async (exit) => {
       qmp.close();
-      if (!this.stopping) {
+      if (!this.stopping && !this.released) {
         const out = await proc.outputText();
         this.logger?.warn({ exit, stderr: lastLines(printable(out), 20) }, "QEMU exited unexpectedly");
         await removeFiles(paths);
@@ -232,6 +74,11 @@ export class QemuVirtualMachine implements VirtualMachine {
   /** QMP access for later features (device_add, migrate). */
   get monitor(): QmpClient {
     return this.qmp;
+  }
+
+  release(): void {
+    this.released = true;
+    this.qmp.close();
   }
 
   async pause(): Promise<void> {
@@ -278,7 +125,7 @@ export class QemuVirtualMachine implements VirtualMachine {
       this.qmp.execute("quit", undefined, { timeoutMs: graceMs }).catch(() => {}); // the reply may race with the socket closing
     }
     if (!(await proc.waitExit(graceMs))) {
-      this.logger?.warn({ pid: proc.pid, graceMs }, "QEMU did not quit over QMP; sending SIGTERM");
+      if (!this.released) this.logger?.warn({ pid: proc.pid, graceMs }, "QEMU did not quit over QMP; sending SIGTERM");
       proc.signal("SIGTERM");
       if (!(await proc.waitExit(Math.max(500, Math.floor(graceMs / 2))))) {
         this.logger?.warn({ pid: proc.pid }, "QEMU ignored SIGTERM; sending SIGKILL");
@@ -335,6 +182,28 @@ export class QemuHypervisor implements Hypervisor {
     this.qemu = qemu;
     this.logger = logger;
     this.opts = opts;
+  }
+
+  async adopt(vm: AdoptableVm, signal?: AbortSignal): Promise<VirtualMachine> {
+    const log = this.logger?.child({ sandbox: vm.id });
+    const proc = new AdoptedQemuProcess(vm.pid);
+    const paths = vmPaths(vm.runDir);
+    if (!proc.running) throw new HypervisorError(vm.id, `the cached VM (QEMU pid ${vm.pid}) handed to sandbox ${vm.id} is not running`, { code: Code.UNAVAILABLE });
+    try {
+      const qmp = await QmpClient.connect({ socketPath: paths.qmpSocket, id: vm.id, deadline: Date.now() + 10_000, signal, logger: log });
+      const st = await qmp.execute<{ status: string }>("query-status");
+      if (st.status !== "running") {
+        qmp.close();
+        throw new HypervisorError(vm.id, `the cached VM handed to sandbox ${vm.id} is in state "${st.status}" instead of running`, { code: Code.INTERNAL });
+      }
+      log?.debug({ pid: vm.pid }, "adopted a cached VM");
+      return new QemuVirtualMachine(vm, proc, qmp, paths, log);
+    } catch (err) {
+      // A cached VM that cannot be taken over is of no use to anybody.
+      await proc.kill();
+      await removeFiles(paths);
+      throw err;
+    }
   }
 
   async start(spec: VmSpec, signal?: AbortSignal): Promise<VirtualMachine> {

@@ -45,10 +45,14 @@ export class PodNetwork {
     return { model: "tcfilter", netnsPath: this.netnsPath, endpoints: this.endpoints.map((e) => e.record()) };
   }
 
-  /** Creates every endpoint's tap and filters; on failure removes what was created and rethrows. */
-  async attach(): Promise<void> {
+  /**
+   * Creates every endpoint's tap and filters; on failure removes what was
+   * created and rethrows. `handedOverTaps[i]`: endpoint i takes that tap (a
+   * cached VM's, already moved into this netns) instead of creating one.
+   */
+  async attach(handedOverTaps: readonly string[] = []): Promise<void> {
     try {
-      for (const ep of this.endpoints) await ep.attach();
+      for (const [i, ep] of this.endpoints.entries()) await ep.attach(handedOverTaps[i]);
     } catch (err) {
       await this.detach().catch(() => undefined);
       throw err;

@@ -144,10 +144,16 @@ export class TcFilterEndpoint implements NetworkEndpoint {
     return new TcFilterEndpoint({ ...opts, runner: run, tapName: tapNameFor(index), mac, mtu });
   }
 
-  async attach(): Promise<void> {
+  /**
+   * Creates the tap (or takes `handedOverTap`, a tap a cached VM already
+   * holds, moved into this netns: renamed to this endpoint's tap name) and
+   * the two redirect filters.
+   */
+  async attach(handedOverTap?: string): Promise<void> {
     if (this.attached) return;
     try {
-      await this.createTap();
+      if (handedOverTap === undefined) await this.createTap();
+      else await this.takeTap(handedOverTap);
       await this.addIngress(this.name, this.veth);
       await this.addIngress(this.tapName, this.tap);
       await this.addRedirect(this.name, this.tapName, this.veth);
@@ -224,6 +230,15 @@ export class TcFilterEndpoint implements NetworkEndpoint {
     } catch (err) {
       throw wrap(this.netnsPath, this.tapName, `setting MTU ${this.mtu} and up`, err, "check the veth MTU is within the tap's limits (68..65521)");
     }
+  }
+
+  private async takeTap(name: string): Promise<void> {
+    try {
+      await this.run("ip", ["link", "set", "dev", name, "name", this.tapName, "mtu", String(this.mtu), "up"]);
+    } catch (err) {
+      throw wrap(this.netnsPath, name, `renaming the handed-over tap to ${this.tapName} (MTU ${this.mtu}, up)`, err, "the cached VM's tap must have been moved into this netns; see `hako factory status`");
+    }
+    this.tapCreated = true;
   }
 
   private async addIngress(dev: string, side: SideState): Promise<void> {

@@ -1,0 +1,358 @@
+// The VM cache (docs/templating.md, "VM cache"): clones of the VM templates,
+// restored and warmed up ahead of demand, that a sandbox start takes over
+// instead of restoring one itself (Kata calls it VMCache).
+//
+// `hako factory cache` keeps [factory] vm_cache_number of them per valid
+// template. It is their QEMUs' parent (it reaps them, also after a sandbox
+// took one over). Each cached VM is a directory
+//   <state_dir>/vm-cache/<template key>/<id>/   (".<id>" while it is filled)
+// holding its QMP and agent sockets, console log, 9p share and entry.json.
+// A sandbox claims one by renaming that directory into its own state
+// directory: rename is atomic, so each cached VM goes to one sandbox only, and
+// the daemon, which renames an entry to ".dying-<id>" before it stops it,
+// never stops one a sandbox took. A cached VM with a NIC has its tap in the
+// daemon's netns; the sandbox moves it into the pod netns.
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Hypervisor, VirtualMachine, VmNetwork } from "../hypervisor/hypervisor.js";
+import { procState } from "../hypervisor/qemu/vmm-process.js";
+import type { HakoConfig } from "./config.js";
+import { connectAgentWhenReady } from "./agent-client.js";
+import { execFileAsync } from "./command.js";
+import { RuntimeError } from "./errors.js";
+import { Code } from "../protocols/ttrpc/status.js";
+import type { Logger } from "./logger.js";
+import { TEMPLATE_MAC, listTemplates, type TemplateManifest } from "./factory.js";
+import { pidMatches } from "./state.js";
+
+/** What a cached VM's entry.json says. */
+export interface CachedVmRecord {
+  /** Template key it was cloned from. */
+  key: string;
+  pid: number;
+  /** Its taps, in the daemon's netns (`netnsPath`), in NIC order. */
+  taps: string[];
+  netnsPath: string;
+  created: string;
+  /** Restore + agent + warm-up, ms. */
+  readyMs: number;
+}
+
+export const vmCacheRoot = (cfg: HakoConfig): string => join(cfg.runtime.state_dir, "vm-cache");
+const ENTRY = "entry.json";
+/** A refill waits until no sandbox has taken a cached VM for this long. */
+const REFILL_QUIET_MS = 1500;
+const DAEMON_PID = "daemon.pid";
+
+/** The names of the ready entries of a template (not being filled, not dying). */
+function readyEntries(dir: string): string[] {
+  try {
+    return readdirSync(dir).filter((n) => !n.startsWith("."));
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Takes a cached VM of this template: moves its directory to `target` (which
+ * must not exist) and returns its record, or undefined if none is ready. A
+ * cached VM whose QEMU is gone is removed and the next one tried.
+ */
+export function claimCachedVm(cfg: HakoConfig, key: string, target: string): CachedVmRecord | undefined {
+  const dir = join(vmCacheRoot(cfg), key);
+  for (const name of readyEntries(dir)) {
+    try {
+      renameSync(join(dir, name), target);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "ENOENT") continue; // another sandbox took it
+      throw new RuntimeError(Code.INTERNAL, key, `taking cached VM ${name} failed: ${(err as Error).message}`, { cause: err });
+    }
+    let rec: CachedVmRecord | undefined;
+    try {
+      rec = JSON.parse(readFileSync(join(target, ENTRY), "utf8")) as CachedVmRecord;
+    } catch {
+      rec = undefined;
+    }
+    if (rec && rec.key === key && procState(rec.pid) === "alive") return rec;
+    rmSync(target, { recursive: true, force: true });
+  }
+  return undefined;
+}
+
+/** Ready cached VMs per template key (for `hako factory status`). */
+export function cachedVmCounts(cfg: HakoConfig): Record<string, number> {
+  const root = vmCacheRoot(cfg);
+  const out: Record<string, number> = {};
+  if (!existsSync(root)) return out;
+  for (const key of readdirSync(root)) if (key !== DAEMON_PID) out[key] = readyEntries(join(root, key)).length;
+  return out;
+}
+
+/** Moves a claimed cached VM's taps from the daemon's netns into the pod's; returns their names, in NIC order. */
+export async function moveCachedTaps(rec: CachedVmRecord, podNetnsPath: string): Promise<string[]> {
+  for (const tap of rec.taps) {
+    try {
+      await execFileAsync("ip", ["-n", rec.netnsPath.replace(/^\/var\/run\/netns\//, ""), "link", "set", "dev", tap, "netns", podNetnsPath]);
+    } catch (err) {
+      throw new RuntimeError(Code.INTERNAL, tap, `moving cached VM tap ${tap} from ${rec.netnsPath} into ${podNetnsPath} failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  return rec.taps;
+}
+
+/** SIGKILLs a claimed cached VM that was never adopted (its start failed) and waits for it to go. */
+export async function killCachedVm(pid: number): Promise<void> {
+  if (!pidMatches(pid, "qemu")) return;
+  process.kill(pid, "SIGKILL");
+  for (let i = 0; i < 200 && procState(pid) === "alive"; i++) await new Promise((r) => setTimeout(r, 25));
+}
+
+interface Held {
+  key: string;
+  id: string;
+  vm: VirtualMachine;
+  taps: string[];
+}
+
+/**
+ * The daemon behind `hako factory cache`: fills the cache one VM at a time
+ * (two cores: a fill competes with pod starts), replaces what sandboxes take,
+ * drops what belongs to a template that is gone or stale, and on stop() stops
+ * every VM nobody took.
+ */
+export class VmCacheDaemon {
+  private readonly root: string;
+  private readonly netnsName = `hako-vmcache-${process.pid}`;
+  private netnsReady = false;
+  private readonly held = new Map<string, Held>();
+  private stopping = false;
+  private stopPromise: Promise<void> | undefined;
+  private filling: Promise<unknown> = Promise.resolve();
+  private wake: (() => void) | undefined;
+  private readonly lastCount = new Map<string, number>();
+  private lastTake = 0;
+
+  constructor(
+    private readonly cfg: HakoConfig,
+    private readonly hypervisor: Hypervisor,
+    private readonly log: Logger,
+    private readonly perTemplate = cfg.factory.vm_cache_number,
+  ) {
+    this.root = vmCacheRoot(cfg);
+  }
+
+  /** Runs until stop(): keeps every valid template's cache full. */
+  async run(onFilled?: (key: string, rec: CachedVmRecord) => void): Promise<void> {
+    this.takeOver();
+    while (!this.stopping) {
+      const templates = listTemplates(this.cfg).filter((t) => t.valid);
+      this.dropStale(new Set(templates.map((t) => t.key)));
+      const counts = new Map(templates.map((t) => [t.key, readyEntries(join(this.root, t.key)).length]));
+      for (const [key, n] of counts) {
+        if (n < (this.lastCount.get(key) ?? 0)) this.lastTake = Date.now();
+        this.lastCount.set(key, n);
+      }
+      // Refill after a quiet spell: on two cores a restore next to a starting pod slows that pod down.
+      const quiet = Date.now() - this.lastTake >= REFILL_QUIET_MS;
+      const short = quiet ? templates.find((t) => counts.get(t.key)! < this.perTemplate) : undefined;
+      if (short) {
+        try {
+          const fill = this.fill(short);
+          this.filling = fill.catch(() => undefined);
+          const rec = await fill;
+          onFilled?.(short.key, rec);
+        } catch (err) {
+          if (this.stopping) break;
+          this.log.error({ err, template: short.key }, "filling the VM cache failed; retrying in 5 s");
+          await this.sleep(5000);
+        }
+        continue;
+      }
+      await this.sleep(250);
+    }
+  }
+
+  /** Stops filling, then stops every cached VM no sandbox took, and removes the daemon's netns. Idempotent. */
+  stop(): Promise<void> {
+    this.stopping = true;
+    this.wake?.();
+    this.stopPromise ??= this.filling.then(() => this.stopAll());
+    return this.stopPromise;
+  }
+
+  /** Resolves when a stop() has finished (at once if none was asked for). */
+  get stopped(): Promise<void> {
+    return this.stopPromise ?? Promise.resolve();
+  }
+
+  private async stopAll(): Promise<void> {
+    const stops: Array<Promise<unknown>> = [];
+    for (const h of this.held.values()) {
+      const dir = join(this.root, h.key, h.id);
+      const dying = join(this.root, h.key, `.dying-${h.id}`);
+      try {
+        renameSync(dir, dying);
+      } catch {
+        continue; // taken by a sandbox (or being filled: the fill stops it)
+      }
+      // Released: no monitor connection; SIGTERM is QEMU's clean quit.
+      stops.push(h.vm.stop(0).catch(() => undefined).then(() => rmSync(dying, { recursive: true, force: true })));
+    }
+    await Promise.all(stops);
+    const taken = [...this.held.values()].filter((h) => procState(h.vm.pid) === "alive").length;
+    if (taken > 0) this.log.warn({ taken }, "sandboxes still run VMs from the cache; this daemon was their parent");
+    if (this.netnsReady) await execFileAsync("ip", ["netns", "del", this.netnsName]).catch(() => undefined);
+    rmSync(join(this.root, DAEMON_PID), { force: true });
+    for (const key of existsSync(this.root) ? readdirSync(this.root) : []) {
+      const dir = join(this.root, key);
+      if (readdirSync(dir).length === 0) rmSync(dir, { recursive: true, force: true });
+    }
+    if (existsSync(this.root) && readdirSync(this.root).length === 0) rmSync(this.root, { recursive: true, force: true });
+  }
+
+  /** One daemon per state dir; what an earlier one left (it died) is stopped and removed. */
+  private takeOver(): void {
+    mkdirSync(this.root, { recursive: true, mode: 0o700 });
+    const pidFile = join(this.root, DAEMON_PID);
+    if (existsSync(pidFile)) {
+      const other = Number(readFileSync(pidFile, "utf8"));
+      if (other !== process.pid && pidMatches(other, "factory"))
+        throw new RuntimeError(Code.ALREADY_EXISTS, "vm-cache", `a VM cache daemon (pid ${other}) already serves ${this.cfg.runtime.state_dir}`, { hint: `stop it first (kill ${other})` });
+    }
+    writeFileSync(pidFile, String(process.pid));
+    for (const key of readdirSync(this.root)) {
+      if (key === DAEMON_PID) continue;
+      for (const name of readdirSync(join(this.root, key))) this.discard(join(this.root, key, name));
+    }
+  }
+
+  /** Stops a leftover cached VM (by its recorded pid, if that is still a QEMU) and removes its directory. */
+  private discard(dir: string): void {
+    try {
+      const rec = JSON.parse(readFileSync(join(dir, ENTRY), "utf8")) as CachedVmRecord;
+      if (pidMatches(rec.pid, "qemu")) process.kill(rec.pid, "SIGKILL");
+    } catch {
+      /* no record: nothing runs */
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  private dropStale(valid: Set<string>): void {
+    for (const h of [...this.held.values()]) {
+      if (valid.has(h.key)) continue;
+      const dir = join(this.root, h.key, h.id);
+      const dying = join(this.root, h.key, `.dying-${h.id}`);
+      try {
+        renameSync(dir, dying);
+      } catch {
+        continue;
+      }
+      this.log.info({ template: h.key, id: h.id }, "template gone or stale: stopping its cached VM");
+      void h.vm.stop(0).catch(() => undefined).then(() => rmSync(dying, { recursive: true, force: true }));
+    }
+  }
+
+  private async network(id: string, nics: number): Promise<VmNetwork | undefined> {
+    if (nics === 0) return undefined;
+    if (!this.netnsReady) {
+      await execFileAsync("ip", ["netns", "add", this.netnsName]);
+      this.netnsReady = true;
+    }
+    const list: VmNetwork["nics"] = [];
+    for (let i = 0; i < nics; i++) {
+      const tap = `hkc${id}${i}`;
+      await execFileAsync("ip", ["-n", this.netnsName, "tuntap", "add", "dev", tap, "mode", "tap"]);
+      list.push({ tapName: tap, mac: TEMPLATE_MAC.replace(/00$/, String(i).padStart(2, "0")) });
+    }
+    return { netnsPath: `/var/run/netns/${this.netnsName}`, nics: list };
+  }
+
+  /** Restores one clone of `t`, warms it up, releases it and publishes it. */
+  private async fill(t: TemplateManifest): Promise<CachedVmRecord> {
+    const t0 = Date.now();
+    const id = randomBytes(4).toString("hex");
+    const filling = join(this.root, t.key, `.${id}`);
+    mkdirSync(join(filling, "shared"), { recursive: true, mode: 0o700 });
+    let vm: VirtualMachine | undefined;
+    let network: VmNetwork | undefined;
+    try {
+      network = await this.network(id, t.shape.nics);
+      const q = this.cfg.hypervisor.qemu;
+      vm = await this.hypervisor.start({
+        id: `vmcache-${id}`,
+        runDir: filling,
+        accel: t.shape.accel,
+        vcpus: t.shape.vcpus,
+        memoryMiB: t.shape.memoryMiB,
+        kernel: q.kernel,
+        initrd: q.rootfs_type === "initrd" ? q.initrd : undefined,
+        image: q.rootfs_type === "erofs" ? q.image : undefined,
+        kernelParams: t.kernelParams,
+        sharedDirs: [{ tag: t.shareTag, hostPath: join(filling, "shared") }],
+        consoleLog: join(filling, "console.log"),
+        network,
+        memoryFile: { path: t.memoryFile, shared: false },
+        restoreState: t.stateFile,
+        tcgCacheMiB: this.cfg.factory.clone_tb_size,
+      });
+      const agent = await connectAgentWhenReady(id, vm.agentSocketPath, this.cfg.agent.dial_timeout * 1000, vm.exited);
+      try {
+        // The clone translates (TCG) and touches what a pod start runs now, not on the pod's clock.
+        await agent.agent.prepareTemplate({ runContainer: true }, { timeoutMs: 60_000 });
+      } finally {
+        agent.close();
+      }
+      const rec: CachedVmRecord = {
+        key: t.key,
+        pid: vm.pid,
+        taps: network?.nics.map((n) => n.tapName) ?? [],
+        netnsPath: network?.netnsPath ?? "",
+        created: new Date().toISOString(),
+        readyMs: Date.now() - t0,
+      };
+      writeFileSync(join(filling, ENTRY), JSON.stringify(rec));
+      if (this.stopping) throw new RuntimeError(Code.CANCELLED, id, "the VM cache is stopping");
+      vm.release();
+      const held: Held = { key: t.key, id, vm, taps: rec.taps };
+      this.held.set(id, held);
+      void vm.exited.then(() => this.onExit(held));
+      renameSync(filling, join(this.root, t.key, id));
+      this.log.info({ template: t.key, id, pid: vm.pid, readyMs: rec.readyMs }, "cached VM ready");
+      return rec;
+    } catch (err) {
+      if (vm) await vm.stop(2000).catch(() => undefined);
+      else for (const n of network?.nics ?? []) await execFileAsync("ip", ["-n", this.netnsName, "link", "del", n.tapName]).catch(() => undefined);
+      rmSync(filling, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  /** A cached VM exited: if no sandbox had taken it, its entry goes too. */
+  private onExit(h: Held): void {
+    this.held.delete(h.id);
+    const dir = join(this.root, h.key, h.id);
+    if (existsSync(dir)) {
+      this.log.warn({ template: h.key, id: h.id }, "a cached VM exited before any sandbox took it");
+      rmSync(dir, { recursive: true, force: true });
+    }
+    // Its tap, if it never left this netns, is persistent: remove it.
+    for (const tap of this.netnsReady ? h.taps : []) void execFileAsync("ip", ["-n", this.netnsName, "link", "del", tap]).catch(() => undefined);
+    this.wake?.();
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.wake = undefined;
+        resolve();
+      }, ms);
+      this.wake = () => {
+        clearTimeout(t);
+        this.wake = undefined;
+        resolve();
+      };
+    });
+  }
+}
