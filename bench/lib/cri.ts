@@ -28,21 +28,25 @@ import { cniResults, startCriContainerd, type CniNetwork, type CriContainerd } f
 import { containerConfig, podConfig, type ContainerExtra, type PodConfig } from "../../test/helpers/cri-specs.js";
 import { stopAfterWindDown, track, untrack } from "./children.js";
 import type { KernelEnv } from "./env.js";
-import { destroyTemplates, initTemplates, templateLeaks } from "./template.js";
+import { CACHE_FILL_TIMEOUT_MS, cacheIdleMemory, destroyTemplates, initTemplates, startCache, stopCache, templateLeaks, vmCacheProcesses } from "./template.js";
+import type { VmCacheDaemon } from "../../test/helpers/hako.js";
 import { memAvailableMiB, podMemory, podProcesses, processesInCgroupsOf, processTable, qemusOf, shimsServing, type PodMemory } from "./pod-processes.js";
 import { HAKO } from "../../test/helpers/hako.js";
+import { readState, sandboxDir } from "../../src/runtime/state.js";
 
 /** Not the tests' network (hakotest0, 10.217.0.0/24): a `make test` may run beside the benchmark. */
 export const CRI_NETWORK: CniNetwork = { name: "hako-bench-pods", bridge: "hakobench0", subnet: "10.218.0.0/24", gateway: "10.218.0.1" };
 const CRI_NAMESPACE = "k8s.io";
-/** Cold hako pods, hako pods restored from a VM template, and the baseline. */
-export const HANDLERS = ["hako", "hako-template", "runc"] as const;
+/** Cold hako pods, hako pods restored from a VM template, hako pods taken warm from the VM cache, and the baseline. */
+export const HANDLERS = ["hako", "hako-template", "hako-cache", "runc"] as const;
 export type Handler = (typeof HANDLERS)[number];
 /** The io section's: its two pods stay up for the whole section, so how a hako pod started does not matter there. */
 export const IO_HANDLERS = ["hako", "runc"] as const;
 export type IoHandler = (typeof IO_HANDLERS)[number];
 /** The handler whose pods are cloned from the templates of the kernel's templating configuration. */
 export const TEMPLATE_HANDLER: Handler = "hako-template";
+/** The handler whose pods take a VM from `hako factory cache` (the same templates, vm_cache_number warm clones). */
+export const CACHE_HANDLER: Handler = "hako-cache";
 /** The container writes this line first: its presence in the CRI log means the process ran. */
 export const STARTED_MARKER = "started";
 export const CONTAINER_COMMAND = ["sh", "-c", `echo ${STARTED_MARKER}; exec sleep 3600`];
@@ -106,6 +110,8 @@ export interface CriSamples {
   network: string;
   /** How long `hako factory init` took (before any pod start). */
   templateInitMs: number;
+  /** The VM cache when full, before any pod: its VMs and their PSS (the node's cost of keeping them). */
+  vmCacheIdle?: { vms: number; pssMiB: number };
   podStart: Record<Handler, PodStartSample[]>;
   density: Partial<Record<Handler, DensitySample>>;
 }
@@ -131,6 +137,19 @@ export interface CriCtx {
   log: (s: string) => void;
   /** Run by the teardown after containerd has stopped (no pod left to use them), also on failure or interruption. */
   afterStop: Array<() => Promise<void>>;
+  /** hako's state dir (the sandboxes' state.json: a cached VM's QEMU is found by its vmmPid). */
+  stateDir: string;
+  /** The VM cache of the hako-cache handler, while it runs. */
+  cache?: VmCacheDaemon;
+}
+
+/**
+ * Before a hako-cache pod starts, and after it is gone: the cache is full
+ * again, so that the pod takes a warm VM and no refill runs beside the next
+ * measured start (a refill is a restore + warm-up on a 2-core host).
+ */
+async function cacheSettled(ctx: CriCtx, handler: Handler): Promise<void> {
+  if (handler === CACHE_HANDLER && ctx.cache) await ctx.cache.waitFull(CACHE_FILL_TIMEOUT_MS);
 }
 
 export interface StartedPod {
@@ -223,8 +242,10 @@ async function measurePodStarts(ctx: CriCtx, s: CriSamples, o: CriSectionOptions
     const tag = i < 0 ? `warm-up ${i + o.warmup + 1}/${o.warmup}` : `run ${i + 1}/${o.runs}`;
     const line: string[] = [];
     for (const handler of HANDLERS) {
+      await cacheSettled(ctx, handler);
       const { pod, sample } = await startPod(ctx, handler, `${ctx.prefix}-${handler}-${i + o.warmup}`);
       const teardownMs = await removePod(ctx, pod.podId);
+      await cacheSettled(ctx, handler);
       line.push(
         `${handler} ${fmtMs(sample.totalMs)} (run pod ${sample.runPodSandboxMs.toFixed(0)}, create ${sample.createContainerMs.toFixed(0)}, ` +
           `start ${sample.startContainerMs.toFixed(0)}, log ${sample.logLineMs.toFixed(0)}; teardown ${teardownMs.toFixed(0)})`,
@@ -250,17 +271,22 @@ async function measureDensity(ctx: CriCtx, handler: Handler, count: number, stop
   const pods: StartedPod[] = [];
   try {
     for (let i = 0; i < count && !stop(); i++) {
+      await cacheSettled(ctx, handler);
       const { pod, sample: start } = await startPod(ctx, handler, `${ctx.prefix}-${handler}-mem-${i}`);
       pods.push(pod);
       sample.startMs.push(start.totalMs);
       ctx.log(`bench: cri: ${handler} pod ${i + 1}/${count} running after ${fmtMs(start.totalMs)}`);
     }
     if (stop()) return sample;
+    // The cache full again, as when memAvailableBeforeMiB was read: the difference is the pods'.
+    await cacheSettled(ctx, handler);
     await sleep(SETTLE_MS);
     sample.memAvailableSettledMiB = memAvailableMiB();
     const table = processTable();
     for (const pod of pods) {
-      const m = podMemory(ctx.c.address, pod.podId, handler !== "runc", table);
+      // A pod's QEMU is its shim's child, unless the pod took it from the VM cache (the cache daemon's child).
+      const vmmPid = handler === CACHE_HANDLER ? readState(sandboxDir(ctx.stateDir, pod.podId))?.vmmPid : undefined;
+      const m = podMemory(ctx.c.address, pod.podId, handler !== "runc", table, vmmPid);
       sample.perPod.push(m);
       const parts = m.processes.map((p) => `${p.role} ${p.pid} ${p.pssMiB.toFixed(1)}`).join(" + ");
       ctx.log(`bench: cri: ${handler} pod ${pod.podId.slice(0, 12)}: PSS ${m.pssMiB.toFixed(1)} MiB = ${parts}`);
@@ -327,7 +353,7 @@ export async function withCriContainerd<T>(
   const logRoot = join(workDir, `${section}-logs`);
   mkdirSync(logRoot, { recursive: true });
   criMade.networks.push(network);
-  const c = await startCriContainerd({ hakoConfig: k.configFile, network, extraHakoHandlers: { [TEMPLATE_HANDLER]: k.templateConfigFile } });
+  const c = await startCriContainerd({ hakoConfig: k.configFile, network, extraHakoHandlers: { [TEMPLATE_HANDLER]: k.templateConfigFile, [CACHE_HANDLER]: k.cacheConfigFile } });
   criMade.dirs.push(c.dir);
   criMade.addresses.push(c.address);
   const containerdPid = c.pid();
@@ -340,6 +366,7 @@ export async function withCriContainerd<T>(
     section,
     log,
     afterStop: [],
+    stateDir: k.config.runtime.state_dir,
   };
   let stopping: Promise<void> | undefined;
   const stopOnce = (): Promise<void> => (stopping ??= teardown(ctx, k));
@@ -365,13 +392,20 @@ export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s:
       accel: k.probe.accel,
       network: `${CRI_NETWORK.bridge} ${CRI_NETWORK.subnet}`,
       templateInitMs: NaN,
-      podStart: { hako: [], "hako-template": [], runc: [] },
+      podStart: { hako: [], "hako-template": [], "hako-cache": [], runc: [] },
       density: {},
     };
     // Registered before the init: a build that fails or is interrupted half-way leaves a template dir too.
     ctx.afterStop.push(() => destroyTemplates(k, log));
     log(`bench: cri: hako factory init (${k.templateConfigFile}, templates in ${k.templateDir})`);
     s.templateInitMs = await initTemplates(k, log);
+    if (stop()) return s;
+    const cache = await startCache(k, log);
+    ctx.cache = cache;
+    // Before the templates go (the cache would stop its VMs anyway once their template is gone).
+    ctx.afterStop.unshift(() => stopCache(cache, log));
+    s.vmCacheIdle = cacheIdleMemory(k);
+    log(`bench: cri: the VM cache's ${s.vmCacheIdle.vms} idle VMs: PSS ${s.vmCacheIdle.pssMiB.toFixed(1)} MiB`);
     if (stop()) return s;
     log(`bench: cri: pod start: ${o.runs} runs + ${o.warmup} warm-up, alternating ${HANDLERS.join(", ")}; then ${o.pods} idle pods per runtime`);
     await measurePodStarts(ctx, s, o, stop);
@@ -392,7 +426,7 @@ export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s:
  * cgroups of their containers. `qemuNames` are for findLeaks' QEMU scan.
  */
 export function criLeaks(): { paths: string[]; processes: string[]; qemuNames: string[] } {
-  if (criMade.addresses.length === 0) return { paths: templateLeaks(), processes: [], qemuNames: [] };
+  if (criMade.addresses.length === 0) return { paths: templateLeaks(), processes: vmCacheProcesses(), qemuNames: [] };
   const ids = [...criMade.podIds, ...criMade.containerIds];
   const paths = [
     ...criMade.dirs,
@@ -406,5 +440,5 @@ export function criLeaks(): { paths: string[]; processes: string[]; qemuNames: s
   ].filter((p) => existsSync(p));
   const table = processTable();
   const shims = criMade.addresses.flatMap((a) => shimsServing(table, a)).map((p) => `${p.pid} ${p.argv.join(" ").slice(0, 160)}`);
-  return { paths, processes: [...shims, ...processesInCgroupsOf(ids)], qemuNames: criMade.podIds.map((id) => `hako-${id}`) };
+  return { paths, processes: [...shims, ...processesInCgroupsOf(ids), ...vmCacheProcesses()], qemuNames: criMade.podIds.map((id) => `hako-${id}`) };
 }

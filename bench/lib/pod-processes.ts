@@ -86,9 +86,15 @@ const mib = (kb: number): number => kb / 1024;
  * RSS and PSS of a pod's processes (read now). For a hako pod the QEMU named
  * after the pod must be among the shim's descendants.
  */
-export function podMemory(containerdAddress: string, podId: string, hakoPod: boolean, table: readonly ProcessEntry[] = processTable()): PodMemory {
+export function podMemory(containerdAddress: string, podId: string, hakoPod: boolean, table: readonly ProcessEntry[] = processTable(), cachedVmPid?: number): PodMemory {
   const procs = podProcesses(table, containerdAddress, podId);
   if (!procs) throw new Error(`pod ${podId}: no shim serving ${containerdAddress} with -id ${podId}`);
+  if (cachedVmPid !== undefined) {
+    // Taken from the VM cache: not the shim's child, named after the cached VM; the sandbox's state names it.
+    const qemu = table.find((p) => p.pid === cachedVmPid && p.comm.startsWith("qemu"));
+    if (!qemu) throw new Error(`pod ${podId}: its cached VM's QEMU (pid ${cachedVmPid}, from its state.json) is not running`);
+    return memoryOf(podId, [{ p: procs.shim, role: "shim" }, ...procs.descendants.map((p) => ({ p, role: p.comm })), { p: qemu, role: "qemu" }]);
+  }
   const qemuPids = new Set(qemusOf(table, podId).map((p) => p.pid));
   if (hakoPod) {
     const underShim = procs.descendants.filter((p) => qemuPids.has(p.pid));
@@ -96,9 +102,13 @@ export function podMemory(containerdAddress: string, podId: string, hakoPod: boo
       throw new Error(`pod ${podId}: expected its one QEMU (-name hako-${podId}) under shim ${procs.shim.pid}, found ${[...qemuPids].join(", ") || "none"}`);
     }
   }
-  const processes = [procs.shim, ...procs.descendants].map((p): ProcessMemory => {
+  const role = (p: ProcessEntry): string => (p.pid === procs.shim.pid ? "shim" : qemuPids.has(p.pid) ? "qemu" : cgroupOf(p.pid).includes(podId) ? "pause" : p.comm);
+  return memoryOf(podId, [procs.shim, ...procs.descendants].map((p) => ({ p, role: role(p) })));
+}
+
+function memoryOf(podId: string, list: ReadonlyArray<{ p: ProcessEntry; role: string }>): PodMemory {
+  const processes = list.map(({ p, role }): ProcessMemory => {
     const m = smapsRollup(p.pid);
-    const role = p.pid === procs.shim.pid ? "shim" : qemuPids.has(p.pid) ? "qemu" : cgroupOf(p.pid).includes(podId) ? "pause" : p.comm;
     return { pid: p.pid, role, rssMiB: mib(m.rssKb), pssMiB: mib(m.pssKb), pssAnonMiB: mib(m.pssAnonKb) };
   });
   const sum = (f: (m: ProcessMemory) => number): number => processes.reduce((acc, m) => acc + f(m), 0);

@@ -3,13 +3,20 @@
 // configuration before its pods are measured, `hako factory destroy` in the
 // section's teardown. The templates live under the bench state dir
 // (KernelEnv.templateDir), so that templateLeaks can tell whether one survived.
-import { existsSync } from "node:fs";
+// The `hako-cache` handler's VM cache: `hako factory cache` runs from after
+// the init until the teardown.
+import { existsSync, readdirSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { NETNS_DIR } from "../../test/helpers/leaks.js";
 import { runToEnd } from "../../test/helpers/processes.js";
 import { track, untrack } from "./children.js";
 import type { KernelEnv } from "./env.js";
-import { HAKO } from "../../test/helpers/hako.js";
+import { HAKO, startVmCache, type VmCacheDaemon } from "../../test/helpers/hako.js";
+import { BENCH_VM_CACHE_NUMBER } from "./env.js";
+import { commandLine, processTable } from "../../test/helpers/processes.js";
+import { join } from "node:path";
+import { readState } from "../../src/runtime/state.js";
+import { smapsRollup } from "./measure.js";
 
 /** Two template VMs booted cold under TCG (~5 s each) plus their warm-up; generous for a loaded host. */
 const INIT_TIMEOUT_MS = 240_000;
@@ -18,7 +25,7 @@ const DESTROY_TIMEOUT_MS = 60_000;
 const OUTPUT_TAIL = 2_000;
 
 /** What the templates left if they leaked: the template dirs, and the scratch netns `factory init` makes (`hako-tpl-<its pid>`). */
-const made = { dirs: [] as string[], netns: [] as string[] };
+const made = { dirs: [] as string[], netns: [] as string[], cacheDirs: [] as string[], cacheStateDirs: [] as string[] };
 
 interface HakoExit {
   code: number | null;
@@ -72,7 +79,55 @@ export async function destroyTemplates(k: KernelEnv, log: (s: string) => void): 
   else log(`bench: cri: factory destroy: ${r.stdout.trim()}`);
 }
 
-/** Template dirs and scratch netns of `factory init` still there. */
+/** Waiting for the VM cache to be full again (a refill is a restore + warm-up, ~1.5 s, after 1.5 s without a claim). */
+export const CACHE_FILL_TIMEOUT_MS = 120_000;
+
+/** Starts the VM cache of the kernel's cache configuration; resolves once it is full. */
+export async function startCache(k: KernelEnv, log: (s: string) => void): Promise<VmCacheDaemon> {
+  const stateDir = k.config.runtime.state_dir;
+  made.cacheDirs.push(join(stateDir, "vm-cache"));
+  made.cacheStateDirs.push(stateDir);
+  const t0 = performance.now();
+  const d = await startVmCache({
+    config: k.cacheConfigFile,
+    stateDir,
+    perTemplate: BENCH_VM_CACHE_NUMBER,
+    fillTimeoutMs: CACHE_FILL_TIMEOUT_MS,
+    onSpawn: (pid) => {
+      track(pid, "hako factory cache");
+      if (pid !== undefined) made.netns.push(`${NETNS_DIR}/hako-vmcache-${pid}`);
+    },
+  });
+  log(`bench: cri: hako factory cache (pid ${d.pid}) full after ${((performance.now() - t0) / 1000).toFixed(1)} s: ${BENCH_VM_CACHE_NUMBER} warm VMs per template`);
+  return d;
+}
+
+/** Stops the VM cache (it stops the VMs no pod took); logs how it went. */
+export async function stopCache(d: VmCacheDaemon, log: (s: string) => void): Promise<void> {
+  const r = await d.stop();
+  untrack(d.pid);
+  if (r.status !== 0) log(`bench: cri: hako factory cache exited with status ${r.status}: ${tail(r.stderr)}`);
+  else log("bench: cri: hako factory cache stopped");
+}
+
+/** Template dirs, scratch netns of `factory init`, the VM cache's dir and netns still there. */
 export function templateLeaks(): string[] {
-  return [...made.dirs, ...made.netns].filter((p) => existsSync(p));
+  return [...made.dirs, ...made.netns, ...made.cacheDirs].filter((p) => existsSync(p));
+}
+
+/** QEMUs the VM cache started that still run (named vmcache-<id>, not after a pod: criLeaks' name scan misses them). */
+export function vmCacheProcesses(): string[] {
+  if (made.cacheStateDirs.length === 0) return [];
+  return processTable()
+    .filter((p) => p.comm.startsWith("qemu") && made.cacheStateDirs.some((d) => commandLine(p).includes(join(d, "vm-cache") + "/")))
+    .map((p) => `${p.pid} ${commandLine(p).slice(0, 120)}`);
+}
+
+/** The VM cache's idle VMs (QEMUs started under <state_dir>/vm-cache that no sandbox took) and their summed PSS. */
+export function cacheIdleMemory(k: KernelEnv): { vms: number; pssMiB: number } {
+  const stateDir = k.config.runtime.state_dir;
+  const sbDir = join(stateDir, "sandboxes");
+  const taken = new Set((existsSync(sbDir) ? readdirSync(sbDir) : []).map((id) => readState(join(sbDir, id))?.vmmPid ?? 0));
+  const qemus = processTable().filter((p) => p.comm.startsWith("qemu") && commandLine(p).includes(join(stateDir, "vm-cache") + "/") && !taken.has(p.pid));
+  return { vms: qemus.length, pssMiB: qemus.reduce((acc, p) => acc + smapsRollup(p.pid).pssKb / 1024, 0) };
 }

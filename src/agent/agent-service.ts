@@ -10,7 +10,7 @@ import type { TtrpcServer } from "../protocols/ttrpc/server.js";
 import { ContainerManager } from "./containers.js";
 import { addNeighbors, updateInterface, updateRoutes } from "./guest-network.js";
 import { agentLaunchMs, guestDetails, mixEntropy, mountStorage, setClock, setDns, setHostname, unmount, type StorageSpec } from "./guest-system.js";
-import { WARM_UP_CONTAINER, warmUp, warmUpSpec } from "./warm-up.js";
+import { WARM_UP_CONTAINER, warmUp, warmUpNetworkTools, warmUpSpec } from "./warm-up.js";
 import { AGENT_PROTOCOL_VERSION, AGENT_VERSION } from "./version.js";
 
 const MAX_READ = 1024 * 1024;
@@ -147,7 +147,8 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
       const t0 = performance.now();
       await warmUp();
       if (req.runContainer) {
-        // A cached VM: run a container the way a pod's first one runs.
+        // A cached VM: the network tools, and a container the way a pod's first one runs.
+        await warmUpNetworkTools();
         containers.create(WARM_UP_CONTAINER, JSON.stringify(warmUpSpec()), false);
         try {
           await containers.start(WARM_UP_CONTAINER);

@@ -25,6 +25,7 @@ import { Code } from "../protocols/ttrpc/status.js";
 import type { Logger } from "./logger.js";
 import { TEMPLATE_MAC, listTemplates, type TemplateManifest } from "./factory.js";
 import { pidMatches } from "./state.js";
+import { VirtioNinePShare } from "../resource/sharefs/virtio-9p.js";
 
 /** What a cached VM's entry.json says. */
 export interface CachedVmRecord {
@@ -301,6 +302,15 @@ export class VmCacheDaemon {
       try {
         // The clone translates (TCG) and touches what a pod start runs now, not on the pod's clock.
         await agent.agent.prepareTemplate({ runContainer: true }, { timeoutMs: 60_000 });
+        // Its share is its own for life (the directory moves with the VM), so it is mounted now,
+        // and the clock set: the pod's CreateSandbox finds both done (no `mount`, no `date`).
+        const share = new VirtioNinePShare(`vmcache-${id}`, join(filling, "shared"), q.msize_9p);
+        await agent.agent.createSandbox({
+          sandboxId: `vmcache-${id}`,
+          hostname: "",
+          storages: [{ driver: "9p", source: t.shareTag, fstype: "9p", options: share.guestMountOptions(), mountPoint: share.guestDir }],
+          hostTimeUnixNano: BigInt(Date.now()) * 1_000_000n,
+        });
       } finally {
         agent.close();
       }

@@ -60,7 +60,7 @@ export interface VmCacheDaemon {
   stop(): Promise<{ status: number | null; stdout: string; stderr: string }>;
 }
 
-/** Ready cached VMs per template key, as `hako factory status` counts them (directories not starting with "."). */
+/** Ready cached VMs per template (under <stateDir>/template), as `hako factory status` counts them (directories not starting with "."). */
 export function cachedVmsReady(stateDir = TEST_STATE_DIR): number[] {
   const templates = join(stateDir, "template");
   const keys = existsSync(templates) ? readdirSync(templates).filter((k) => existsSync(join(templates, k, "manifest.json"))) : [];
@@ -70,10 +70,25 @@ export function cachedVmsReady(stateDir = TEST_STATE_DIR): number[] {
   });
 }
 
-export async function startVmCache(fillTimeoutMs = 120_000): Promise<VmCacheDaemon> {
+export interface VmCacheOptions {
+  /** Its configuration (default: the test config) and that config's state dir and vm_cache_number. */
+  config?: string;
+  stateDir?: string;
+  perTemplate?: number;
+  fillTimeoutMs?: number;
+  /** Called with the daemon's pid once spawned (the benchmark tracks its children). */
+  onSpawn?: (pid: number | undefined) => void;
+}
+
+/** Starts `hako factory cache` and waits until it is full. */
+export async function startVmCache(o: VmCacheOptions = {}): Promise<VmCacheDaemon> {
+  const stateDir = o.stateDir ?? TEST_STATE_DIR;
+  const perTemplate = o.perTemplate ?? TEST_VM_CACHE_NUMBER;
   let out = "";
   let err = "";
-  const child = spawn(HAKO, ["factory", "cache"], { env: hakoEnv(), stdio: ["ignore", "pipe", "pipe"] });
+  const env = o.config ? { ...process.env, HAKO_CONFIG: o.config } : hakoEnv();
+  const child = spawn(HAKO, ["factory", "cache"], { env, stdio: ["ignore", "pipe", "pipe"] });
+  o.onSpawn?.(child.pid);
   child.stdout!.on("data", (b: Buffer) => (out += b.toString()));
   child.stderr!.on("data", (b: Buffer) => (err += b.toString()));
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
@@ -82,11 +97,11 @@ export async function startVmCache(fillTimeoutMs = 120_000): Promise<VmCacheDaem
     async waitFull(timeoutMs) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
-        const counts = cachedVmsReady();
-        if (counts.length > 0 && counts.every((n) => n >= TEST_VM_CACHE_NUMBER)) return;
+        const counts = cachedVmsReady(stateDir);
+        if (counts.length > 0 && counts.every((n) => n >= perTemplate)) return;
         if (child.exitCode !== null) throw new Error(`hako factory cache exited (${child.exitCode}): ${err}`);
         if (Date.now() > deadline) throw new Error(`the VM cache did not fill within ${timeoutMs} ms (ready: ${counts.join(", ")}): ${out}${err}`);
-        await new Promise((r) => setTimeout(r, 200));
+        await new Promise((r) => setTimeout(r, 100));
       }
     },
     async stop() {
@@ -98,7 +113,7 @@ export async function startVmCache(fillTimeoutMs = 120_000): Promise<VmCacheDaem
     },
   };
   try {
-    await d.waitFull(fillTimeoutMs);
+    await d.waitFull(o.fillTimeoutMs ?? 120_000);
   } catch (e) {
     await d.stop();
     throw e;
