@@ -16,8 +16,17 @@ import { Code } from "../protocols/ttrpc/status.js";
 import type { Logger } from "./logger.js";
 import type { SandboxSize } from "./sandbox-sizing.js";
 
+/**
+ * The agent's node options under TCG: no JIT (QEMU would retranslate the code
+ * V8 writes), and no memory reducer (its idle-time GCs kept a freshly started
+ * pod's QEMU at ~1 % of a core for its first minute; a guest's freed heap
+ * does not return to the host anyway without free page reporting).
+ */
+export const TCG_AGENT_PARAMS = ["hako.node_opts=--jitless,--no-memory-reducer"];
 /** Kernel parameters of a template and of its clones (they must match: the guest booted with them). */
-export const TEMPLATE_KERNEL_PARAMS_TCG = ["hako.node_opts=--jitless"];
+export const TEMPLATE_KERNEL_PARAMS_TCG = TCG_AGENT_PARAMS;
+/** Bumped when what a template holds changes in a way its key does not see (QEMU's machine options, the agent's). */
+const TEMPLATE_FORMAT = "2";
 /** A template's NICs have this MAC; clones give the guest NIC the pod's (UpdateInterface by device). */
 export const TEMPLATE_MAC = "02:68:61:6b:6f:00";
 /** Guest name of a template's NIC i (the Debian kernel's, no udev in the guest). */
@@ -52,6 +61,7 @@ function fileId(path: string): string {
 export function templateKey(cfg: HakoConfig, shape: TemplateShape): string {
   const q = cfg.hypervisor.qemu;
   const parts = [
+    TEMPLATE_FORMAT,
     fileId(q.path),
     fileId(q.kernel),
     fileId(q.rootfs_type === "initrd" ? q.initrd : q.image),

@@ -15,7 +15,7 @@ import { RuntimeError } from "./errors.js";
 import type { Logger } from "./logger.js";
 import type { SandboxSize } from "./sandbox-sizing.js";
 import { archiveTrace, traceFromState } from "./trace.js";
-import { findTemplate, templateGuestNic } from "./factory.js";
+import { TCG_AGENT_PARAMS, findTemplate, templateGuestNic } from "./factory.js";
 import { claimCachedVm, killCachedVm, moveCachedTaps } from "./vm-cache.js";
 import { bindMountsToShare, guestSpec, type Bundle } from "./oci-spec.js";
 import { configureGuestNetwork } from "./sandbox-network.js";
@@ -132,10 +132,10 @@ export class Sandbox {
             kernel: q.kernel,
             initrd: q.rootfs_type === "initrd" ? q.initrd : undefined,
             image: q.rootfs_type === "erofs" ? q.image : undefined,
-            // Under TCG, V8's JIT makes QEMU retranslate the code it writes; the
-            // agent starts ~0.3 s faster and answers faster without it (make bench).
+            // Under TCG the agent runs without V8's JIT (QEMU would retranslate the code it
+            // writes: the agent starts ~0.3 s faster without it, make bench) and memory reducer.
             // A clone keeps its template's (the guest booted with them) and mounts its share later.
-            kernelParams: template ? template.kernelParams : [...(this.opts.accel === "tcg" ? ["hako.node_opts=--jitless"] : []), `hako.share=${this.share.tag},${q.msize_9p}`],
+            kernelParams: template ? template.kernelParams : [...(this.opts.accel === "tcg" ? TCG_AGENT_PARAMS : []), `hako.share=${this.share.tag},${q.msize_9p}`],
             sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],
             consoleLog: this.consoleLog,
             verboseConsole: config.agent.debug,

@@ -41,7 +41,7 @@ test("microvm + tcg: exact argv with virtio-mmio devices", () => {
   const args = buildQemuArgs(spec(), qemuCfg(), paths, { hostTscKhz: 2596148 });
   assert.deepEqual(args, [
     "-name", "hako-sb1",
-    "-machine", "microvm",
+    "-machine", "microvm,pit=off",
     "-accel", "tcg,tb-size=64",
     "-cpu", "qemu64,+arat",
     "-m", "512M",
@@ -116,7 +116,7 @@ test("microvm with the pci transport turns on pcie and uses -pci devices", () =>
     hostTscKhz: 1000,
     transport: "pci",
   });
-  assert.deepEqual(args.slice(2, 8), ["-machine", "microvm,pcie=on", "-accel", "tcg,tb-size=32", "-cpu", "max"]);
+  assert.deepEqual(args.slice(2, 8), ["-machine", "microvm,pit=off,pcie=on", "-accel", "tcg,tb-size=32", "-cpu", "max"]);
   const devices = args.filter((_, i) => args[i - 1] === "-device");
   assert.deepEqual(devices, [
     "virtio-serial-pci,id=vser0",
@@ -184,7 +184,8 @@ test("microvm drops ACPI only for the minimal kernel named in the image manifest
     assert.equal(kernelWantsAcpi(join(dir, "vmlinux-minimal")), false);
     assert.equal(kernelWantsAcpi(join(dir, "vmlinux-generic")), true);
     assert.equal(kernelWantsAcpi("/nowhere/vmlinux"), true);
-    assert.deepEqual(machineArgs("microvm", "mmio", "tcg", { tb_size: 64, cpu_model: "qemu64" }, false).slice(0, 2), ["-machine", "microvm,acpi=off"]);
+    assert.deepEqual(machineArgs("microvm", "mmio", "tcg", { tb_size: 64, cpu_model: "qemu64" }, false).slice(0, 2), ["-machine", "microvm,acpi=off"], "the minimal kernel keeps the PIT");
+    assert.deepEqual(machineArgs("microvm", "mmio", "tcg", { tb_size: 64, cpu_model: "qemu64" }, true).slice(0, 2), ["-machine", "microvm,pit=off"], "the Debian kernel boots without one");
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
