@@ -51,7 +51,7 @@ const DEFAULT_PODS = 10;
 /** The density claim is about 100 pods; --density-pods lowers it while developing. */
 const DEFAULT_DENSITY_PODS = 100;
 /** Pod starts in flight in the density section (kubelet starts pods concurrently; more only queues on 2 cores). */
-const DEFAULT_DENSITY_PARALLEL = 8;
+const DEFAULT_DENSITY_PARALLEL = 16;
 
 const { values: opts } = parseArgs({
   options: {
