@@ -168,13 +168,13 @@ async function netnsOf(cri: CriClient, podId: string): Promise<string | undefine
   return parsed.runtimeSpec?.linux?.namespaces?.find((n) => n.type === "network")?.path || undefined;
 }
 
-async function waitForStartedLine(path: string, timeoutMs: number): Promise<void> {
+async function waitForStartedLine(path: string, timeoutMs: number, pollMs: number): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {
     const text = await readFile(path, "utf8").catch(() => "");
     if (STARTED_LINE.test(text)) return;
     if (performance.now() > deadline) throw new Error(`no "${STARTED_MARKER}" line in ${path} after ${timeoutMs} ms (has: ${JSON.stringify(text.slice(-300))})`);
-    await sleep(LOG_POLL_MS);
+    await sleep(pollMs);
   }
 }
 
@@ -203,6 +203,8 @@ export async function startPod(
   handler: Handler,
   name: string,
   mounts: ContainerExtra["mounts"] = [],
+  /** How often the CRI log is read for the "started" line: the resolution of the pod's start time. */
+  logPollMs = LOG_POLL_MS,
 ): Promise<{ pod: StartedPod; sample: Omit<PodStartSample, "teardownMs"> }> {
   const logDir = join(ctx.logRoot, name);
   mkdirSync(logDir, { recursive: true });
@@ -217,7 +219,7 @@ export async function startPod(
     criMade.containerIds.push(containerId);
     await ctx.cri.startContainer(containerId);
     const t3 = performance.now();
-    await waitForStartedLine(join(logDir, LOG_NAME), STARTED_TIMEOUT_MS);
+    await waitForStartedLine(join(logDir, LOG_NAME), STARTED_TIMEOUT_MS, logPollMs);
     const t4 = performance.now();
     // Outside the timed part: where CNI put the pod, for the leak check.
     const netns = await netnsOf(ctx.cri, podId);

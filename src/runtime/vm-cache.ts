@@ -42,6 +42,7 @@ export interface CachedVmRecord {
 
 export const vmCacheRoot = (cfg: HakoConfig): string => join(cfg.runtime.state_dir, "vm-cache");
 const ENTRY = "entry.json";
+const NETNS_DIR = "/var/run/netns";
 /** A refill waits until no sandbox has taken a cached VM for this long. */
 const REFILL_QUIET_MS = 1500;
 const DAEMON_PID = "daemon.pid";
@@ -223,6 +224,11 @@ export class VmCacheDaemon {
         throw new RuntimeError(Code.ALREADY_EXISTS, "vm-cache", `a VM cache daemon (pid ${other}) already serves ${this.cfg.runtime.state_dir}`, { hint: `stop it first (kill ${other})` });
     }
     writeFileSync(pidFile, String(process.pid));
+    // The netns of a daemon that died (its name carries its pid).
+    for (const ns of existsSync(NETNS_DIR) ? readdirSync(NETNS_DIR) : []) {
+      const m = /^hako-vmcache-(\d+)$/.exec(ns);
+      if (m && Number(m[1]) !== process.pid && !pidMatches(Number(m[1]), "factory")) void execFileAsync("ip", ["netns", "del", ns]).catch(() => undefined);
+    }
     for (const key of readdirSync(this.root)) {
       if (key === DAEMON_PID) continue;
       for (const name of readdirSync(join(this.root, key))) this.discard(join(this.root, key, name));
