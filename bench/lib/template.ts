@@ -5,9 +5,9 @@
 // (KernelEnv.templateDir), so that templateLeaks can tell whether one survived.
 // The `hako-cache` handler's VM cache: `hako factory cache` runs from after
 // the init until the teardown.
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { performance } from "node:perf_hooks";
-import { NETNS_DIR } from "../../test/helpers/leaks.js";
+import { NETNS_DIR, idleCachedVms } from "../../test/helpers/leaks.js";
 import { runToEnd } from "../../test/helpers/processes.js";
 import { track, untrack } from "./children.js";
 import type { KernelEnv } from "./env.js";
@@ -15,7 +15,6 @@ import { HAKO, startVmCache, type VmCacheDaemon } from "../../test/helpers/hako.
 import { BENCH_VM_CACHE_NUMBER } from "./env.js";
 import { commandLine, processTable } from "../../test/helpers/processes.js";
 import { join } from "node:path";
-import { readState } from "../../src/runtime/state.js";
 import { smapsRollup } from "./measure.js";
 
 /** Two template VMs booted cold under TCG (~5 s each) plus their warm-up; generous for a loaded host. */
@@ -90,8 +89,6 @@ export async function startCache(k: KernelEnv, log: (s: string) => void): Promis
   const t0 = performance.now();
   const d = await startVmCache({
     config: k.cacheConfigFile,
-    stateDir,
-    perTemplate: BENCH_VM_CACHE_NUMBER,
     fillTimeoutMs: CACHE_FILL_TIMEOUT_MS,
     onSpawn: (pid) => {
       track(pid, "hako factory cache");
@@ -125,9 +122,6 @@ export function vmCacheProcesses(): string[] {
 
 /** The VM cache's idle VMs (QEMUs started under <state_dir>/vm-cache that no sandbox took) and their summed PSS. */
 export function cacheIdleMemory(k: KernelEnv): { vms: number; pssMiB: number } {
-  const stateDir = k.config.runtime.state_dir;
-  const sbDir = join(stateDir, "sandboxes");
-  const taken = new Set((existsSync(sbDir) ? readdirSync(sbDir) : []).map((id) => readState(join(sbDir, id))?.vmmPid ?? 0));
-  const qemus = processTable().filter((p) => p.comm.startsWith("qemu") && commandLine(p).includes(join(stateDir, "vm-cache") + "/") && !taken.has(p.pid));
+  const qemus = idleCachedVms(k.config.runtime.state_dir);
   return { vms: qemus.length, pssMiB: qemus.reduce((acc, p) => acc + smapsRollup(p.pid).pssKb / 1024, 0) };
 }

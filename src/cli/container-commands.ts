@@ -10,7 +10,7 @@ import { RuntimeError } from "../runtime/errors.js";
 import { loadBundle } from "../runtime/oci-spec.js";
 import { removeTree } from "../resource/mounts.js";
 import { removeRecordedNetwork } from "../resource/network/pod-network.js";
-import { listSandboxIds, pidMatches, readState, sandboxDir, type SandboxState } from "../runtime/state.js";
+import { killRecordedVmm, listSandboxIds, pidMatches, readState, sandboxDir, type SandboxState } from "../runtime/state.js";
 import { pumpInput, pumpOutput } from "../runtime/stdio-relay.js";
 import { setup, type GlobalOptions } from "./common.js";
 
@@ -126,10 +126,7 @@ export async function deleteContainer(id: string, opts: GlobalOptions & { force?
     process.kill(st.ownerPid, "SIGTERM");
     for (let i = 0; i < 100 && existsSync(dir); i++) await new Promise((r) => setTimeout(r, 100));
   }
-  if (pidMatches(st.vmmPid, "qemu")) {
-    process.kill(st.vmmPid, "SIGKILL");
-    for (let i = 0; i < 50 && pidMatches(st.vmmPid, "qemu"); i++) await new Promise((r) => setTimeout(r, 100));
-  }
+  await killRecordedVmm(st.vmmPid);
   // What the owner did not get to remove (it died, or its own removal failed):
   // the pod network plumbing named in state.json, then the state itself. If the
   // network removal fails, the state stays so that a later delete can retry.

@@ -7,7 +7,7 @@
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { Hypervisor, VmNetwork } from "../hypervisor/hypervisor.js";
+import type { Hypervisor, VmNetwork, VmSpec } from "../hypervisor/hypervisor.js";
 import type { HakoConfig } from "./config.js";
 import { connectAgentWhenReady } from "./agent-client.js";
 import { execFileAsync } from "./command.js";
@@ -136,6 +136,38 @@ export function destroyTemplates(cfg: HakoConfig): number {
   return n;
 }
 
+/** The guest a VM boots: kernel, and root filesystem as an initrd or an erofs image. */
+export function guestBoot(q: HakoConfig["hypervisor"]["qemu"]): Pick<VmSpec, "kernel" | "initrd" | "image"> {
+  return { kernel: q.kernel, initrd: q.rootfs_type === "initrd" ? q.initrd : undefined, image: q.rootfs_type === "erofs" ? q.image : undefined };
+}
+
+/**
+ * A clone of template `t`: the template's shape, guest and command line (the
+ * guest booted with them), a private copy-on-write view of its RAM, restored
+ * from its saved state; its own run dir, 9p share, console and network.
+ */
+export function cloneSpec(
+  cfg: HakoConfig,
+  t: TemplateManifest,
+  vm: Pick<VmSpec, "id" | "runDir" | "consoleLog" | "network"> & { shareDir: string },
+): VmSpec {
+  return {
+    id: vm.id,
+    runDir: vm.runDir,
+    accel: t.shape.accel,
+    vcpus: t.shape.vcpus,
+    memoryMiB: t.shape.memoryMiB,
+    ...guestBoot(cfg.hypervisor.qemu),
+    kernelParams: t.kernelParams,
+    sharedDirs: [{ tag: t.shareTag, hostPath: vm.shareDir }],
+    consoleLog: vm.consoleLog,
+    network: vm.network,
+    memoryFile: { path: t.memoryFile, shared: false },
+    restoreState: t.stateFile,
+    tcgCacheMiB: cfg.factory.clone_tb_size,
+  };
+}
+
 /** A scratch netns holding a tap per template NIC (QEMU needs a backend to start). */
 async function scratchNetwork(name: string, nics: number): Promise<{ network: VmNetwork | undefined; remove: () => Promise<void> }> {
   if (nics === 0) return { network: undefined, remove: async () => undefined };
@@ -181,9 +213,7 @@ export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, sh
       accel: shape.accel,
       vcpus: shape.vcpus,
       memoryMiB: shape.memoryMiB,
-      kernel: q.kernel,
-      initrd: q.rootfs_type === "initrd" ? q.initrd : undefined,
-      image: q.rootfs_type === "erofs" ? q.image : undefined,
+      ...guestBoot(q),
       // No hako.share: a mounted 9p export blocks migration; clones mount their own share.
       kernelParams: m.kernelParams,
       sharedDirs: [{ tag: m.shareTag, hostPath: shareDir }],

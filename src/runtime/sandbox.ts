@@ -15,11 +15,11 @@ import { RuntimeError } from "./errors.js";
 import type { Logger } from "./logger.js";
 import type { SandboxSize } from "./sandbox-sizing.js";
 import { archiveTrace, traceFromState } from "./trace.js";
-import { TCG_AGENT_PARAMS, findTemplate, templateGuestNic } from "./factory.js";
-import { claimCachedVm, killCachedVm, moveCachedTaps } from "./vm-cache.js";
+import { TCG_AGENT_PARAMS, cloneSpec, findTemplate, guestBoot, templateGuestNic } from "./factory.js";
+import { claimCachedVm, moveCachedTaps } from "./vm-cache.js";
 import { bindMountsToShare, guestSpec, type Bundle } from "./oci-spec.js";
 import { configureGuestNetwork } from "./sandbox-network.js";
-import { pidMatches, readState, sandboxDir, writeState, type SandboxState } from "./state.js";
+import { killRecordedVmm, pidMatches, readState, sandboxDir, writeState, type SandboxState } from "./state.js";
 
 export interface SandboxOptions {
   config: HakoConfig;
@@ -123,25 +123,23 @@ export class Sandbox {
     this.vm = cached
       ? await hypervisor.adopt({ id: this.id, pid: cached.pid, runDir: vmDir, consoleLog: this.consoleLog }, signal)
       : await hypervisor.start(
-          {
-            id: this.id,
-            runDir: this.dir,
-            accel: this.opts.accel,
-            vcpus,
-            memoryMiB,
-            kernel: q.kernel,
-            initrd: q.rootfs_type === "initrd" ? q.initrd : undefined,
-            image: q.rootfs_type === "erofs" ? q.image : undefined,
-            // Under TCG the agent runs without V8's JIT (QEMU would retranslate the code it
-            // writes: the agent starts ~0.3 s faster without it, make bench) and memory reducer.
-            // A clone keeps its template's (the guest booted with them) and mounts its share later.
-            kernelParams: template ? template.kernelParams : [...(this.opts.accel === "tcg" ? TCG_AGENT_PARAMS : []), `hako.share=${this.share.tag},${q.msize_9p}`],
-            sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],
-            consoleLog: this.consoleLog,
-            verboseConsole: config.agent.debug,
-            network,
-            ...(template ? { memoryFile: { path: template.memoryFile, shared: false }, restoreState: template.stateFile, tcgCacheMiB: config.factory.clone_tb_size } : {}),
-          },
+          template
+            ? cloneSpec(config, template, { id: this.id, runDir: this.dir, shareDir: this.share.hostDir, consoleLog: this.consoleLog, network })
+            : {
+                id: this.id,
+                runDir: this.dir,
+                accel: this.opts.accel,
+                vcpus,
+                memoryMiB,
+                ...guestBoot(q),
+                // Under TCG the agent runs without V8's JIT (QEMU would retranslate the code it
+                // writes: the agent starts ~0.3 s faster without it, make bench) and memory reducer.
+                kernelParams: [...(this.opts.accel === "tcg" ? TCG_AGENT_PARAMS : []), `hako.share=${this.share.tag},${q.msize_9p}`],
+                sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],
+                consoleLog: this.consoleLog,
+                verboseConsole: config.agent.debug,
+                network,
+              },
           signal,
         );
     this.state.vmmPid = this.vm.pid;
@@ -162,7 +160,7 @@ export class Sandbox {
     const sandbox = agent.createSandbox({
       sandboxId: this.id,
       hostname: (this.opts.hostname || this.id).slice(0, 63),
-      storages: [{ driver: "9p", source: this.share.tag, fstype: "9p", options: this.share.guestMountOptions(), mountPoint: this.share.guestDir }],
+      storages: [this.share.guestStorage()],
       hostTimeUnixNano: BigInt(Date.now()) * 1_000_000n,
       entropy: randomBytes(64),
     }).then(() => this.mark("sandbox_created"));
@@ -259,7 +257,7 @@ export class Sandbox {
     // the guest-side unmounts and crun deletes only delay the QMP quit.
     this.agent?.close();
     if (this.vm) await this.vm.stop(2000).catch((err: unknown) => log.warn({ err, sandbox: this.id }, "VM stop failed"));
-    else if (this.state.vmCache) await killCachedVm(this.state.vmmPid); // claimed, not yet adopted
+    else if (this.state.vmCache) await killRecordedVmm(this.state.vmmPid); // claimed, not yet adopted
     // After QEMU is gone (it held the taps). A netns that is gone already (CRI removes it after StopPodSandbox) is clean.
     let networkError: unknown;
     if (this.network) await this.network.detach().catch((err: unknown) => (networkError = err));

@@ -78,3 +78,13 @@ export function pidMatches(pid: number, needle: string): boolean {
     return false;
   }
 }
+
+/**
+ * SIGKILLs a sandbox's QEMU by its recorded pid, if that pid is still a QEMU
+ * (its owner is gone, or never adopted it), and waits up to 5 s for it to go.
+ */
+export async function killRecordedVmm(pid: number): Promise<void> {
+  if (!pidMatches(pid, "qemu")) return;
+  process.kill(pid, "SIGKILL");
+  for (let i = 0; i < 50 && pidMatches(pid, "qemu"); i++) await new Promise((r) => setTimeout(r, 100));
+}

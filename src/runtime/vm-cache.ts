@@ -23,8 +23,8 @@ import { execFileAsync } from "./command.js";
 import { RuntimeError } from "./errors.js";
 import { Code } from "../protocols/ttrpc/status.js";
 import type { Logger } from "./logger.js";
-import { TEMPLATE_MAC, listTemplates, type TemplateManifest } from "./factory.js";
-import { pidMatches } from "./state.js";
+import { TEMPLATE_MAC, cloneSpec, listTemplates, type TemplateManifest } from "./factory.js";
+import { killRecordedVmm, pidMatches } from "./state.js";
 import { VirtioNinePShare } from "../resource/sharefs/virtio-9p.js";
 
 /** What a cached VM's entry.json says. */
@@ -46,6 +46,15 @@ const NETNS_DIR = "/var/run/netns";
 /** A refill waits until no sandbox has taken a cached VM for this long. */
 const REFILL_QUIET_MS = 1500;
 const DAEMON_PID = "daemon.pid";
+
+/** A cached VM's entry.json, undefined if missing or unreadable (a fill that died before writing it). */
+function readRecord(dir: string): CachedVmRecord | undefined {
+  try {
+    return JSON.parse(readFileSync(join(dir, ENTRY), "utf8")) as CachedVmRecord;
+  } catch {
+    return undefined;
+  }
+}
 
 /** The names of the ready entries of a template (not being filled, not dying). */
 function readyEntries(dir: string): string[] {
@@ -71,12 +80,7 @@ export function claimCachedVm(cfg: HakoConfig, key: string, target: string): Cac
       if (code === "ENOENT") continue; // another sandbox took it
       throw new RuntimeError(Code.INTERNAL, key, `taking cached VM ${name} failed: ${(err as Error).message}`, { cause: err });
     }
-    let rec: CachedVmRecord | undefined;
-    try {
-      rec = JSON.parse(readFileSync(join(target, ENTRY), "utf8")) as CachedVmRecord;
-    } catch {
-      rec = undefined;
-    }
+    const rec = readRecord(target);
     if (rec && rec.key === key && procState(rec.pid) === "alive") return rec;
     rmSync(target, { recursive: true, force: true });
   }
@@ -102,13 +106,6 @@ export async function moveCachedTaps(rec: CachedVmRecord, podNetnsPath: string):
     }
   }
   return rec.taps;
-}
-
-/** SIGKILLs a claimed cached VM that was never adopted (its start failed) and waits for it to go. */
-export async function killCachedVm(pid: number): Promise<void> {
-  if (!pidMatches(pid, "qemu")) return;
-  process.kill(pid, "SIGKILL");
-  for (let i = 0; i < 200 && procState(pid) === "alive"; i++) await new Promise((r) => setTimeout(r, 25));
 }
 
 interface Held {
@@ -147,7 +144,7 @@ export class VmCacheDaemon {
 
   /** Runs until stop(): keeps every valid template's cache full. */
   async run(onFilled?: (key: string, rec: CachedVmRecord) => void): Promise<void> {
-    this.takeOver();
+    await this.takeOver();
     while (!this.stopping) {
       const templates = listTemplates(this.cfg).filter((t) => t.valid);
       this.dropStale(new Set(templates.map((t) => t.key)));
@@ -190,19 +187,7 @@ export class VmCacheDaemon {
   }
 
   private async stopAll(): Promise<void> {
-    const stops: Array<Promise<unknown>> = [];
-    for (const h of this.held.values()) {
-      const dir = join(this.root, h.key, h.id);
-      const dying = join(this.root, h.key, `.dying-${h.id}`);
-      try {
-        renameSync(dir, dying);
-      } catch {
-        continue; // taken by a sandbox (or being filled: the fill stops it)
-      }
-      // Released: no monitor connection; SIGTERM is QEMU's clean quit.
-      stops.push(h.vm.stop(0).catch(() => undefined).then(() => rmSync(dying, { recursive: true, force: true })));
-    }
-    await Promise.all(stops);
+    await Promise.all([...this.held.values()].map((h) => this.retire(h)));
     const taken = [...this.held.values()].filter((h) => procState(h.vm.pid) === "alive").length;
     if (taken > 0) this.log.warn({ taken }, "sandboxes still run VMs from the cache; this daemon was their parent");
     if (this.netnsReady) await execFileAsync("ip", ["netns", "del", this.netnsName]).catch(() => undefined);
@@ -215,7 +200,7 @@ export class VmCacheDaemon {
   }
 
   /** One daemon per state dir; what an earlier one left (it died) is stopped and removed. */
-  private takeOver(): void {
+  private async takeOver(): Promise<void> {
     mkdirSync(this.root, { recursive: true, mode: 0o700 });
     const pidFile = join(this.root, DAEMON_PID);
     if (existsSync(pidFile)) {
@@ -231,34 +216,41 @@ export class VmCacheDaemon {
     }
     for (const key of readdirSync(this.root)) {
       if (key === DAEMON_PID) continue;
-      for (const name of readdirSync(join(this.root, key))) this.discard(join(this.root, key, name));
+      for (const name of readdirSync(join(this.root, key))) {
+        // A leftover cached VM: stopped by its recorded pid (if that is still a QEMU), its directory removed.
+        const dir = join(this.root, key, name);
+        const rec = readRecord(dir);
+        if (rec) await killRecordedVmm(rec.pid);
+        rmSync(dir, { recursive: true, force: true });
+      }
     }
-  }
-
-  /** Stops a leftover cached VM (by its recorded pid, if that is still a QEMU) and removes its directory. */
-  private discard(dir: string): void {
-    try {
-      const rec = JSON.parse(readFileSync(join(dir, ENTRY), "utf8")) as CachedVmRecord;
-      if (pidMatches(rec.pid, "qemu")) process.kill(rec.pid, "SIGKILL");
-    } catch {
-      /* no record: nothing runs */
-    }
-    rmSync(dir, { recursive: true, force: true });
   }
 
   private dropStale(valid: Set<string>): void {
-    for (const h of [...this.held.values()]) {
-      if (valid.has(h.key)) continue;
-      const dir = join(this.root, h.key, h.id);
-      const dying = join(this.root, h.key, `.dying-${h.id}`);
-      try {
-        renameSync(dir, dying);
-      } catch {
-        continue;
-      }
-      this.log.info({ template: h.key, id: h.id }, "template gone or stale: stopping its cached VM");
-      void h.vm.stop(0).catch(() => undefined).then(() => rmSync(dying, { recursive: true, force: true }));
+    for (const h of this.held.values()) {
+      // retire() settles on its own (errors are caught there); nothing waits for it here.
+      if (!valid.has(h.key) && this.retire(h)) this.log.info({ template: h.key, id: h.id }, "template gone or stale: stopping its cached VM");
     }
+  }
+
+  /**
+   * Stops a cached VM no sandbox has taken: renames its entry to
+   * `.dying-<id>` first (a sandbox's claim and this rename cannot both win),
+   * then SIGTERM (released: no monitor connection; SIGTERM is QEMU's clean
+   * quit) and removes the entry. Undefined if a sandbox took it (or it is
+   * still being filled: the fill stops it).
+   */
+  private retire(h: Held): Promise<void> | undefined {
+    const dying = join(this.root, h.key, `.dying-${h.id}`);
+    try {
+      renameSync(join(this.root, h.key, h.id), dying);
+    } catch {
+      return undefined;
+    }
+    return h.vm
+      .stop(0)
+      .then(() => undefined, () => undefined)
+      .then(() => rmSync(dying, { recursive: true, force: true }));
   }
 
   private async network(id: string, nics: number): Promise<VmNetwork | undefined> {
@@ -281,40 +273,23 @@ export class VmCacheDaemon {
     const t0 = Date.now();
     const id = randomBytes(4).toString("hex");
     const filling = join(this.root, t.key, `.${id}`);
-    mkdirSync(join(filling, "shared"), { recursive: true, mode: 0o700 });
+    // Its 9p export (created here, with the entry's directory).
+    const share = new VirtioNinePShare(`vmcache-${id}`, join(filling, "shared"), this.cfg.hypervisor.qemu.msize_9p);
     let vm: VirtualMachine | undefined;
     let network: VmNetwork | undefined;
     try {
       network = await this.network(id, t.shape.nics);
-      const q = this.cfg.hypervisor.qemu;
-      vm = await this.hypervisor.start({
-        id: `vmcache-${id}`,
-        runDir: filling,
-        accel: t.shape.accel,
-        vcpus: t.shape.vcpus,
-        memoryMiB: t.shape.memoryMiB,
-        kernel: q.kernel,
-        initrd: q.rootfs_type === "initrd" ? q.initrd : undefined,
-        image: q.rootfs_type === "erofs" ? q.image : undefined,
-        kernelParams: t.kernelParams,
-        sharedDirs: [{ tag: t.shareTag, hostPath: join(filling, "shared") }],
-        consoleLog: join(filling, "console.log"),
-        network,
-        memoryFile: { path: t.memoryFile, shared: false },
-        restoreState: t.stateFile,
-        tcgCacheMiB: this.cfg.factory.clone_tb_size,
-      });
+      vm = await this.hypervisor.start(cloneSpec(this.cfg, t, { id: `vmcache-${id}`, runDir: filling, shareDir: share.hostDir, consoleLog: join(filling, "console.log"), network }));
       const agent = await connectAgentWhenReady(id, vm.agentSocketPath, this.cfg.agent.dial_timeout * 1000, vm.exited);
       try {
         // The clone translates (TCG) and touches what a pod start runs now, not on the pod's clock.
         await agent.agent.prepareTemplate({ runContainer: true }, { timeoutMs: 60_000 });
         // Its share is its own for life (the directory moves with the VM), so it is mounted now,
         // and the clock set: the pod's CreateSandbox finds both done (no `mount`, no `date`).
-        const share = new VirtioNinePShare(`vmcache-${id}`, join(filling, "shared"), q.msize_9p);
         await agent.agent.createSandbox({
           sandboxId: `vmcache-${id}`,
           hostname: "",
-          storages: [{ driver: "9p", source: t.shareTag, fstype: "9p", options: share.guestMountOptions(), mountPoint: share.guestDir }],
+          storages: [share.guestStorage()],
           hostTimeUnixNano: BigInt(Date.now()) * 1_000_000n,
         });
       } finally {

@@ -4,7 +4,7 @@
 // that still serves other ids, and print a raw DeleteResponse protobuf on
 // stdout (stderr is logged by containerd as "cleanup warnings").
 import { loadConfig } from "../runtime/config.js";
-import { pidMatches, readState, sandboxDir } from "../runtime/state.js";
+import { killRecordedVmm, pidMatches, readState, sandboxDir } from "../runtime/state.js";
 import { removeTree } from "../resource/mounts.js";
 import { removeRecordedNetwork } from "../resource/network/pod-network.js";
 import { unmountRootfs } from "../resource/rootfs/rootfs-mount.js";
@@ -45,10 +45,7 @@ async function cleanupSandbox(id: string, bundle: string): Promise<boolean> {
   const st = readState(sbDir);
   if (st && pidMatches(st.ownerPid, "hako")) return false;
   if (sid !== id || !st) return true;
-  if (pidMatches(st.vmmPid, "qemu")) {
-    process.kill(st.vmmPid, "SIGKILL");
-    for (let i = 0; i < 50 && pidMatches(st.vmmPid, "qemu"); i++) await new Promise((r) => setTimeout(r, 100));
-  }
+  await killRecordedVmm(st.vmmPid);
   // The taps and filters the dead shim's sandbox put into the pod netns (a netns
   // CRI already deleted counts as clean). On failure the state stays for a retry.
   await removeRecordedNetwork(st.network);

@@ -1,8 +1,11 @@
 // Runs the built `hako` CLI as a user would, with a private state directory.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { runToEnd, type RunResult } from "./processes.js";
+import { loadConfig, type HakoConfig } from "../../src/runtime/config.js";
+import { listTemplates } from "../../src/runtime/factory.js";
+import { cachedVmCounts } from "../../src/runtime/vm-cache.js";
 
 export const REPO = resolve(import.meta.dirname, "..", "..");
 export const HAKO = join(REPO, "build", "bin", "hako");
@@ -54,27 +57,23 @@ export function hakoSync(args: string[]): { status: number | null; stdout: strin
 /** `hako factory cache` run by a test: wait for it to fill, stop it. */
 export interface VmCacheDaemon {
   readonly pid: number;
-  /** Resolves when every valid template has TEST_VM_CACHE_NUMBER ready VMs; rejects after timeoutMs. */
+  /** Resolves when every valid template has vm_cache_number ready VMs; rejects after timeoutMs. */
   waitFull(timeoutMs: number): Promise<void>;
   /** SIGTERM, then its exit and output. */
   stop(): Promise<{ status: number | null; stdout: string; stderr: string }>;
 }
 
-/** Ready cached VMs per template (under <stateDir>/template), as `hako factory status` counts them (directories not starting with "."). */
-export function cachedVmsReady(stateDir = TEST_STATE_DIR): number[] {
-  const templates = join(stateDir, "template");
-  const keys = existsSync(templates) ? readdirSync(templates).filter((k) => existsSync(join(templates, k, "manifest.json"))) : [];
-  return keys.map((k) => {
-    const dir = join(stateDir, "vm-cache", k);
-    return existsSync(dir) ? readdirSync(dir).filter((n) => !n.startsWith(".")).length : 0;
-  });
+/** Ready cached VMs per valid template of a configuration, as `hako factory status` counts them. */
+export function cachedVmsReady(cfg: HakoConfig): number[] {
+  const counts = cachedVmCounts(cfg);
+  return listTemplates(cfg)
+    .filter((t) => t.valid)
+    .map((t) => counts[t.key] ?? 0);
 }
 
 export interface VmCacheOptions {
-  /** Its configuration (default: the test config) and that config's state dir and vm_cache_number. */
+  /** Its configuration (default: the test config); it waits for that config's vm_cache_number per template. */
   config?: string;
-  stateDir?: string;
-  perTemplate?: number;
   fillTimeoutMs?: number;
   /** Called with the daemon's pid once spawned (the benchmark tracks its children). */
   onSpawn?: (pid: number | undefined) => void;
@@ -82,11 +81,12 @@ export interface VmCacheOptions {
 
 /** Starts `hako factory cache` and waits until it is full. */
 export async function startVmCache(o: VmCacheOptions = {}): Promise<VmCacheDaemon> {
-  const stateDir = o.stateDir ?? TEST_STATE_DIR;
-  const perTemplate = o.perTemplate ?? TEST_VM_CACHE_NUMBER;
+  const configPath = o.config ?? ensureTestConfig();
+  const cfg = loadConfig(configPath);
+  const perTemplate = cfg.factory.vm_cache_number;
   let out = "";
   let err = "";
-  const env = o.config ? { ...process.env, HAKO_CONFIG: o.config } : hakoEnv();
+  const env = { ...process.env, HAKO_CONFIG: configPath };
   const child = spawn(HAKO, ["factory", "cache"], { env, stdio: ["ignore", "pipe", "pipe"] });
   o.onSpawn?.(child.pid);
   child.stdout!.on("data", (b: Buffer) => (out += b.toString()));
@@ -97,7 +97,7 @@ export async function startVmCache(o: VmCacheOptions = {}): Promise<VmCacheDaemo
     async waitFull(timeoutMs) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
-        const counts = cachedVmsReady(stateDir);
+        const counts = cachedVmsReady(cfg);
         if (counts.length > 0 && counts.every((n) => n >= perTemplate)) return;
         if (child.exitCode !== null) throw new Error(`hako factory cache exited (${child.exitCode}): ${err}`);
         if (Date.now() > deadline) throw new Error(`the VM cache did not fill within ${timeoutMs} ms (ready: ${counts.join(", ")}): ${out}${err}`);

@@ -3,7 +3,7 @@ import { readdirSync, readFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { TMP_PREFIX } from "./bundle.js";
-import { commandLine, processTable } from "./processes.js";
+import { commandLine, processTable, type ProcessEntry } from "./processes.js";
 
 export interface Leaks {
   qemu: string[];
@@ -40,17 +40,23 @@ function sandboxVmmPids(stateDir: string): Set<number> {
   return pids;
 }
 
+/** QEMUs the VM cache started under `stateDir` (their run dir was <stateDir>/vm-cache/…) that no sandbox has taken. */
+export function idleCachedVms(stateDir: string, table: readonly ProcessEntry[] = processTable()): ProcessEntry[] {
+  const cacheDir = join(stateDir, "vm-cache") + "/";
+  const taken = sandboxVmmPids(stateDir);
+  return table.filter((p) => p.comm.startsWith("qemu") && commandLine(p).includes(cacheDir) && !taken.has(p.pid));
+}
+
 /**
  * Everything under `stateDir` (the test config's runtime.state_dir) that still
  * exists. `vmCacheRunning`: the VM cache daemon runs, and the VMs it keeps
  * (started under <stateDir>/vm-cache, taken by no sandbox) are its, not leaks.
  */
 export function findLeaks(stateDir: string, netnsBefore?: readonly string[], opts: { vmCacheRunning?: boolean } = {}): Leaks {
-  const procs = processTable().map((p) => ({ pid: p.pid, cmd: commandLine(p) }));
-  const cacheDir = join(stateDir, "vm-cache") + "/";
-  const taken = opts.vmCacheRunning ? sandboxVmmPids(stateDir) : new Set<number>();
-  const cached = (p: { pid: number; cmd: string }): boolean => opts.vmCacheRunning === true && p.cmd.includes(cacheDir) && !taken.has(p.pid);
-  const qemu = procs.filter((p) => p.cmd.includes("qemu-system") && p.cmd.includes(stateDir) && !cached(p)).map((p) => `${p.pid} ${p.cmd.slice(0, 160)}`);
+  const table = processTable();
+  const cached = new Set(opts.vmCacheRunning ? idleCachedVms(stateDir, table).map((p) => p.pid) : []);
+  const procs = table.map((p) => ({ pid: p.pid, cmd: commandLine(p) }));
+  const qemu = procs.filter((p) => p.cmd.includes("qemu-system") && p.cmd.includes(stateDir) && !cached.has(p.pid)).map((p) => `${p.pid} ${p.cmd.slice(0, 160)}`);
   // Shims of this checkout (another checkout's runs are not ours to judge).
   const shims = procs.filter((p) => p.cmd.includes(SHIM_BUNDLE) && p.pid !== process.pid).map((p) => `${p.pid} ${p.cmd.slice(0, 160)}`);
   const netns = netnsBefore ? listNetns().filter((n) => !netnsBefore.includes(n)) : [];

@@ -59,8 +59,6 @@ export class QemuVirtualMachine implements VirtualMachine {
     this.proc = proc;
     this.qmp = qmp;
     this.logger = logger;
-    // Not our child: its monitor closing is the first sign that it exited.
-    if (proc instanceof AdoptedQemuProcess) qmp.once("close", () => setTimeout(() => proc.check(), 20));
     void proc.exited.then(async (exit) => {
       qmp.close();
       if (!this.stopping && !this.released) {
@@ -196,6 +194,8 @@ export class QemuHypervisor implements Hypervisor {
         qmp.close();
         throw new HypervisorError(vm.id, `the cached VM handed to sandbox ${vm.id} is in state "${st.status}" instead of running`, { code: Code.INTERNAL });
       }
+      // Not our child: its monitor closing is the first sign that it exited.
+      qmp.once("close", () => setTimeout(() => proc.check(), 20));
       log?.debug({ pid: vm.pid }, "adopted a cached VM");
       return new QemuVirtualMachine(vm, proc, qmp, paths, log);
     } catch (err) {

@@ -7,6 +7,15 @@ export interface SharedPath {
   guestPath: string;
 }
 
+/** A mount the agent makes in the guest (the fields of the agent's Storage message). */
+export interface GuestStorage {
+  driver: string;
+  source: string;
+  fstype: string;
+  options: string[];
+  mountPoint: string;
+}
+
 export interface ShareFs {
   /** 9p mount tag / device name of the sandbox share. */
   readonly tag: string;
@@ -14,8 +23,8 @@ export interface ShareFs {
   readonly hostDir: string;
   /** Where the guest mounts it. */
   readonly guestDir: string;
-  /** Kernel-level options the guest uses to mount the share. */
-  guestMountOptions(): string[];
+  /** How the guest mounts the share (an agent Storage: CreateSandbox's storages). */
+  guestStorage(): GuestStorage;
   /** Makes `source` (a host directory or file) visible in the guest; returns both paths. */
   share(containerId: string, name: string, source: string, opts?: { readonly?: boolean }): Promise<SharedPath>;
   /** Removes every share of a container. */

@@ -3,7 +3,7 @@
 import { mkdirSync, statSync, writeFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { bindMount, removeTree } from "../mounts.js";
-import type { ShareFs, SharedPath } from "./share-fs.js";
+import type { GuestStorage, ShareFs, SharedPath } from "./share-fs.js";
 
 export class VirtioNinePShare implements ShareFs {
   readonly tag = "hakoShared";
@@ -17,8 +17,8 @@ export class VirtioNinePShare implements ShareFs {
     mkdirSync(hostDir, { recursive: true, mode: 0o700 });
   }
 
-  guestMountOptions(): string[] {
-    return [`msize=${this.msize}`, "cache=mmap"];
+  guestStorage(): GuestStorage {
+    return { driver: "9p", source: this.tag, fstype: "9p", options: [`msize=${this.msize}`, "cache=mmap"], mountPoint: this.guestDir };
   }
 
   async share(containerId: string, name: string, source: string, opts: { readonly?: boolean } = {}): Promise<SharedPath> {
