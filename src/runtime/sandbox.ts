@@ -119,48 +119,65 @@ export class Sandbox {
       this.mark("vm_cache_claimed");
     }
     this.share = new VirtioNinePShare(this.id, join(cached ? vmDir : this.dir, "shared"), q.msize_9p);
-    const network = podNet ? await this.attachNetwork(podNet, cached ? await moveCachedTaps(cached, podNet.netnsPath) : []) : undefined;
-    this.vm = cached
-      ? await hypervisor.adopt({ id: this.id, pid: cached.pid, runDir: vmDir, consoleLog: this.consoleLog }, signal)
-      : await hypervisor.start(
-          template
-            ? cloneSpec(config, template, { id: this.id, runDir: this.dir, shareDir: this.share.hostDir, consoleLog: this.consoleLog, network })
-            : {
-                id: this.id,
-                runDir: this.dir,
-                accel: this.opts.accel,
-                vcpus,
-                memoryMiB,
-                ...guestBoot(q),
-                // Under TCG the agent runs without V8's JIT (QEMU would retranslate the code it
-                // writes: the agent starts ~0.3 s faster without it, make bench) and memory reducer.
-                kernelParams: [...(this.opts.accel === "tcg" ? TCG_AGENT_PARAMS : []), `hako.share=${this.share.tag},${q.msize_9p}`],
-                sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],
-                consoleLog: this.consoleLog,
-                verboseConsole: config.agent.debug,
-                network,
-              },
-          signal,
-        );
-    this.state.vmmPid = this.vm.pid;
-    this.mark(cached ? "vmm_adopted" : "vmm_started");
+    if (cached) {
+      // The cached VM's agent is up already: reach it, and set the guest up,
+      // while its taps move into the pod netns.
+      const plumbing = podNet ? moveCachedTaps(cached, podNet.netnsPath).then((taps) => this.attachNetwork(podNet, taps)) : Promise.resolve(undefined);
+      const adopting = (async () => {
+        this.vm = await hypervisor.adopt({ id: this.id, pid: cached.pid, runDir: vmDir, consoleLog: this.consoleLog }, signal);
+        this.mark("vmm_adopted");
+        await this.connectAgent(signal);
+        await this.configureGuest(podNet, true);
+      })();
+      // Both settle before either failure is thrown: nothing may still run when start() fails.
+      const [plumbed, adopted] = await Promise.allSettled([plumbing, adopting]);
+      if (plumbed.status === "rejected") throw plumbed.reason;
+      if (adopted.status === "rejected") throw adopted.reason;
+    } else {
+      const network = podNet ? await this.attachNetwork(podNet, []) : undefined;
+      this.vm = await hypervisor.start(
+        template
+          ? cloneSpec(config, template, { id: this.id, runDir: this.dir, shareDir: this.share.hostDir, consoleLog: this.consoleLog, network })
+          : {
+              id: this.id,
+              runDir: this.dir,
+              accel: this.opts.accel,
+              vcpus,
+              memoryMiB,
+              ...guestBoot(q),
+              // Under TCG the agent runs without V8's JIT (QEMU would retranslate the code it
+              // writes: the agent starts ~0.3 s faster without it, make bench) and memory reducer.
+              kernelParams: [...(this.opts.accel === "tcg" ? TCG_AGENT_PARAMS : []), `hako.share=${this.share.tag},${q.msize_9p}`],
+              sharedDirs: [{ tag: this.share.tag, hostPath: this.share.hostDir }],
+              consoleLog: this.consoleLog,
+              verboseConsole: config.agent.debug,
+              network,
+            },
+        signal,
+      );
+      this.mark("vmm_started");
+      await this.connectAgent(signal);
+      await this.configureGuest(podNet, template !== undefined);
+    }
+    this.state.status = "created";
     this.save();
-    this.opts.logger.debug({ sandbox: this.id, pid: this.vm.pid, cached: cached !== undefined }, "VM started");
-    this.agent = await connectAgentWhenReady(this.id, this.vm.agentSocketPath, config.agent.dial_timeout * 1000, this.vm.exited, signal);
-    this.mark("agent_ready");
-    // For `hako trace`: splits the boot into guest kernel and agent start.
-    if (this.agent.guestAgentLaunchMs > 0) this.state.guestAgentLaunchUptimeMs = this.agent.guestAgentLaunchMs;
-    // The guest network and CreateSandbox (share mount, hostname, clock)
-    // touch different things in the guest: run them concurrently (each is a
-    // few guest process spawns, ~0.1 s apiece under TCG).
-    const agent = this.agent.agent;
+  }
+
+  /**
+   * The guest side of the pod: its network (the host's taps may still be
+   * moving: the guest does not see them) and CreateSandbox (share mount,
+   * hostname, clock) touch different things in the guest, so they run
+   * concurrently (each is a few guest process spawns, ~0.1 s apiece under TCG).
+   */
+  private async configureGuest(podNet: PodNetwork | undefined, fromTemplate: boolean): Promise<void> {
+    const agent = this.agent!.agent;
     const guestNetwork = podNet
-      ? configureGuestNetwork(this.id, agent, podNet.scan, this.opts.logger, template ? podNet.scan.interfaces.map((_, i) => templateGuestNic(i)) : undefined).then(() => this.mark("guest_network"))
+      ? configureGuestNetwork(this.id, agent, podNet.scan, this.opts.logger, fromTemplate ? podNet.scan.interfaces.map((_, i) => templateGuestNic(i)) : undefined).then(() => this.mark("guest_network"))
       : Promise.resolve();
     const sandbox = agent.createSandbox({
       sandboxId: this.id,
       hostname: (this.opts.hostname || this.id).slice(0, 63),
-      storages: [this.share.guestStorage()],
+      storages: [this.share!.guestStorage()],
       hostTimeUnixNano: BigInt(Date.now()) * 1_000_000n,
       entropy: randomBytes(64),
     }).then(() => this.mark("sandbox_created"));
@@ -168,9 +185,19 @@ export class Sandbox {
     const [netResult, sbResult] = await Promise.allSettled([guestNetwork, sandbox]);
     if (netResult.status === "rejected") throw netResult.reason;
     if (sbResult.status === "rejected") throw sbResult.reason;
-    this.state.status = "created";
-    this.save();
+  }
 
+  /** Records the VM's QEMU, then waits for its agent's health check. */
+  private async connectAgent(signal?: AbortSignal): Promise<void> {
+    const { config } = this.opts;
+    const vm = this.vm!;
+    this.state.vmmPid = vm.pid;
+    this.save();
+    this.opts.logger.debug({ sandbox: this.id, pid: vm.pid, cached: this.state.vmCache === true }, "VM started");
+    this.agent = await connectAgentWhenReady(this.id, vm.agentSocketPath, config.agent.dial_timeout * 1000, vm.exited, signal);
+    this.mark("agent_ready");
+    // For `hako trace`: splits the boot into guest kernel and agent start.
+    if (this.agent.guestAgentLaunchMs > 0) this.state.guestAgentLaunchUptimeMs = this.agent.guestAgentLaunchMs;
   }
 
   /** Scans the pod netns (changes nothing there); undefined when the VM gets no network. */

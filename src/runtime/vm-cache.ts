@@ -13,12 +13,12 @@
 // never stops one a sandbox took. A cached VM with a NIC has its tap in the
 // daemon's netns; the sandbox moves it into the pod netns.
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, watch, writeFileSync, type FSWatcher } from "node:fs";
 import { join } from "node:path";
 import type { Hypervisor, VirtualMachine, VmNetwork } from "../hypervisor/hypervisor.js";
 import { procState } from "../hypervisor/qemu/vmm-process.js";
 import type { HakoConfig } from "./config.js";
-import { connectAgentWhenReady } from "./agent-client.js";
+import { connectAgentWhenReady, type AgentClient } from "./agent-client.js";
 import { execFileAsync } from "./command.js";
 import { RuntimeError } from "./errors.js";
 import { Code } from "../protocols/ttrpc/status.js";
@@ -113,6 +113,13 @@ interface Held {
   id: string;
   vm: VirtualMachine;
   taps: string[];
+  /**
+   * The warm-up's agent connection, held until a sandbox takes the VM: a
+   * guest agent without a host polls its port (guest CPU), and QEMU queues
+   * the taker's connection behind this one, so the taker is served the
+   * moment it is closed (releaseTaken).
+   */
+  agent?: AgentClient;
 }
 
 /**
@@ -131,6 +138,8 @@ export class VmCacheDaemon {
   private filling: Promise<unknown> = Promise.resolve();
   private wake: (() => void) | undefined;
   private readonly lastCount = new Map<string, number>();
+  /** inotify on each template's cache directory: a claim (rename away) releases that VM's agent at once. */
+  private readonly watchers = new Map<string, FSWatcher>();
   private lastTake = 0;
 
   constructor(
@@ -146,6 +155,7 @@ export class VmCacheDaemon {
   async run(onFilled?: (key: string, rec: CachedVmRecord) => void): Promise<void> {
     await this.takeOver();
     while (!this.stopping) {
+      this.releaseTaken(); // also without an inotify event (a watcher that failed)
       const templates = listTemplates(this.cfg).filter((t) => t.valid);
       this.dropStale(new Set(templates.map((t) => t.key)));
       const counts = new Map(templates.map((t) => [t.key, readyEntries(join(this.root, t.key)).length]));
@@ -187,6 +197,8 @@ export class VmCacheDaemon {
   }
 
   private async stopAll(): Promise<void> {
+    for (const w of this.watchers.values()) w.close();
+    this.watchers.clear();
     await Promise.all([...this.held.values()].map((h) => this.retire(h)));
     const taken = [...this.held.values()].filter((h) => procState(h.vm.pid) === "alive").length;
     if (taken > 0) this.log.warn({ taken }, "sandboxes still run VMs from the cache; this daemon was their parent");
@@ -247,6 +259,8 @@ export class VmCacheDaemon {
     } catch {
       return undefined;
     }
+    h.agent?.close();
+    h.agent = undefined;
     return h.vm
       .stop(0)
       .then(() => undefined, () => undefined)
@@ -277,24 +291,21 @@ export class VmCacheDaemon {
     const share = new VirtioNinePShare(`vmcache-${id}`, join(filling, "shared"), this.cfg.hypervisor.qemu.msize_9p);
     let vm: VirtualMachine | undefined;
     let network: VmNetwork | undefined;
+    let agent: AgentClient | undefined;
     try {
       network = await this.network(id, t.shape.nics);
       vm = await this.hypervisor.start(cloneSpec(this.cfg, t, { id: `vmcache-${id}`, runDir: filling, shareDir: share.hostDir, consoleLog: join(filling, "console.log"), network }));
-      const agent = await connectAgentWhenReady(id, vm.agentSocketPath, this.cfg.agent.dial_timeout * 1000, vm.exited);
-      try {
-        // The clone translates (TCG) and touches what a pod start runs now, not on the pod's clock.
-        await agent.agent.prepareTemplate({ runContainer: true }, { timeoutMs: 60_000 });
-        // Its share is its own for life (the directory moves with the VM), so it is mounted now,
-        // and the clock set: the pod's CreateSandbox finds both done (no `mount`, no `date`).
-        await agent.agent.createSandbox({
-          sandboxId: `vmcache-${id}`,
-          hostname: "",
-          storages: [share.guestStorage()],
-          hostTimeUnixNano: BigInt(Date.now()) * 1_000_000n,
-        });
-      } finally {
-        agent.close();
-      }
+      agent = await connectAgentWhenReady(id, vm.agentSocketPath, this.cfg.agent.dial_timeout * 1000, vm.exited);
+      // The clone translates (TCG) and touches what a pod start runs now, not on the pod's clock.
+      await agent.agent.prepareTemplate({ runContainer: true }, { timeoutMs: 60_000 });
+      // Its share is its own for life (the directory moves with the VM), so it is mounted now,
+      // and the clock set: the pod's CreateSandbox finds both done (no `mount`, no `date`).
+      await agent.agent.createSandbox({
+        sandboxId: `vmcache-${id}`,
+        hostname: "",
+        storages: [share.guestStorage()],
+        hostTimeUnixNano: BigInt(Date.now()) * 1_000_000n,
+      });
       const rec: CachedVmRecord = {
         key: t.key,
         pid: vm.pid,
@@ -306,13 +317,15 @@ export class VmCacheDaemon {
       writeFileSync(join(filling, ENTRY), JSON.stringify(rec));
       if (this.stopping) throw new RuntimeError(Code.CANCELLED, id, "the VM cache is stopping");
       vm.release();
-      const held: Held = { key: t.key, id, vm, taps: rec.taps };
+      const held: Held = { key: t.key, id, vm, taps: rec.taps, agent };
       this.held.set(id, held);
       void vm.exited.then(() => this.onExit(held));
+      this.watchKey(t.key);
       renameSync(filling, join(this.root, t.key, id));
       this.log.info({ template: t.key, id, pid: vm.pid, readyMs: rec.readyMs }, "cached VM ready");
       return rec;
     } catch (err) {
+      agent?.close();
       if (vm) await vm.stop(2000).catch(() => undefined);
       else for (const n of network?.nics ?? []) await execFileAsync("ip", ["-n", this.netnsName, "link", "del", n.tapName]).catch(() => undefined);
       rmSync(filling, { recursive: true, force: true });
@@ -322,6 +335,7 @@ export class VmCacheDaemon {
 
   /** A cached VM exited: if no sandbox had taken it, its entry goes too. */
   private onExit(h: Held): void {
+    h.agent?.close();
     this.held.delete(h.id);
     const dir = join(this.root, h.key, h.id);
     if (existsSync(dir)) {
@@ -331,6 +345,30 @@ export class VmCacheDaemon {
     // Its tap, if it never left this netns, is persistent: remove it.
     for (const tap of this.netnsReady ? h.taps : []) void execFileAsync("ip", ["-n", this.netnsName, "link", "del", tap]).catch(() => undefined);
     this.wake?.();
+  }
+
+  /** Closes the agent connection of every cached VM whose entry is gone (a sandbox took it, or it is retiring). */
+  private releaseTaken(): void {
+    for (const h of this.held.values()) {
+      if (h.agent === undefined || existsSync(join(this.root, h.key, h.id))) continue;
+      h.agent.close();
+      h.agent = undefined;
+      this.log.debug({ template: h.key, id: h.id }, "cached VM taken: its agent connection released");
+    }
+  }
+
+  private watchKey(key: string): void {
+    if (this.watchers.has(key)) return;
+    try {
+      const w = watch(join(this.root, key), () => this.releaseTaken());
+      w.on("error", () => {
+        w.close();
+        this.watchers.delete(key);
+      });
+      this.watchers.set(key, w);
+    } catch (err) {
+      this.log.warn({ err, template: key }, "cannot watch the VM cache directory; claims are noticed within 250 ms");
+    }
   }
 
   private sleep(ms: number): Promise<void> {

@@ -34,6 +34,27 @@ test("phases run from mark to mark; the guest's launch uptime splits kernel boot
   assert.ok(!traceFromState({ ...state, guestAgentLaunchUptimeMs: 9000 }).phases.some((p) => p.name === "guest_kernel_booted"));
 });
 
+test("a cached VM's start: adopting it, its agent and the guest set-up overlap the taps' move", () => {
+  const cached = {
+    ...state,
+    timeline: { config: 1, vm_cache_claimed: 12, vmm_adopted: 16, agent_ready: 40, network_attached: 70, sandbox_created: 110, guest_network: 200, container_created: 350, container_started: 560 },
+  };
+  assert.deepEqual(
+    traceFromState(cached).phases.map((p) => [p.name, p.startMs, p.endMs]),
+    [
+      ["config", 0, 1],
+      ["vm_cache_claimed", 1, 12],
+      ["network_attached", 12, 70],
+      ["vmm_adopted", 12, 16],
+      ["agent_ready", 16, 40],
+      ["guest_network", 40, 200],
+      ["sandbox_created", 40, 110],
+      ["container_created", 200, 350],
+      ["container_started", 350, 560],
+    ],
+  );
+});
+
 test("text and SVG renderings name every phase with its duration", () => {
   const t = traceFromState(state);
   const text = renderTraceText(t);
