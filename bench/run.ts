@@ -30,6 +30,7 @@ import { runIoSection } from "./lib/throughput.js";
 import { ioJson, ioTable, summarizeIo } from "./lib/throughput-report.js";
 import { KERNELS, setupEnv, teardownEnv, type BenchEnv, type KernelEnv, type KernelName } from "./lib/env.js";
 import { describeLeaks, findLeaks, hasLeaks, removeEmptyStateDir } from "./lib/leaks.js";
+import { KSM_DIR, ksmAvailable, readKsmSettings } from "../src/resource/ksm.js";
 import { measureCliStartup, measureFloor, measureHakoRun, measureSandbox } from "./lib/measure.js";
 import {
   comparisonTable,
@@ -65,6 +66,7 @@ const { values: opts } = parseArgs({
     pods: { type: "string", default: String(DEFAULT_PODS) },
     "density-pods": { type: "string", default: String(DEFAULT_DENSITY_PODS) },
     "density-parallel": { type: "string", default: String(DEFAULT_DENSITY_PARALLEL) },
+    ksm: { type: "string", default: "on" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -75,6 +77,7 @@ if (opts.help) {
       "       [--kernels generic,minimal] [--accel auto|tcg|kvm] [--state-dir /run/hako-bench]\n" +
       "       [--sections boot,containerd,cri,io] (boot: floor/hako run/sandbox per kernel; containerd: ctr run hako vs runc, generic kernel;\n" +
       "        cri: CRI pod start hako vs runc and host PSS of --pods N idle pods per runtime (default 10), generic kernel;\n" +
+      "        with --ksm on (default, if the host has KSM) also after KSM settled over the idle hako pods, its settings put back after;\n" +
       "        density: --density-pods N (default 100) templated pods requested at once, --density-parallel P starts in flight (default 8):\n" +
       "        time until all run, host memory, teardown, generic kernel;\n" +
       "        io: MB/s of dd write/read on a hostPath volume (9p for hako) and of TCP pod → host, hako pod vs runc pod, generic kernel)\n",
@@ -105,6 +108,8 @@ const densityPods = Number(opts["density-pods"]);
 if (!Number.isInteger(densityPods) || densityPods < 1) fail("--density-pods must be an integer ≥ 1");
 const densityParallel = Number(opts["density-parallel"]);
 if (!Number.isInteger(densityParallel) || densityParallel < 1) fail("--density-parallel must be an integer ≥ 1");
+if (opts.ksm !== "on" && opts.ksm !== "off") fail("--ksm must be on or off");
+const ksm = opts.ksm === "on";
 const pods = Number(opts.pods);
 if (!Number.isInteger(pods) || pods < 1) fail("--pods must be an integer ≥ 1");
 // The environment (configs, probe) covers the boot section's kernels plus the generic one for containerd, cri and io.
@@ -132,6 +137,8 @@ function log(msg: string): void {
 const t0 = performance.now();
 const startedAt = new Date();
 const loadBefore = loadavg();
+/** The host's KSM settings: the cri section changes them for a while; the leak check wants them back. */
+const ksmAtStart = ksmAvailable() ? readKsmSettings() : undefined;
 const ctrdBaseline = containerdBaseline(tmpdir(), CONTAINERD_TMP_PREFIX);
 let env: BenchEnv | undefined;
 let interrupted = false;
@@ -205,7 +212,7 @@ try {
   const stopped = (): boolean => interrupted;
   const workDir = env.tmpDir;
   const { samples: ctrdSamples, ms: ctrdMs } = await runSection(doContainerd, (k) => runContainerdSection(k, stateDir, runs, warmup, log, stopped));
-  const { samples: criSamples, ms: criMs } = await runSection(doCri, (k) => runCriSection(k, { runs, warmup, pods, workDir }, log, stopped));
+  const { samples: criSamples, ms: criMs } = await runSection(doCri, (k) => runCriSection(k, { runs, warmup, pods, workDir, ksm }, log, stopped));
   const { samples: ioSamples, ms: ioMs } = await runSection(doIo, (k) => runIoSection(k, { runs, warmup, workDir }, log, stopped));
   const { samples: densitySamples, ms: densityMs } = await runSection(doDensity, (k) =>
     runDensitySection(k, { pods: densityPods, parallel: densityParallel, workDir }, log, stopped),
@@ -242,7 +249,7 @@ try {
     warmup,
     sections: [...sections],
     sectionMs: { setupAndBoot: Math.round(bootMs), containerd: Math.round(ctrdMs), cri: Math.round(criMs), io: Math.round(ioMs), density: Math.round(densityMs) },
-    ...(doCri ? { pods } : {}),
+    ...(doCri ? { pods, ksm: ksm && ksmAvailable() } : {}),
     host: {
       cpu: cpus()[0]?.model ?? "",
       cpus: cpus().length,
@@ -281,6 +288,8 @@ try {
     containerProcesses: crl.processes,
     qemuNames: crl.qemuNames,
   });
+  const ksmNow = ksmAtStart ? readKsmSettings() : undefined;
+  if (ksmAtStart && ksmNow && JSON.stringify(ksmNow) !== JSON.stringify(ksmAtStart)) leaks.paths.push(`${KSM_DIR}: ${JSON.stringify(ksmNow)}, was ${JSON.stringify(ksmAtStart)}`);
   if (hasLeaks(leaks)) {
     log(`bench: LEAKED after the benchmark:\n  ${describeLeaks(leaks)}`);
     exitCode = 3;

@@ -218,6 +218,7 @@ function criFigures(section: unknown): ChartFigure[] {
   const idle = pods.length > 0 ? `${pods.join("/")} idle pods per runtime` : "idle pods";
   const podStart = start.get("pod_start_*");
   const podPss = memory.get("*_pod_pss");
+  const podPssKsm = memory.get("*_pod_pss_ksm");
   const loadedStart = memory.get("*_pod_start");
   // Every handler but runc runs its pods in VMs (hako, hako-template).
   const vmHandlers = (bars: readonly ChartBar[]): string => bars.filter((b) => !b.baseline).map((b) => b.label).join(", ");
@@ -229,6 +230,10 @@ function criFigures(section: unknown): ChartFigure[] {
     withTargets(
       handlerFigure("PSS per idle pod", "MiB", podPss, (bars) => `${idle}; ${vmHandlers(bars)}: shim + QEMU, runc: shim + pause + container; ${samplesNote(bars, podPss, "pods")}`),
       criTargets(section, "pod_pss"),
+    ),
+    withTargets(
+      handlerFigure("PSS per idle pod, KSM settled", "MiB", podPssKsm, (bars) => `the same idle pods after ksmd merged identical guest pages; ${samplesNote(bars, podPssKsm, "pods")}`),
+      criTargets(section, "pod_pss_ksm"),
     ),
     handlerFigure("CRI pod start while the other pods idle", "ms", loadedStart, (bars) => `${idle}; ${samplesNote(bars, loadedStart, "pods")}`),
   ].filter((f): f is ChartFigure => f !== undefined);

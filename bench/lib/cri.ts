@@ -33,6 +33,7 @@ import type { VmCacheDaemon } from "../../test/helpers/hako.js";
 import { memAvailableMiB, podMemory, podProcesses, processesInCgroupsOf, processTable, qemusOf, shimsServing, type PodMemory } from "./pod-processes.js";
 import { HAKO } from "../../test/helpers/hako.js";
 import { readState, sandboxDir } from "../../src/runtime/state.js";
+import { KSM_AGGRESSIVE, ksmAvailable, readKsmSettings, waitKsmSettled, writeKsmSettings, type KsmSettings, type KsmStats } from "../../src/resource/ksm.js";
 
 /** Not the tests' network (hakotest0, 10.217.0.0/24): a `make test` may run beside the benchmark. */
 export const CRI_NETWORK: CniNetwork = { name: "hako-bench-pods", bridge: "hakobench0", subnet: "10.218.0.0/24", gateway: "10.218.0.1" };
@@ -55,6 +56,8 @@ const CONTAINER_NAME = "main";
 const LOG_NAME = `${CONTAINER_NAME}.log`;
 /** Idle time of the N pods before their memory is read. */
 export const SETTLE_MS = 5_000;
+/** Longest wait for KSM to settle over the idle pods (a pass over 10 cold VMs takes seconds at KSM_AGGRESSIVE). */
+const KSM_SETTLE_TIMEOUT_MS = 120_000;
 const LOG_POLL_MS = 10;
 const CALL_TIMEOUT_MS = 120_000;
 const STARTED_TIMEOUT_MS = 60_000;
@@ -101,6 +104,8 @@ export interface DensitySample {
   /** Each pod's start (as in PodStartSample.totalMs), in start order. */
   startMs: number[];
   perPod: PodMemory[];
+  /** The same pods again after KSM settled over them (hako handlers, when the host has KSM and --ksm on). */
+  ksm?: { settled: boolean; waitedMs: number; stats: KsmStats; perPod: PodMemory[] };
 }
 
 export interface CriSamples {
@@ -123,6 +128,8 @@ export interface CriSectionOptions {
   pods: number;
   /** Parent of the pods' log dirs (removed with the benchmark's temp dir). */
   workDir: string;
+  /** Also read the idle hako pods' PSS with KSM settled (ksmd turned on meanwhile, its settings put back after). */
+  ksm: boolean;
 }
 
 /** One section's private CRI containerd and what its pods need. */
@@ -259,7 +266,19 @@ async function measurePodStarts(ctx: CriCtx, s: CriSamples, o: CriSectionOptions
 }
 
 /** Starts `count` pods of `handler` one after the other, lets them idle, reads their memory, removes them. */
-async function measureDensity(ctx: CriCtx, handler: Handler, count: number, stop: () => boolean): Promise<DensitySample> {
+/** Each pod's memory now; a pod from the VM cache has its QEMU under the cache daemon, found through its state. */
+function podsMemory(ctx: CriCtx, handler: Handler, pods: readonly StartedPod[], tag: string): PodMemory[] {
+  const table = processTable();
+  return pods.map((pod) => {
+    const vmmPid = handler === CACHE_HANDLER ? readState(sandboxDir(ctx.stateDir, pod.podId))?.vmmPid : undefined;
+    const m = podMemory(ctx.c.address, pod.podId, handler !== "runc", table, vmmPid);
+    const parts = m.processes.map((p) => `${p.role} ${p.pid} ${p.pssMiB.toFixed(1)}`).join(" + ");
+    ctx.log(`bench: cri: ${handler} pod ${pod.podId.slice(0, 12)}${tag}: PSS ${m.pssMiB.toFixed(1)} MiB = ${parts}`);
+    return m;
+  });
+}
+
+async function measureDensity(ctx: CriCtx, handler: Handler, count: number, stop: () => boolean, ksm: boolean): Promise<DensitySample> {
   const sample: DensitySample = {
     handler,
     pods: count,
@@ -271,6 +290,7 @@ async function measureDensity(ctx: CriCtx, handler: Handler, count: number, stop
     perPod: [],
   };
   const pods: StartedPod[] = [];
+  let ksmBefore: KsmSettings | undefined;
   try {
     for (let i = 0; i < count && !stop(); i++) {
       await cacheSettled(ctx, handler);
@@ -284,19 +304,24 @@ async function measureDensity(ctx: CriCtx, handler: Handler, count: number, stop
     await cacheSettled(ctx, handler);
     await sleep(SETTLE_MS);
     sample.memAvailableSettledMiB = memAvailableMiB();
-    const table = processTable();
-    for (const pod of pods) {
-      // A pod's QEMU is its shim's child, unless the pod took it from the VM cache (the cache daemon's child).
-      const vmmPid = handler === CACHE_HANDLER ? readState(sandboxDir(ctx.stateDir, pod.podId))?.vmmPid : undefined;
-      const m = podMemory(ctx.c.address, pod.podId, handler !== "runc", table, vmmPid);
-      sample.perPod.push(m);
-      const parts = m.processes.map((p) => `${p.role} ${p.pid} ${p.pssMiB.toFixed(1)}`).join(" + ");
-      ctx.log(`bench: cri: ${handler} pod ${pod.podId.slice(0, 12)}: PSS ${m.pssMiB.toFixed(1)} MiB = ${parts}`);
+    sample.perPod.push(...podsMemory(ctx, handler, pods, ""));
+    // As Kata's density metrics measure: ksmd on, until a pass over all guests finds little new to merge.
+    if (ksm && handler !== "runc" && !stop()) {
+      ksmBefore = readKsmSettings();
+      writeKsmSettings(KSM_AGGRESSIVE);
+      const r = await waitKsmSettled({ timeoutMs: KSM_SETTLE_TIMEOUT_MS });
+      ctx.log(
+        `bench: cri: ${handler}: KSM ${r.settled ? "settled" : "NOT settled"} after ${fmtMs(r.waitedMs)} ` +
+          `(${r.stats.fullScans} full scans, ${r.stats.pagesShared} pages kept for ${r.stats.pagesSharing} more mappings)`,
+      );
+      sample.ksm = { ...r, perPod: podsMemory(ctx, handler, pods, " with KSM") };
     }
     return sample;
   } finally {
     const failures: string[] = [];
     for (const pod of pods) await removePod(ctx, pod.podId).catch((e: Error) => failures.push(e.message));
+    // After the pods are gone (an unmerge then has little left to copy).
+    if (ksmBefore) writeKsmSettings(ksmBefore);
     sample.memAvailableAfterMiB = memAvailableMiB();
     if (failures.length > 0) throw new Error(`removing the ${handler} pods: ${failures.join("; ")}`);
   }
@@ -413,7 +438,7 @@ export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s:
     await measurePodStarts(ctx, s, o, stop);
     for (const handler of HANDLERS) {
       if (stop()) break;
-      s.density[handler] = await measureDensity(ctx, handler, o.pods, stop);
+      s.density[handler] = await measureDensity(ctx, handler, o.pods, stop, o.ksm && ksmAvailable());
     }
     return s;
   });

@@ -6,6 +6,7 @@ import { probeBoot } from "../hypervisor/accel-probe.js";
 import { chooseAccel } from "../runtime/accel.js";
 import { setup, type GlobalOptions } from "./common.js";
 import { commandErrorText, execFileAsync as run } from "../runtime/command.js";
+import { KSM_DIR, ksmAvailable, readKsmSettings, readKsmStats } from "../resource/ksm.js";
 
 export interface CheckItem {
   name: string;
@@ -98,6 +99,7 @@ export async function collectChecks(opts: GlobalOptions): Promise<CheckItem[]> {
   }
 
   items.push({ name: "cgroups", ok: true, required: false, detail: cgroupMode() });
+  items.push(ksmItem());
   const tc = await checkTcMirred();
   items.push({ name: "tc mirred", ok: tc.ok, required: false, detail: tc.detail });
   const ctrd = await cmd("containerd", ["--version"]);
@@ -114,4 +116,14 @@ export async function runCheck(opts: GlobalOptions & { json?: boolean }): Promis
     process.stdout.write(ok ? "hako can run on this host\n" : "hako cannot run on this host: fix the FAIL items above\n");
   }
   return ok ? 0 : 1;
+}
+
+/** KSM is a node choice (density for ksmd's CPU): reported, never required. */
+function ksmItem(): CheckItem {
+  if (!ksmAvailable()) return { name: "ksm", ok: false, required: false, detail: `no ${KSM_DIR}: the kernel has no KSM; identical guest pages are not merged` };
+  const { run, pagesToScan, sleepMillisecs } = readKsmSettings();
+  const { pagesSharing } = readKsmStats();
+  return run === 1
+    ? { name: "ksm", ok: true, required: false, detail: `running (${pagesToScan} pages per ${sleepMillisecs} ms); ${((pagesSharing * 4096) / 2 ** 20).toFixed(0)} MiB saved now` }
+    : { name: "ksm", ok: false, required: false, detail: `stopped: \`echo 1 > ${KSM_DIR}/run\` lets the VMs share identical guest pages (docs/kubernetes.md)` };
 }
