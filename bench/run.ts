@@ -78,7 +78,7 @@ if (opts.help) {
       "       [--sections boot,containerd,cri,io] (boot: floor/hako run/sandbox per kernel; containerd: ctr run hako vs runc, generic kernel;\n" +
       "        cri: CRI pod start hako vs runc and host PSS of --pods N idle pods per runtime (default 10), generic kernel;\n" +
       "        with --ksm on (default, if the host has KSM) also after KSM settled over the idle hako pods, its settings put back after;\n" +
-      "        density: --density-pods N (default 100) templated pods requested at once, --density-parallel P starts in flight (default 8):\n" +
+      "        density: --density-pods N (default 100) templated pods requested at once, --density-parallel P starts in flight (default " + DEFAULT_DENSITY_PARALLEL + "):\n" +
       "        time until all run, host memory, teardown, generic kernel;\n" +
       "        io: MB/s of dd write/read on a hostPath volume (9p for hako) and of TCP pod → host, hako pod vs runc pod, generic kernel)\n",
   );
@@ -109,7 +109,8 @@ if (!Number.isInteger(densityPods) || densityPods < 1) fail("--density-pods must
 const densityParallel = Number(opts["density-parallel"]);
 if (!Number.isInteger(densityParallel) || densityParallel < 1) fail("--density-parallel must be an integer ≥ 1");
 if (opts.ksm !== "on" && opts.ksm !== "off") fail("--ksm must be on or off");
-const ksm = opts.ksm === "on";
+/** The cri section also reads the idle pods' PSS with KSM settled: asked for, and the host has KSM. */
+const ksm = opts.ksm === "on" && ksmAvailable();
 const pods = Number(opts.pods);
 if (!Number.isInteger(pods) || pods < 1) fail("--pods must be an integer ≥ 1");
 // The environment (configs, probe) covers the boot section's kernels plus the generic one for containerd, cri and io.
@@ -249,7 +250,7 @@ try {
     warmup,
     sections: [...sections],
     sectionMs: { setupAndBoot: Math.round(bootMs), containerd: Math.round(ctrdMs), cri: Math.round(criMs), io: Math.round(ioMs), density: Math.round(densityMs) },
-    ...(doCri ? { pods, ksm: ksm && ksmAvailable() } : {}),
+    ...(doCri ? { pods, ksm } : {}),
     host: {
       cpu: cpus()[0]?.model ?? "",
       cpus: cpus().length,

@@ -33,7 +33,7 @@ import type { VmCacheDaemon } from "../../test/helpers/hako.js";
 import { memAvailableMiB, podMemory, podProcesses, processesInCgroupsOf, processTable, qemusOf, shimsServing, type PodMemory } from "./pod-processes.js";
 import { HAKO } from "../../test/helpers/hako.js";
 import { readState, sandboxDir } from "../../src/runtime/state.js";
-import { KSM_AGGRESSIVE, ksmAvailable, readKsmSettings, waitKsmSettled, writeKsmSettings, type KsmSettings, type KsmStats } from "../../src/resource/ksm.js";
+import { KSM_AGGRESSIVE, readKsmSettings, waitKsmSettled, writeKsmSettings, type KsmSettings, type KsmStats } from "../../src/resource/ksm.js";
 
 /** Not the tests' network (hakotest0, 10.217.0.0/24): a `make test` may run beside the benchmark. */
 export const CRI_NETWORK: CniNetwork = { name: "hako-bench-pods", bridge: "hakobench0", subnet: "10.218.0.0/24", gateway: "10.218.0.1" };
@@ -128,7 +128,7 @@ export interface CriSectionOptions {
   pods: number;
   /** Parent of the pods' log dirs (removed with the benchmark's temp dir). */
   workDir: string;
-  /** Also read the idle hako pods' PSS with KSM settled (ksmd turned on meanwhile, its settings put back after). */
+  /** Also read the idle hako pods' PSS with KSM settled (ksmd turned on meanwhile, its settings put back after); the host must have KSM. */
   ksm: boolean;
 }
 
@@ -265,7 +265,6 @@ async function measurePodStarts(ctx: CriCtx, s: CriSamples, o: CriSectionOptions
   }
 }
 
-/** Starts `count` pods of `handler` one after the other, lets them idle, reads their memory, removes them. */
 /** Each pod's memory now; a pod from the VM cache has its QEMU under the cache daemon, found through its state. */
 function podsMemory(ctx: CriCtx, handler: Handler, pods: readonly StartedPod[], tag: string): PodMemory[] {
   const table = processTable();
@@ -278,6 +277,7 @@ function podsMemory(ctx: CriCtx, handler: Handler, pods: readonly StartedPod[], 
   });
 }
 
+/** Starts `count` pods of `handler` one after the other, lets them idle, reads their memory (also with KSM settled), removes them. */
 async function measureDensity(ctx: CriCtx, handler: Handler, count: number, stop: () => boolean, ksm: boolean): Promise<DensitySample> {
   const sample: DensitySample = {
     handler,
@@ -438,7 +438,7 @@ export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s:
     await measurePodStarts(ctx, s, o, stop);
     for (const handler of HANDLERS) {
       if (stop()) break;
-      s.density[handler] = await measureDensity(ctx, handler, o.pods, stop, o.ksm && ksmAvailable());
+      s.density[handler] = await measureDensity(ctx, handler, o.pods, stop, o.ksm);
     }
     return s;
   });

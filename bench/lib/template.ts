@@ -6,15 +6,13 @@
 // The `hako-cache` handler's VM cache: `hako factory cache` runs from after
 // the init until the teardown.
 import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { NETNS_DIR, idleCachedVms } from "../../test/helpers/leaks.js";
-import { runToEnd } from "../../test/helpers/processes.js";
-import { track, untrack } from "./children.js";
-import type { KernelEnv } from "./env.js";
+import { commandLine, processTable, runToEnd } from "../../test/helpers/processes.js";
 import { HAKO, startVmCache, type VmCacheDaemon } from "../../test/helpers/hako.js";
-import { BENCH_VM_CACHE_NUMBER } from "./env.js";
-import { commandLine, processTable } from "../../test/helpers/processes.js";
-import { join } from "node:path";
+import { track, untrack } from "./children.js";
+import { BENCH_VM_CACHE_NUMBER, type KernelEnv } from "./env.js";
 import { smapsRollup } from "./measure.js";
 
 /** Two template VMs booted cold under TCG (~5 s each) plus their warm-up; generous for a loaded host. */

@@ -9,7 +9,8 @@ import { Health, HealthCheckResponse_ServingStatus } from "../protocols/gen/hako
 import type { TtrpcServer } from "../protocols/ttrpc/server.js";
 import { ContainerManager } from "./containers.js";
 import { addNeighbors, updateInterface, updateRoutes } from "./guest-network.js";
-import { agentLaunchMs, guestDetails, mixEntropy, mountStorage, setClock, setDns, setHostname, unmount, type StorageSpec } from "./guest-system.js";
+import { agentLaunchMs, guestDetails, mixEntropy, mountStorage, setClock, setDns, setHostname, unmount } from "./guest-system.js";
+import type { GuestStorage } from "../resource/sharefs/share-fs.js";
 import { WARM_UP_CONTAINER, warmUp, warmUpNetworkTools, warmUpSpec } from "./warm-up.js";
 import { AGENT_PROTOCOL_VERSION, AGENT_VERSION } from "./version.js";
 
@@ -20,7 +21,7 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
   const sandboxMounts: string[] = [];
   const containerMounts = new Map<string, string[]>();
 
-  const mountAll = async (list: StorageSpec[]): Promise<string[]> => {
+  const mountAll = async (list: GuestStorage[]): Promise<string[]> => {
     const done: string[] = [];
     try {
       for (const s of list) {

@@ -4,15 +4,7 @@ import { cpus, release, totalmem } from "node:os";
 import { Code } from "../protocols/ttrpc/status.js";
 import { AgentError } from "../runtime/errors.js";
 import { commandErrorText, execFileAsync as run } from "../runtime/command.js";
-
-
-export interface StorageSpec {
-  driver: string;
-  source: string;
-  fstype: string;
-  options: string[];
-  mountPoint: string;
-}
+import type { GuestStorage } from "../resource/sharefs/share-fs.js";
 
 /** True if `source` is already mounted on `mountPoint` with filesystem type `fstype` (e.g. by the guest's init). */
 function alreadyMounted(source: string, mountPoint: string, fstype: string): boolean {
@@ -28,7 +20,7 @@ function alreadyMounted(source: string, mountPoint: string, fstype: string): boo
   }
 }
 
-export async function mountStorage(s: StorageSpec): Promise<void> {
+export async function mountStorage(s: GuestStorage): Promise<void> {
   if (!s.mountPoint.startsWith("/")) throw new AgentError("", `storage mount point ${s.mountPoint} must be absolute`, { code: Code.INVALID_ARGUMENT });
   if (s.driver === "9p" && alreadyMounted(s.source, s.mountPoint, "9p")) return;
   mkdirSync(s.mountPoint, { recursive: true });

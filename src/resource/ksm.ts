@@ -87,7 +87,7 @@ export interface KsmSettleResult {
  * Gives up after `timeoutMs` (settled: false).
  */
 export async function waitKsmSettled(
-  opts: { timeoutMs: number; minScans?: number; changeFraction?: number; pollMs?: number } ,
+  opts: { timeoutMs: number; minScans?: number; changeFraction?: number; pollMs?: number },
   dir = KSM_DIR,
 ): Promise<KsmSettleResult> {
   const { timeoutMs, minScans = 2, changeFraction = 0.01, pollMs = 250 } = opts;

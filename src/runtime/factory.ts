@@ -23,8 +23,6 @@ import type { SandboxSize } from "./sandbox-sizing.js";
  * does not return to the host anyway without free page reporting).
  */
 export const TCG_AGENT_PARAMS = ["hako.node_opts=--jitless,--no-memory-reducer"];
-/** Kernel parameters of a template and of its clones (they must match: the guest booted with them). */
-export const TEMPLATE_KERNEL_PARAMS_TCG = TCG_AGENT_PARAMS;
 /** Bumped when what a template holds changes in a way its key does not see (QEMU's machine options, the agent's). */
 const TEMPLATE_FORMAT = "2";
 /** A template's NICs have this MAC; clones give the guest NIC the pod's (UpdateInterface by device). */
@@ -200,7 +198,8 @@ export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, sh
     created: new Date().toISOString(),
     memoryFile: join(dir, "memory"),
     stateFile: join(dir, "state"),
-    kernelParams: shape.accel === "tcg" ? TEMPLATE_KERNEL_PARAMS_TCG : [],
+    // A template's clones keep its kernel parameters (the guest booted with them).
+    kernelParams: shape.accel === "tcg" ? TCG_AGENT_PARAMS : [],
     shareTag: "hakoShared",
   };
   const shareDir = join(dir, "share");

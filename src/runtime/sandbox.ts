@@ -21,6 +21,14 @@ import { bindMountsToShare, guestSpec, type Bundle } from "./oci-spec.js";
 import { configureGuestNetwork } from "./sandbox-network.js";
 import { killRecordedVmm, pidMatches, readState, sandboxDir, writeState, type SandboxState } from "./state.js";
 
+/**
+ * Waits for every step, then throws the first one's failure (in list order):
+ * nothing may still run when a sandbox start fails and its teardown begins.
+ */
+async function allSettledThenThrow(steps: ReadonlyArray<Promise<unknown>>): Promise<void> {
+  for (const r of await Promise.allSettled(steps)) if (r.status === "rejected") throw r.reason;
+}
+
 export interface SandboxOptions {
   config: HakoConfig;
   hypervisor: Hypervisor;
@@ -129,10 +137,7 @@ export class Sandbox {
         await this.connectAgent(signal);
         await this.configureGuest(podNet, true);
       })();
-      // Both settle before either failure is thrown: nothing may still run when start() fails.
-      const [plumbed, adopted] = await Promise.allSettled([plumbing, adopting]);
-      if (plumbed.status === "rejected") throw plumbed.reason;
-      if (adopted.status === "rejected") throw adopted.reason;
+      await allSettledThenThrow([plumbing, adopting]);
     } else {
       const network = podNet ? await this.attachNetwork(podNet, []) : undefined;
       this.vm = await hypervisor.start(
@@ -181,10 +186,7 @@ export class Sandbox {
       hostTimeUnixNano: BigInt(Date.now()) * 1_000_000n,
       entropy: randomBytes(64),
     }).then(() => this.mark("sandbox_created"));
-    // Both settle before either failure is thrown: nothing may still run when start() fails.
-    const [netResult, sbResult] = await Promise.allSettled([guestNetwork, sandbox]);
-    if (netResult.status === "rejected") throw netResult.reason;
-    if (sbResult.status === "rejected") throw sbResult.reason;
+    await allSettledThenThrow([guestNetwork, sandbox]);
   }
 
   /** Records the VM's QEMU, then waits for its agent's health check. */

@@ -7,7 +7,7 @@ export interface SharedPath {
   guestPath: string;
 }
 
-/** A mount the agent makes in the guest (the fields of the agent's Storage message). */
+/** A mount the agent makes in the guest (the fields of the agent's Storage message; the agent's mountStorage takes it). */
 export interface GuestStorage {
   driver: string;
   source: string;
