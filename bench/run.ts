@@ -67,6 +67,7 @@ const { values: opts } = parseArgs({
     "density-pods": { type: "string", default: String(DEFAULT_DENSITY_PODS) },
     "density-parallel": { type: "string", default: String(DEFAULT_DENSITY_PARALLEL) },
     ksm: { type: "string", default: "on" },
+    "start-concurrency": { type: "string", default: "" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -80,7 +81,8 @@ if (opts.help) {
       "        with --ksm on (default, if the host has KSM) also after KSM settled over the idle hako pods, its settings put back after;\n" +
       "        density: --density-pods N (default 100) templated pods requested at once, --density-parallel P starts in flight (default " + DEFAULT_DENSITY_PARALLEL + "):\n" +
       "        time until all run, host memory, teardown, generic kernel;\n" +
-      "        io: MB/s of dd write/read on a hostPath volume (9p for hako) and of TCP pod → host, hako pod vs runc pod, generic kernel)\n",
+      "        io: MB/s of dd write/read on a hostPath volume (9p for hako) and of TCP pod → host, hako pod vs runc pod, generic kernel)\n" +
+      "       [--start-concurrency N] ([runtime] start_concurrency of the generated configs; default: hako's, 0 = one per CPU; -1 = no limit)\n",
   );
   process.exit(0);
 }
@@ -109,6 +111,8 @@ if (!Number.isInteger(densityPods) || densityPods < 1) fail("--density-pods must
 const densityParallel = Number(opts["density-parallel"]);
 if (!Number.isInteger(densityParallel) || densityParallel < 1) fail("--density-parallel must be an integer ≥ 1");
 if (opts.ksm !== "on" && opts.ksm !== "off") fail("--ksm must be on or off");
+const startConcurrency = opts["start-concurrency"] === "" ? undefined : Number(opts["start-concurrency"]);
+if (startConcurrency !== undefined && (!Number.isInteger(startConcurrency) || startConcurrency < -1)) fail("--start-concurrency must be an integer ≥ -1");
 /** The cri section also reads the idle pods' PSS with KSM settled: asked for, and the host has KSM. */
 const ksm = opts.ksm === "on" && ksmAvailable();
 const pods = Number(opts.pods);
@@ -170,7 +174,7 @@ for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
 
 let exitCode = 0;
 try {
-  env = await setupEnv(envKernels, stateDir, accel);
+  env = await setupEnv(envKernels, stateDir, accel, { startConcurrency });
   for (const k of env.kernels) log(`bench: kernel ${k.kernel}: accel ${k.probe.accel} (${k.probe.reason})`);
   const bootKernels = doBoot ? env.kernels.filter((k) => kernels.includes(k.kernel)) : [];
   log(`bench: sections: ${[...sections].join(", ")}`);
@@ -251,6 +255,7 @@ try {
     sections: [...sections],
     sectionMs: { setupAndBoot: Math.round(bootMs), containerd: Math.round(ctrdMs), cri: Math.round(criMs), io: Math.round(ioMs), density: Math.round(densityMs) },
     ...(doCri ? { pods, ksm } : {}),
+    startConcurrency: startConcurrency ?? "default",
     host: {
       cpu: cpus()[0]?.model ?? "",
       cpus: cpus().length,

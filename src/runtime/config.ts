@@ -41,6 +41,8 @@ export interface RuntimeConfig {
   state_dir: string;
   log_level: "trace" | "debug" | "info" | "warn" | "error" | "fatal";
   internetworking_model: "tcfilter" | "none";
+  /** Sandboxes that start their VM at once on this host (start slots): 0 = one per host CPU, -1 = no limit. */
+  start_concurrency: number;
 }
 
 export interface FactoryConfig {
@@ -94,6 +96,7 @@ const RUNTIME_FIELDS: Record<keyof RuntimeConfig, FieldSpec> = {
   state_dir: { kind: "string" },
   log_level: { kind: "string", oneOf: ["trace", "debug", "info", "warn", "error", "fatal"] },
   internetworking_model: { kind: "string", oneOf: ["tcfilter", "none"] },
+  start_concurrency: { kind: "int", min: -1, max: 4096 },
 };
 const FACTORY_FIELDS: Record<keyof FactoryConfig, FieldSpec> = {
   enable_template: { kind: "bool" },
@@ -127,7 +130,7 @@ export function defaultConfig(): HakoConfig {
       },
     },
     agent: { dial_timeout: 60, debug: false },
-    runtime: { state_dir: "/run/hako", log_level: "warn", internetworking_model: "tcfilter" },
+    runtime: { state_dir: "/run/hako", log_level: "warn", internetworking_model: "tcfilter", start_concurrency: 0 },
     factory: { enable_template: false, template_path: "/run/hako/template", clone_tb_size: 64, vm_cache_number: 0 },
     source: "",
   };

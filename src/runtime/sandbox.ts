@@ -19,6 +19,7 @@ import { TCG_AGENT_PARAMS, cloneSpec, findTemplate, guestBoot, templateGuestNic 
 import { claimCachedVm, moveCachedTaps } from "./vm-cache.js";
 import { bindMountsToShare, guestSpec, type Bundle } from "./oci-spec.js";
 import { configureGuestNetwork } from "./sandbox-network.js";
+import { startSlotsFor, type StartSlot } from "./start-slots.js";
 import { killRecordedVmm, pidMatches, readState, sandboxDir, writeState, type SandboxState } from "./state.js";
 
 /**
@@ -57,6 +58,8 @@ export class Sandbox {
   private readonly t0 = Date.now();
   private stopped = false;
   private destroying: Promise<void> | undefined;
+  /** Held from the start of the VM until the first container has started (or failed to). */
+  private startSlot: StartSlot | undefined;
 
   constructor(
     readonly id: string,
@@ -107,11 +110,37 @@ export class Sandbox {
     this.save();
   }
 
-  /** Boots the VM (or restores a clone, or takes one from the VM cache) and waits for its agent. */
+  /**
+   * Boots the VM (or restores a clone, or takes one from the VM cache) and
+   * waits for its agent; first it waits for a host start slot
+   * (`[runtime] start_concurrency`), which it keeps until its first container
+   * has started.
+   */
   async start(signal?: AbortSignal): Promise<void> {
+    this.mark("config");
+    const slots = startSlotsFor(this.opts.config.runtime.start_concurrency);
+    if (slots) {
+      this.startSlot = await slots.acquire(signal);
+      if (!this.startSlot) this.opts.logger.warn({ sandbox: this.id, limit: slots.limit }, "no start slot came free in time: starting without one");
+      else if (this.startSlot.waitedMs >= 1) this.opts.logger.info({ sandbox: this.id, waitedMs: Math.round(this.startSlot.waitedMs), limit: slots.limit }, "waited for a start slot");
+      this.mark("start_slot");
+    }
+    try {
+      await this.startVm(signal);
+    } catch (err) {
+      this.releaseStartSlot();
+      throw err;
+    }
+  }
+
+  private releaseStartSlot(): void {
+    this.startSlot?.release();
+    this.startSlot = undefined;
+  }
+
+  private async startVm(signal?: AbortSignal): Promise<void> {
     const { config, hypervisor } = this.opts;
     const q = config.hypervisor.qemu;
-    this.mark("config");
     const podNet = await this.openNetwork();
     const vcpus = this.opts.size?.vcpus ?? q.default_vcpus;
     const memoryMiB = this.opts.size?.memoryMiB ?? q.default_memory;
@@ -253,7 +282,12 @@ export class Sandbox {
   }
 
   async startContainer(cid: string): Promise<number> {
-    const res = await this.requireAgent().agent.startContainer({ containerId: cid });
+    let res;
+    try {
+      res = await this.requireAgent().agent.startContainer({ containerId: cid });
+    } finally {
+      this.releaseStartSlot();
+    }
     this.markFirst("container_started");
     this.state.guestPid = res.pid;
     this.state.status = "running";
@@ -280,6 +314,7 @@ export class Sandbox {
 
   private async teardown(): Promise<void> {
     this.stopped = true;
+    this.releaseStartSlot();
     const log = this.opts.logger;
     if (this.vm) archiveTrace(this.opts.config.runtime.state_dir, traceFromState(this.state));
     // No DestroySandbox round trip: nothing in the guest outlives the VM, and

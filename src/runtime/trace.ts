@@ -16,6 +16,7 @@ export const MAX_TRACES = 50;
  */
 const PHASES: ReadonlyArray<{ mark: string; label: string; from?: string }> = [
   { mark: "config", label: "config: accelerator, state dir, share" },
+  { mark: "start_slot", label: "wait for a host start slot (start_concurrency)" },
   { mark: "vm_cache_claimed", label: "take a warm VM from the VM cache" },
   { mark: "network_attached", label: "netns scan + taps + tc filters" },
   { mark: "vmm_started", label: "QEMU spawn → running (QMP)" },

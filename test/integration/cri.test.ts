@@ -13,6 +13,8 @@ import { mountsUnder, pidsMatching } from "../helpers/containerd.js";
 import { memAvailableMiB } from "../helpers/processes.js";
 import { TEMPLATE_MODE, TEST_STATE_DIR, VM_CACHE_MODE, hako, startVmCache, type VmCacheDaemon } from "../helpers/hako.js";
 import { readState, sandboxDir } from "../../src/runtime/state.js";
+import { DEFAULT_SLOT_PREFIX, startSlotLimit } from "../../src/runtime/start-slots.js";
+import { createServer } from "node:net";
 import { findLeaks, describeLeaks, hasLeaks } from "../helpers/leaks.js";
 import { TMP_PREFIX } from "../helpers/bundle.js";
 import { podConfig, containerConfig, type ContainerExtra, type PodSpec } from "../helpers/cri-specs.js";
@@ -375,6 +377,19 @@ describe("bad input fails with a clear CRI error and leaves nothing", () => {
 
 // The density claim at CI size: the full 100 pods are `make bench`'s (bench/lib/density.ts).
 const DENSITY_PODS = 6;
+
+/** How many of the host's start slots 0..limit-1 are held now (bound by someone else). */
+async function heldStartSlots(limit: number): Promise<number> {
+  let held = 0;
+  for (let i = 0; i < limit; i++) {
+    held += await new Promise<number>((resolve) => {
+      const srv = createServer();
+      srv.once("error", () => resolve(1));
+      srv.listen(`\0${DEFAULT_SLOT_PREFIX}/${i}`, () => srv.close(() => resolve(0)));
+    });
+  }
+  return held;
+}
 describe(`density: ${DENSITY_PODS} templated pods requested at once`, { skip: !TEMPLATE_MODE && "templated mode only (the density claim is about clones)" }, () => {
   test(`all ${DENSITY_PODS} run, each a clone with its own IP and hostname; all removed, nothing left`, async (t) => {
     const logDir = join(work, "logs-density");
@@ -403,6 +418,17 @@ describe(`density: ${DENSITY_PODS} templated pods requested at once`, { skip: !T
         assert.equal((await cri.containerStatus(cid)).status?.state, 1 /* CONTAINER_RUNNING */);
       }
       assert.equal(ips.size, DENSITY_PODS, `distinct pod IPs: ${[...ips].join(", ")}`);
+      // Start slots ([runtime] start_concurrency, default: one per CPU): a pod lets its slot go once its
+      // first container runs; with more pods than slots, some waited (their traces show it).
+      const limit = startSlotLimit(0)!;
+      assert.equal(await heldStartSlots(limit), 0, "running pods hold no start slot");
+      const waits = pods.map(({ pod }) => {
+        const tl = readState(sandboxDir(TEST_STATE_DIR, pod))?.timeline ?? {};
+        return (tl.start_slot ?? NaN) - (tl.config ?? NaN);
+      });
+      assert.ok(waits.every((w) => w >= 0), `every pod's trace has its start-slot wait: ${waits.join(", ")}`);
+      if (DENSITY_PODS > limit) assert.ok(waits.some((w) => w >= 100), `${DENSITY_PODS} pods for ${limit} slots: some waited (${waits.join(", ")} ms)`);
+      t.diagnostic(`start-slot waits (${limit} slots): ${waits.map((w) => Math.round(w)).join(", ")} ms`);
     } finally {
       const netns = pods.map(({ pod }) => podNetnsPath(pod));
       const removed = await Promise.allSettled(pods.map(({ pod }) => removePod(pod)));
