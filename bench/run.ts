@@ -31,6 +31,7 @@ import { ioJson, ioTable, summarizeIo } from "./lib/throughput-report.js";
 import { KERNELS, setupEnv, teardownEnv, type BenchEnv, type KernelEnv, type KernelName } from "./lib/env.js";
 import { describeLeaks, findLeaks, hasLeaks, removeEmptyStateDir } from "./lib/leaks.js";
 import { KSM_DIR, ksmAvailable, readKsmSettings } from "../src/resource/ksm.js";
+import { KSM_JOURNAL, recoverKsm } from "./lib/ksm-journal.js";
 import { measureCliStartup, measureFloor, measureHakoRun, measureSandbox } from "./lib/measure.js";
 import {
   comparisonTable,
@@ -142,6 +143,9 @@ function log(msg: string): void {
 const t0 = performance.now();
 const startedAt = new Date();
 const loadBefore = loadavg();
+// A run killed while ksmd ran at the cri section's pace left its journal: put the host's settings back first.
+const recovered = ksmAvailable() ? recoverKsm() : undefined;
+if (recovered) log(`bench: KSM settings put back to ${JSON.stringify(recovered)} (left at the bench's pace by an interrupted run, ${KSM_JOURNAL})`);
 /** The host's KSM settings: the cri section changes them for a while; the leak check wants them back. */
 const ksmAtStart = ksmAvailable() ? readKsmSettings() : undefined;
 const ctrdBaseline = containerdBaseline(tmpdir(), CONTAINERD_TMP_PREFIX);

@@ -33,7 +33,8 @@ import type { VmCacheDaemon } from "../../test/helpers/hako.js";
 import { memAvailableMiB, podMemory, podProcesses, processesInCgroupsOf, processTable, qemusOf, shimsServing, type PodMemory } from "./pod-processes.js";
 import { HAKO } from "../../test/helpers/hako.js";
 import { readState, sandboxDir } from "../../src/runtime/state.js";
-import { KSM_AGGRESSIVE, readKsmSettings, waitKsmSettled, writeKsmSettings, type KsmSettings, type KsmStats } from "../../src/resource/ksm.js";
+import { KSM_AGGRESSIVE, waitKsmSettled, type KsmSettings, type KsmStats } from "../../src/resource/ksm.js";
+import { restoreKsm, setKsmPace } from "./ksm-journal.js";
 
 /** Not the tests' network (hakotest0, 10.217.0.0/24): a `make test` may run beside the benchmark. */
 export const CRI_NETWORK: CniNetwork = { name: "hako-bench-pods", bridge: "hakobench0", subnet: "10.218.0.0/24", gateway: "10.218.0.1" };
@@ -307,8 +308,7 @@ async function measureDensity(ctx: CriCtx, handler: Handler, count: number, stop
     sample.perPod.push(...podsMemory(ctx, handler, pods, ""));
     // As Kata's density metrics measure: ksmd on, until a pass over all guests finds little new to merge.
     if (ksm && handler !== "runc" && !stop()) {
-      ksmBefore = readKsmSettings();
-      writeKsmSettings(KSM_AGGRESSIVE);
+      ksmBefore = setKsmPace(KSM_AGGRESSIVE);
       const r = await waitKsmSettled({ timeoutMs: KSM_SETTLE_TIMEOUT_MS });
       ctx.log(
         `bench: cri: ${handler}: KSM ${r.settled ? "settled" : "NOT settled"} after ${fmtMs(r.waitedMs)} ` +
@@ -321,7 +321,7 @@ async function measureDensity(ctx: CriCtx, handler: Handler, count: number, stop
     const failures: string[] = [];
     for (const pod of pods) await removePod(ctx, pod.podId).catch((e: Error) => failures.push(e.message));
     // After the pods are gone (an unmerge then has little left to copy).
-    if (ksmBefore) writeKsmSettings(ksmBefore);
+    if (ksmBefore) restoreKsm(ksmBefore);
     sample.memAvailableAfterMiB = memAvailableMiB();
     if (failures.length > 0) throw new Error(`removing the ${handler} pods: ${failures.join("; ")}`);
   }

@@ -243,6 +243,13 @@ export class VmCacheDaemon {
       // retire() settles on its own (errors are caught there); nothing waits for it here.
       if (!valid.has(h.key) && this.retire(h)) this.log.info({ template: h.key, id: h.id }, "template gone or stale: stopping its cached VM");
     }
+    // A stale template's directory is watched no longer once none of its VMs is held.
+    const heldKeys = new Set([...this.held.values()].map((h) => h.key));
+    for (const [key, w] of this.watchers) {
+      if (valid.has(key) || heldKeys.has(key)) continue;
+      w.close();
+      this.watchers.delete(key);
+    }
   }
 
   /**

@@ -4,7 +4,9 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ksmAvailable, readKsmSettings, readKsmStats, waitKsmSettled, writeKsmSettings } from "../../src/resource/ksm.js";
+import { KSM_AGGRESSIVE, ksmAvailable, readKsmSettings, readKsmStats, waitKsmSettled, writeKsmSettings } from "../../src/resource/ksm.js";
+import { recoverKsm, restoreKsm, setKsmPace } from "../../bench/lib/ksm-journal.js";
+import { existsSync } from "node:fs";
 
 function fakeKsm(values: Record<string, number>): string {
   const dir = mkdtempSync(join(tmpdir(), "hako-ksm-test-"));
@@ -61,6 +63,28 @@ test("not settled: gives up after the timeout when no full scan completes", asyn
     assert.equal(r.settled, false);
     assert.equal(r.waitedMs >= 100, true);
     assert.equal(readFileSync(join(dir, "run"), "utf8").trim(), "1");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("the bench's KSM journal: a killed run's settings are put back by the next run", () => {
+  const dir = fakeKsm(BASE);
+  const journal = join(dir, "journal.json");
+  try {
+    const before = setKsmPace(KSM_AGGRESSIVE, journal, dir);
+    assert.deepEqual(before, { run: 0, pagesToScan: 100, sleepMillisecs: 20 });
+    assert.deepEqual(readKsmSettings(dir), KSM_AGGRESSIVE);
+    assert.ok(existsSync(journal), "noted before the change");
+    // Killed here: no restore ran. The next run recovers.
+    assert.deepEqual(recoverKsm(journal, dir), before);
+    assert.deepEqual(readKsmSettings(dir), before);
+    assert.equal(existsSync(journal), false);
+    assert.equal(recoverKsm(journal, dir), undefined, "nothing left to recover");
+    // The normal path: set, then restore; no journal left.
+    restoreKsm(setKsmPace(KSM_AGGRESSIVE, journal, dir), journal, dir);
+    assert.deepEqual(readKsmSettings(dir), before);
+    assert.equal(existsSync(journal), false);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
