@@ -23,6 +23,14 @@ import { startSlotsFor, type StartSlot } from "./start-slots.js";
 import { killRecordedVmm, pidMatches, readState, sandboxDir, writeState, type SandboxState } from "./state.js";
 
 /**
+ * After its VM is up, a sandbox keeps its start slot for its first container
+ * only if that container comes within this time: under CRI the first
+ * CreateContainer follows RunPodSandbox at once unless kubelet pulls an image
+ * first, which can take minutes, and the slot is not the pull's.
+ */
+const START_SLOT_GRACE_MS = 3_000;
+
+/**
  * Waits for every step, then throws the first one's failure (in list order):
  * nothing may still run when a sandbox start fails and its teardown begins.
  */
@@ -60,6 +68,8 @@ export class Sandbox {
   private destroying: Promise<void> | undefined;
   /** Held from the start of the VM until the first container has started (or failed to). */
   private startSlot: StartSlot | undefined;
+  /** Lets the slot go if no container comes soon after the VM is up (kubelet may be pulling its image). */
+  private startSlotGrace: NodeJS.Timeout | undefined;
 
   constructor(
     readonly id: string,
@@ -131,9 +141,14 @@ export class Sandbox {
       this.releaseStartSlot();
       throw err;
     }
+    if (this.startSlot) {
+      this.startSlotGrace = setTimeout(() => this.releaseStartSlot(), START_SLOT_GRACE_MS);
+      this.startSlotGrace.unref();
+    }
   }
 
   private releaseStartSlot(): void {
+    clearTimeout(this.startSlotGrace);
     this.startSlot?.release();
     this.startSlot = undefined;
   }
@@ -266,6 +281,17 @@ export class Sandbox {
 
   /** Shares the bundle's rootfs and bind mounts, then creates the container in the guest. */
   async createContainer(cid: string, bundle: Bundle, terminal: boolean): Promise<void> {
+    clearTimeout(this.startSlotGrace); // the first container came in time: the slot is kept until it starts
+    try {
+      await this.createGuestContainer(cid, bundle, terminal);
+    } catch (err) {
+      this.releaseStartSlot();
+      throw err;
+    }
+    this.markFirst("container_created");
+  }
+
+  private async createGuestContainer(cid: string, bundle: Bundle, terminal: boolean): Promise<void> {
     const agent = this.requireAgent();
     const share = this.share!;
     const root = await share.share(cid, "rootfs", bundle.rootfs, { readonly: false });
@@ -278,7 +304,6 @@ export class Sandbox {
     const ownUts = (spec.linux?.namespaces ?? []).some((n) => n.type === "uts");
     if (bundle.spec.hostname === undefined && ownUts) spec.hostname = cid.slice(0, 63);
     await agent.agent.createContainer({ containerId: cid, ociSpecJson: JSON.stringify(spec), terminal });
-    this.markFirst("container_created");
   }
 
   async startContainer(cid: string): Promise<number> {

@@ -5,7 +5,7 @@
 // of them time-sliced together, and each pod's own start is shorter. Measured
 // (docs/benchmarks.md): 40 templated pods on 2 cores, 16 requested at a time:
 // all running after 39.5–43.5 s with no limit, 36.8–39.5 s with 4 slots,
-// 35.4–36.4 s with 2; QEMU CPU 67–71 s, 60–64 s, 58–59 s.
+// 35.4–38.8 s with 2; QEMU CPU 67–71 s, 60–64 s, 58–62 s.
 //
 // A slot is an abstract Unix socket (`\0hako/start-slot/<i>`, in the host's
 // network namespace) that its holder listens on: binding is exclusive, and

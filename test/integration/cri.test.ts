@@ -390,6 +390,26 @@ async function heldStartSlots(limit: number): Promise<number> {
   }
   return held;
 }
+describe("host start slots", () => {
+  test("a pod whose first container does not come (kubelet pulling its image) lets its start slot go after the grace", async () => {
+    const spec: PodSpec = { name: "slot-grace", uid: "uid-slot-grace", hostname: "slot-grace", logDir: join(work, "logs-slot-grace") };
+    mkdirSync(spec.logDir, { recursive: true });
+    const limit = startSlotLimit(0)!;
+    const pod = await startPod(spec, "hako");
+    const netns = podNetnsPath(pod);
+    try {
+      assert.equal(await heldStartSlots(limit), 1, "right after RunPodSandbox the pod holds its slot for its first container");
+      // The grace is 3 s; without it the slot would stay held for the 30 s hold limit.
+      const deadline = Date.now() + 10_000;
+      while ((await heldStartSlots(limit)) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+      assert.equal(await heldStartSlots(limit), 0, "the slot is free although no container came");
+    } finally {
+      await removePod(pod);
+      assertPodGone(netns);
+    }
+  });
+});
+
 describe(`density: ${DENSITY_PODS} templated pods requested at once`, { skip: !TEMPLATE_MODE && "templated mode only (the density claim is about clones)" }, () => {
   test(`all ${DENSITY_PODS} run, each a clone with its own IP and hostname; all removed, nothing left`, async (t) => {
     const logDir = join(work, "logs-density");
