@@ -114,8 +114,9 @@ if (!Number.isInteger(densityParallel) || densityParallel < 1) fail("--density-p
 if (opts.ksm !== "on" && opts.ksm !== "off") fail("--ksm must be on or off");
 const startConcurrency = opts["start-concurrency"] === "" ? undefined : Number(opts["start-concurrency"]);
 if (startConcurrency !== undefined && (!Number.isInteger(startConcurrency) || startConcurrency < -1)) fail("--start-concurrency must be an integer ≥ -1");
+const hostHasKsm = ksmAvailable();
 /** The cri section also reads the idle pods' PSS with KSM settled: asked for, and the host has KSM. */
-const ksm = opts.ksm === "on" && ksmAvailable();
+const ksm = opts.ksm === "on" && hostHasKsm;
 const pods = Number(opts.pods);
 if (!Number.isInteger(pods) || pods < 1) fail("--pods must be an integer ≥ 1");
 // The environment (configs, probe) covers the boot section's kernels plus the generic one for containerd, cri and io.
@@ -144,10 +145,10 @@ const t0 = performance.now();
 const startedAt = new Date();
 const loadBefore = loadavg();
 // A run killed while ksmd ran at the cri section's pace left its journal: put the host's settings back first.
-const recovered = ksmAvailable() ? recoverKsm() : undefined;
+const recovered = hostHasKsm ? recoverKsm() : undefined;
 if (recovered) log(`bench: KSM settings put back to ${JSON.stringify(recovered)} (left at the bench's pace by an interrupted run, ${KSM_JOURNAL})`);
 /** The host's KSM settings: the cri section changes them for a while; the leak check wants them back. */
-const ksmAtStart = ksmAvailable() ? readKsmSettings() : undefined;
+const ksmAtStart = hostHasKsm ? readKsmSettings() : undefined;
 const ctrdBaseline = containerdBaseline(tmpdir(), CONTAINERD_TMP_PREFIX);
 let env: BenchEnv | undefined;
 let interrupted = false;

@@ -59,7 +59,7 @@ async function waitForHost(fd: number): Promise<Buffer | "error"> {
   for (;;) {
     const n = await new Promise<number>((resolve) => read(fd, buf, 0, buf.length, null, (err, bytes) => resolve(err ? -1 : bytes)));
     if (n < 0) return "error";
-    if (n > 0) return Buffer.from(buf.subarray(0, n));
+    if (n > 0) return buf.subarray(0, n); // buf is this call's own: no copy
     await new Promise((r) => setTimeout(r, performance.now() - since < FAST_RECONNECT_MS ? FAST_POLL_MS : SLOW_POLL_MS));
   }
 }

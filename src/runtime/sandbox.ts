@@ -68,8 +68,6 @@ export class Sandbox {
   private destroying: Promise<void> | undefined;
   /** Held from the start of the VM until the first container has started (or failed to). */
   private startSlot: StartSlot | undefined;
-  /** Lets the slot go if no container comes soon after the VM is up (kubelet may be pulling its image). */
-  private startSlotGrace: NodeJS.Timeout | undefined;
 
   constructor(
     readonly id: string,
@@ -128,27 +126,27 @@ export class Sandbox {
    */
   async start(signal?: AbortSignal): Promise<void> {
     this.mark("config");
-    const slots = startSlotsFor(this.opts.config.runtime.start_concurrency);
-    if (slots) {
-      this.startSlot = await slots.acquire(signal);
-      if (!this.startSlot) this.opts.logger.warn({ sandbox: this.id, limit: slots.limit }, "no start slot came free in time: starting without one");
-      else if (this.startSlot.waitedMs >= 1) this.opts.logger.info({ sandbox: this.id, waitedMs: Math.round(this.startSlot.waitedMs), limit: slots.limit }, "waited for a start slot");
-      this.mark("start_slot");
-    }
+    await this.takeStartSlot(signal);
     try {
       await this.startVm(signal);
     } catch (err) {
       this.releaseStartSlot();
       throw err;
     }
-    if (this.startSlot) {
-      this.startSlotGrace = setTimeout(() => this.releaseStartSlot(), START_SLOT_GRACE_MS);
-      this.startSlotGrace.unref();
-    }
+    this.startSlot?.expireIn(START_SLOT_GRACE_MS);
+  }
+
+  private async takeStartSlot(signal?: AbortSignal): Promise<void> {
+    const slots = startSlotsFor(this.opts.config.runtime.start_concurrency);
+    if (!slots) return;
+    this.startSlot = await slots.acquire(signal);
+    this.mark("start_slot");
+    const log = { sandbox: this.id, limit: slots.limit };
+    if (!this.startSlot) this.opts.logger.warn(log, "no start slot came free in time: starting without one");
+    else if (this.startSlot.waitedMs >= 1) this.opts.logger.info({ ...log, waitedMs: Math.round(this.startSlot.waitedMs) }, "waited for a start slot");
   }
 
   private releaseStartSlot(): void {
-    clearTimeout(this.startSlotGrace);
     this.startSlot?.release();
     this.startSlot = undefined;
   }
@@ -281,7 +279,7 @@ export class Sandbox {
 
   /** Shares the bundle's rootfs and bind mounts, then creates the container in the guest. */
   async createContainer(cid: string, bundle: Bundle, terminal: boolean): Promise<void> {
-    clearTimeout(this.startSlotGrace); // the first container came in time: the slot is kept until it starts
+    this.startSlot?.expireIn(Infinity); // the first container came in time: the slot is kept until it starts
     try {
       await this.createGuestContainer(cid, bundle, terminal);
     } catch (err) {

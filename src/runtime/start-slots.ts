@@ -23,6 +23,11 @@ export interface StartSlot {
   readonly waitedMs: number;
   /** Frees the slot (idempotent). */
   release(): void;
+  /**
+   * Frees the slot `ms` from now unless release() or another expireIn()
+   * comes first; never later than the hold limit (Infinity: at the limit).
+   */
+  expireIn(ms: number): void;
 }
 
 export interface StartSlotOptions {
@@ -119,9 +124,16 @@ export class StartSlots {
       server.close();
       for (const s of waiters) s.destroy();
     };
-    const timer = setTimeout(release, this.holdMaxMs);
-    timer.unref();
-    return { index, waitedMs, release };
+    const holdDeadline = performance.now() + this.holdMaxMs;
+    let timer: NodeJS.Timeout | undefined;
+    const expireIn = (ms: number): void => {
+      if (released) return;
+      clearTimeout(timer);
+      timer = setTimeout(release, Math.max(0, Math.min(ms, holdDeadline - performance.now())));
+      timer.unref();
+    };
+    expireIn(Infinity);
+    return { index, waitedMs, release, expireIn };
   }
 
   /**

@@ -266,8 +266,7 @@ export class VmCacheDaemon {
     } catch {
       return undefined;
     }
-    h.agent?.close();
-    h.agent = undefined;
+    this.releaseAgent(h);
     return h.vm
       .stop(0)
       .then(() => undefined, () => undefined)
@@ -342,7 +341,7 @@ export class VmCacheDaemon {
 
   /** A cached VM exited: if no sandbox had taken it, its entry goes too. */
   private onExit(h: Held): void {
-    h.agent?.close();
+    this.releaseAgent(h);
     this.held.delete(h.id);
     const dir = join(this.root, h.key, h.id);
     if (existsSync(dir)) {
@@ -358,10 +357,15 @@ export class VmCacheDaemon {
   private releaseTaken(): void {
     for (const h of this.held.values()) {
       if (h.agent === undefined || existsSync(join(this.root, h.key, h.id))) continue;
-      h.agent.close();
-      h.agent = undefined;
+      this.releaseAgent(h);
       this.log.debug({ template: h.key, id: h.id }, "cached VM taken: its agent connection released");
     }
+  }
+
+  /** Lets go of a cached VM's warm-up agent connection (its taker, if any, is served next). */
+  private releaseAgent(h: Held): void {
+    h.agent?.close();
+    h.agent = undefined;
   }
 
   private watchKey(key: string): void {

@@ -78,3 +78,18 @@ test("a holder loses its slot after holdMaxMs; a waiter gives up after waitMaxMs
   next.release();
   stuck.release();
 });
+
+test("expireIn shortens a hold (the grace after a VM is up); expireIn(Infinity) keeps it to the hold limit", async () => {
+  const p = prefix();
+  const holder = await new StartSlots(1, { namePrefix: p, holdMaxMs: 60_000 }).acquire();
+  assert.ok(holder);
+  holder.expireIn(200);
+  holder.expireIn(Infinity); // a container came: back to the hold limit
+  const waiting = new StartSlots(1, { namePrefix: p, retryMs: 30_000 }).acquire();
+  assert.equal(await settled(waiting, 500), false, "kept past the grace");
+  holder.expireIn(100);
+  const s = await waiting;
+  assert.ok(s, "freed after the grace");
+  s.release();
+  holder.release(); // idempotent after expiry
+});
