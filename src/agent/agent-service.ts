@@ -148,7 +148,7 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
       const t0 = performance.now();
       await warmUp();
       if (req.runContainer) {
-        // A cached VM: the network tools, and a container the way a pod's first one runs.
+        // A template or a cached VM: the network tools, and a container the way a pod's first one runs.
         await warmUpNetworkTools();
         containers.create(WARM_UP_CONTAINER, JSON.stringify(warmUpSpec()), false);
         try {
@@ -158,6 +158,9 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
           await containers.remove(WARM_UP_CONTAINER, 0);
         }
       }
+      // A template's agent has `gc` (TEMPLATE_TCG_AGENT_PARAMS): saved with an
+      // empty young generation, a clone scavenges after its pod start, not in it.
+      (globalThis as { gc?: () => void }).gc?.();
       const ms = performance.now() - t0;
       log.info({ ms, runContainer: req.runContainer }, "warmed up");
       return { warmUpMs: Math.round(ms) };

@@ -23,8 +23,20 @@ import type { SandboxSize } from "./sandbox-sizing.js";
  * does not return to the host anyway without free page reporting).
  */
 export const TCG_AGENT_PARAMS = ["hako.node_opts=--jitless,--no-memory-reducer"];
-/** Bumped when what a template holds changes in a way its key does not see (QEMU's machine options, the agent's). */
-const TEMPLATE_FORMAT = "2";
+/**
+ * A template's agent under TCG, on top of TCG_AGENT_PARAMS: compile every
+ * function of the agent when it loads (`--no-lazy`) and keep the bytecode
+ * (`--no-flush-bytecode`), so that a clone does not run V8's parser and
+ * bytecode compiler on its pod-start path; `--expose-gc` lets PrepareTemplate
+ * empty the young generation before the save, so that a clone's first
+ * scavenge comes after its pod start, not in it. A clone must translate (TCG)
+ * every guest code path it runs: these cut a pod start's translated blocks
+ * from ~104k to ~91k and its QEMU's idle PSS by ~8 MiB (docs/benchmarks.md).
+ * Cold VMs keep lazy compilation: it is their agent start that counts.
+ */
+export const TEMPLATE_TCG_AGENT_PARAMS = ["hako.node_opts=--jitless,--no-memory-reducer,--no-lazy,--no-flush-bytecode,--expose-gc"];
+/** Bumped when what a template holds changes in a way its key does not see (QEMU's machine options, the agent's warm-up). */
+const TEMPLATE_FORMAT = "3";
 /** A template's NICs have this MAC; clones give the guest NIC the pod's (UpdateInterface by device). */
 export const TEMPLATE_MAC = "02:68:61:6b:6f:00";
 /** Guest name of a template's NIC i (the Debian kernel's, no udev in the guest). */
@@ -199,7 +211,7 @@ export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, sh
     memoryFile: join(dir, "memory"),
     stateFile: join(dir, "state"),
     // A template's clones keep its kernel parameters (the guest booted with them).
-    kernelParams: shape.accel === "tcg" ? TCG_AGENT_PARAMS : [],
+    kernelParams: shape.accel === "tcg" ? TEMPLATE_TCG_AGENT_PARAMS : [],
     shareTag: "hakoShared",
   };
   const shareDir = join(dir, "share");
@@ -223,8 +235,10 @@ export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, sh
     try {
       const agent = await connectAgentWhenReady(key, vm.agentSocketPath, cfg.agent.dial_timeout * 1000, vm.exited);
       try {
-        // Clones resume what the template's agent compiled: run a pod start's paths once.
-        const { warmUpMs } = await agent.agent.prepareTemplate({}, { timeoutMs: 60_000 });
+        // Clones resume what the template's agent compiled: run a pod start's
+        // paths once, a container included (crun spawned and waited for, the
+        // OCI spec handled, the guest's cgroup and mount code paged in).
+        const { warmUpMs } = await agent.agent.prepareTemplate({ runContainer: true }, { timeoutMs: 60_000 });
         log.info({ key, warmUpMs }, "template agent warmed up");
       } finally {
         agent.close();

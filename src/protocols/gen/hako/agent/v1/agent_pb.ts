@@ -925,7 +925,8 @@ export const AddARPNeighborsRequestSchema: GenMessage<AddARPNeighborsRequest> = 
 export type PrepareTemplateRequest = Message<"hako.agent.v1.PrepareTemplateRequest"> & {
   /**
    * Also create, run and remove a throwaway container (crun, namespaces,
-   * cgroup, mounts) so that a cached VM has run a pod start's guest code once.
+   * cgroup, mounts) so that a template or a cached VM has run a pod start's
+   * guest code once.
    *
    * @generated from field: bool run_container = 1;
    */
