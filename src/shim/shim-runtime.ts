@@ -98,6 +98,20 @@ function refuseOnPodSandbox(c: ShimContainer, action: string): void {
     throw new RuntimeError(Code.FAILED_PRECONDITION, c.id, `${c.id} is a pod sandbox with no processes of its own: ${action} one of its containers instead`);
 }
 
+/**
+ * The error of a sandbox start given up because containerd's Create ended
+ * first: its deadline passed (DEADLINE_EXCEEDED) or its connection closed
+ * (CANCELLED). The sandbox is torn down by then.
+ */
+export function abandonedStart(id: string, reason: unknown, cause: unknown): RuntimeError {
+  const code = reason instanceof TtrpcError ? reason.code : Code.CANCELLED;
+  const why = code === Code.DEADLINE_EXCEEDED ? "its deadline passed" : "the caller went away";
+  return new RuntimeError(code, id, `sandbox ${id}: start given up before its VM was up: ${why}; the VM and its resources are removed`, {
+    hint: "give RunPodSandbox more time (kubelet --runtime-request-timeout) or start fewer pods at once; `hako trace` shows where the start was",
+    cause,
+  });
+}
+
 function notFound(id: string, what = "task"): RuntimeError {
   return new RuntimeError(Code.NOT_FOUND, id, `${what} ${id} not found`);
 }
@@ -136,7 +150,8 @@ export class ShimRuntime {
     return p;
   }
 
-  async create(req: { id: string; bundle: string; rootfs: RootfsMount[]; stdio: StdioPaths }): Promise<number> {
+  /** Creates a task; `signal` (the caller's deadline or its going away) abandons a sandbox's start. */
+  async create(req: { id: string; bundle: string; rootfs: RootfsMount[]; stdio: StdioPaths }, signal?: AbortSignal): Promise<number> {
     const { id, bundle } = req;
     if (this.containers.has(id)) throw new RuntimeError(Code.ALREADY_EXISTS, id, `task ${id} already exists`);
     const mounted = await mountRootfs(id, bundle, req.rootfs);
@@ -160,7 +175,7 @@ export class ShimRuntime {
           hostname: kind === "pod-sandbox" ? b.spec.hostname : undefined,
           // The pod netns CNI filled (CRI names it in the infra container's spec).
           netnsPath: networkNamespacePath(b.spec),
-        });
+        }, signal);
       }
       io = openProcessIO(id, req.stdio);
       if (kind === "container") {
@@ -187,7 +202,12 @@ export class ShimRuntime {
   }
 
   /** Boots the VM of a new sandbox with its size, hostname and (from the pod netns) network. */
-  private async bootSandbox(id: string, bundle: string, opts: { size: SandboxSize; hostname: string | undefined; netnsPath: string | undefined }): Promise<Sandbox> {
+  private async bootSandbox(
+    id: string,
+    bundle: string,
+    opts: { size: SandboxSize; hostname: string | undefined; netnsPath: string | undefined },
+    signal?: AbortSignal,
+  ): Promise<Sandbox> {
     const probe = await chooseAccel(this.cfg, this.log);
     const sb = new Sandbox(id, {
       config: this.cfg,
@@ -200,10 +220,11 @@ export class ShimRuntime {
     sb.claim();
     this.sandboxes.set(id, sb);
     try {
-      await sb.start();
+      await sb.start(signal);
     } catch (err) {
       this.sandboxes.delete(id);
       await sb.destroy().catch(() => undefined);
+      if (signal?.aborted) throw abandonedStart(id, signal.reason, err);
       throw err;
     }
     void this.forwardOomEvents(sb);

@@ -39,14 +39,19 @@ export function taskService(rt: ShimRuntime, log: Logger, onShutdown: () => void
         exitedAt: timestampFromDate(s.exitedAt ?? new Date(0)),
       };
     },
-    async create(req) {
+    async create(req, ctx) {
       if (req.checkpoint) throw new RuntimeError(Code.UNIMPLEMENTED, req.id, "restoring from a checkpoint is not supported by hako");
-      const pid = await rt.create({
-        id: req.id,
-        bundle: req.bundle,
-        rootfs: req.rootfs.map((m) => ({ type: m.type, source: m.source, options: m.options })),
-        stdio: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
-      });
+      // ctx.signal: containerd's deadline for this Create (ttRPC timeout_nano) or its connection
+      // closing; a sandbox still waiting for a start slot or its VM then gives up and cleans up.
+      const pid = await rt.create(
+        {
+          id: req.id,
+          bundle: req.bundle,
+          rootfs: req.rootfs.map((m) => ({ type: m.type, source: m.source, options: m.options })),
+          stdio: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
+        },
+        ctx.signal,
+      );
       return { pid };
     },
     async start(req) {
