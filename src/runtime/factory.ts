@@ -101,6 +101,19 @@ export function findTemplate(cfg: HakoConfig, shape: TemplateShape): TemplateMan
   }
 }
 
+/**
+ * For a sandbox that findTemplate found no template for: why it boots cold,
+ * when that is worth a warning. `hako factory init` builds the default size
+ * with 0 and 1 NICs, so only those shapes are expected to have one; a
+ * template that is missing or stale (another hako, kernel, initrd or
+ * configuration) makes every such start a cold boot until it is rebuilt.
+ */
+export function missingTemplateWarning(cfg: HakoConfig, shape: TemplateShape): string | undefined {
+  const q = cfg.hypervisor.qemu;
+  if (!cfg.factory.enable_template || shape.vcpus !== q.default_vcpus || shape.memoryMiB !== q.default_memory || shape.nics > 1) return undefined;
+  return `templating is on but there is no usable template for ${shape.vcpus} vCPU, ${shape.memoryMiB} MiB, ${shape.nics} NIC, ${shape.accel} (none was built, or it no longer matches the configuration or assets): booting cold`;
+}
+
 export function listTemplates(cfg: HakoConfig): Array<TemplateManifest & { valid: boolean }> {
   const root = cfg.factory.template_path;
   if (!existsSync(root)) return [];

@@ -15,7 +15,7 @@ import { RuntimeError } from "./errors.js";
 import type { Logger } from "./logger.js";
 import type { SandboxSize } from "./sandbox-sizing.js";
 import { archiveTrace, traceFromState } from "./trace.js";
-import { TCG_AGENT_PARAMS, cloneSpec, findTemplate, guestBoot, templateGuestNic } from "./factory.js";
+import { TCG_AGENT_PARAMS, cloneSpec, findTemplate, guestBoot, missingTemplateWarning, templateGuestNic } from "./factory.js";
 import { claimCachedVm, moveCachedTaps } from "./vm-cache.js";
 import { bindMountsToShare, guestSpec, type Bundle } from "./oci-spec.js";
 import { configureGuestNetwork } from "./sandbox-network.js";
@@ -157,8 +157,11 @@ export class Sandbox {
     const podNet = await this.openNetwork();
     const vcpus = this.opts.size?.vcpus ?? q.default_vcpus;
     const memoryMiB = this.opts.size?.memoryMiB ?? q.default_memory;
-    const template = findTemplate(config, { vcpus, memoryMiB, accel: this.opts.accel, nics: podNet?.endpoints.length ?? 0 });
+    const shape = { vcpus, memoryMiB, accel: this.opts.accel, nics: podNet?.endpoints.length ?? 0 };
+    const template = findTemplate(config, shape);
     this.state.template = template?.key;
+    const noTemplate = template ? undefined : missingTemplateWarning(config, shape);
+    if (noTemplate) this.opts.logger.warn({ sandbox: this.id, hint: "run `hako factory init` (`hako factory status` lists the templates)" }, noTemplate);
     const vmDir = join(this.dir, "vm");
     const cached = template && config.factory.vm_cache_number > 0 ? claimCachedVm(config, template.key, vmDir) : undefined;
     if (cached) {

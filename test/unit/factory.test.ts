@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, rmSync, utimesSync, writeFileSync } from "node:
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defaultConfig, type HakoConfig } from "../../src/runtime/config.js";
-import { findTemplate, listTemplates, pruneStaleTemplates, templateKey, type TemplateManifest, type TemplateShape } from "../../src/runtime/factory.js";
+import { findTemplate, listTemplates, missingTemplateWarning, pruneStaleTemplates, templateKey, type TemplateManifest, type TemplateShape } from "../../src/runtime/factory.js";
 
 const shape: TemplateShape = { vcpus: 1, memoryMiB: 512, accel: "tcg", nics: 1 };
 
@@ -43,6 +43,13 @@ test("a template is found only for its exact shape, with templating on, and neve
     utimesSync(kernel, new Date(2000, 1, 1), new Date(2000, 1, 1));
     assert.equal(findTemplate(cfg, shape), undefined);
     assert.deepEqual(listTemplates(cfg).map((t) => [t.key, t.valid]), [[key, false]]);
+    // Such a start boots cold: worth a warning for the shapes `hako factory init` builds, not others.
+    const q = cfg.hypervisor.qemu;
+    const defaultShape: TemplateShape = { vcpus: q.default_vcpus, memoryMiB: q.default_memory, accel: "tcg", nics: 1 };
+    assert.match(missingTemplateWarning(cfg, defaultShape) ?? "", /no usable template for .* booting cold/);
+    assert.equal(missingTemplateWarning(cfg, { ...defaultShape, memoryMiB: q.default_memory + 256 }), undefined, "a size no template is built for");
+    assert.equal(missingTemplateWarning(cfg, { ...defaultShape, nics: 2 }), undefined);
+    assert.equal(missingTemplateWarning({ ...cfg, factory: { ...cfg.factory, enable_template: false } }, defaultShape), undefined, "templating off");
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
