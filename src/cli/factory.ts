@@ -3,7 +3,7 @@
 import { createHypervisor } from "../hypervisor/index.js";
 import { chooseAccel } from "../runtime/accel.js";
 import { ConfigError } from "../runtime/errors.js";
-import { createTemplate, destroyTemplates, listTemplates, pruneStaleTemplates, type TemplateShape } from "../runtime/factory.js";
+import { createTemplate, describeShape, destroyTemplates, initTemplateShapes, listTemplates, pruneStaleTemplates } from "../runtime/factory.js";
 import { VmCacheDaemon, cachedVmCounts } from "../runtime/vm-cache.js";
 import { requireGuestAssets, setup, type GlobalOptions } from "./common.js";
 
@@ -16,12 +16,10 @@ export async function factoryInit(opts: GlobalOptions): Promise<void> {
   const stale = pruneStaleTemplates(cfg);
   if (stale.length > 0) process.stdout.write(`removed ${stale.length} stale template(s): ${stale.join(", ")}\n`);
   const accel = (await chooseAccel(cfg, log)).accel;
-  const q = cfg.hypervisor.qemu;
-  for (const nics of [0, 1]) {
-    const shape: TemplateShape = { vcpus: q.default_vcpus, memoryMiB: q.default_memory, accel, nics };
+  for (const shape of initTemplateShapes(cfg, accel)) {
     const t0 = Date.now();
     const m = await createTemplate(cfg, createHypervisor(cfg, log), shape, log);
-    process.stdout.write(`template ${m.key}: ${shape.vcpus} vCPU, ${shape.memoryMiB} MiB, ${nics} NIC, ${accel}, built in ${Date.now() - t0} ms\n`);
+    process.stdout.write(`template ${m.key}: ${describeShape(shape)}, built in ${Date.now() - t0} ms\n`);
   }
 }
 

@@ -22,7 +22,8 @@ import type { SandboxSize } from "./sandbox-sizing.js";
  * pod's QEMU at ~1 % of a core for its first minute; a guest's freed heap
  * does not return to the host anyway without free page reporting).
  */
-export const TCG_AGENT_PARAMS = ["hako.node_opts=--jitless,--no-memory-reducer"];
+const TCG_NODE_OPTS = ["--jitless", "--no-memory-reducer"];
+export const TCG_AGENT_PARAMS = [`hako.node_opts=${TCG_NODE_OPTS.join(",")}`];
 /**
  * A template's agent under TCG, on top of TCG_AGENT_PARAMS: compile every
  * function of the agent when it loads (`--no-lazy`) and keep the bytecode
@@ -34,7 +35,7 @@ export const TCG_AGENT_PARAMS = ["hako.node_opts=--jitless,--no-memory-reducer"]
  * from ~104k to ~91k and its QEMU's idle PSS by ~8 MiB (docs/benchmarks.md).
  * Cold VMs keep lazy compilation: it is their agent start that counts.
  */
-export const TEMPLATE_TCG_AGENT_PARAMS = ["hako.node_opts=--jitless,--no-memory-reducer,--no-lazy,--no-flush-bytecode,--expose-gc"];
+export const TEMPLATE_TCG_AGENT_PARAMS = [`hako.node_opts=${[...TCG_NODE_OPTS, "--no-lazy", "--no-flush-bytecode", "--expose-gc"].join(",")}`];
 /** Bumped when what a template holds changes in a way its key does not see (QEMU's machine options, the agent's warm-up). */
 const TEMPLATE_FORMAT = "3";
 /** A template's NICs have this MAC; clones give the guest NIC the pod's (UpdateInterface by device). */
@@ -101,17 +102,26 @@ export function findTemplate(cfg: HakoConfig, shape: TemplateShape): TemplateMan
   }
 }
 
+/** The shapes `hako factory init` builds: the configured default size, without a NIC (`hako run`) and with one (pods). */
+export function initTemplateShapes(cfg: HakoConfig, accel: TemplateShape["accel"]): TemplateShape[] {
+  const q = cfg.hypervisor.qemu;
+  return [0, 1].map((nics) => ({ vcpus: q.default_vcpus, memoryMiB: q.default_memory, accel, nics }));
+}
+
+/** "1 vCPU, 512 MiB, 1 NIC, tcg" */
+export const describeShape = (s: TemplateShape): string => `${s.vcpus} vCPU, ${s.memoryMiB} MiB, ${s.nics} NIC, ${s.accel}`;
+
 /**
  * For a sandbox that findTemplate found no template for: why it boots cold,
- * when that is worth a warning. `hako factory init` builds the default size
- * with 0 and 1 NICs, so only those shapes are expected to have one; a
- * template that is missing or stale (another hako, kernel, initrd or
- * configuration) makes every such start a cold boot until it is rebuilt.
+ * when that is worth a warning, i.e. for a shape `hako factory init` builds
+ * (others boot cold by design). A template that is missing or stale (another
+ * hako, kernel, initrd or configuration) makes every such start a cold boot
+ * until it is rebuilt.
  */
 export function missingTemplateWarning(cfg: HakoConfig, shape: TemplateShape): string | undefined {
-  const q = cfg.hypervisor.qemu;
-  if (!cfg.factory.enable_template || shape.vcpus !== q.default_vcpus || shape.memoryMiB !== q.default_memory || shape.nics > 1) return undefined;
-  return `templating is on but there is no usable template for ${shape.vcpus} vCPU, ${shape.memoryMiB} MiB, ${shape.nics} NIC, ${shape.accel} (none was built, or it no longer matches the configuration or assets): booting cold`;
+  const built = initTemplateShapes(cfg, shape.accel).some((s) => s.vcpus === shape.vcpus && s.memoryMiB === shape.memoryMiB && s.nics === shape.nics);
+  if (!cfg.factory.enable_template || !built) return undefined;
+  return `templating is on but there is no usable template for ${describeShape(shape)} (none was built, or it no longer matches the configuration or assets): booting cold`;
 }
 
 export function listTemplates(cfg: HakoConfig): Array<TemplateManifest & { valid: boolean }> {

@@ -308,12 +308,9 @@ export class Sandbox {
   }
 
   async startContainer(cid: string): Promise<number> {
-    let res;
-    try {
-      res = await this.requireAgent().agent.startContainer({ containerId: cid });
-    } finally {
-      this.releaseStartSlot();
-    }
+    const res = await this.requireAgent()
+      .agent.startContainer({ containerId: cid })
+      .finally(() => this.releaseStartSlot());
     this.markFirst("container_started");
     this.state.guestPid = res.pid;
     this.state.status = "running";

@@ -41,7 +41,10 @@ export interface StartSlotOptions {
   retryMs?: number;
 }
 
-export const DEFAULT_SLOT_PREFIX = "hako/start-slot";
+const DEFAULT_SLOT_PREFIX = "hako/start-slot";
+
+/** Slot i's abstract socket address (the leading NUL makes it abstract). */
+export const startSlotAddress = (i: number, prefix = DEFAULT_SLOT_PREFIX): string => `\0${prefix}/${i}`;
 
 /**
  * `[runtime] start_concurrency`: 0 → one per host CPU; -1 → no limit
@@ -70,7 +73,7 @@ export class StartSlots {
   }
 
   private address(i: number): string {
-    return `\0${this.prefix}/${i}`;
+    return startSlotAddress(i, this.prefix);
   }
 
   /**
@@ -143,18 +146,21 @@ export class StartSlots {
   private waitForRelease(ms: number, signal?: AbortSignal): Promise<void> {
     return new Promise((resolve, reject) => {
       const socks: Socket[] = [];
-      const finish = (): void => {
+      let settled = false;
+      /** True for the first event only: the closes that destroying the other sockets causes find it settled. */
+      const settle = (): boolean => {
+        if (settled) return false;
+        settled = true;
         clearTimeout(timer);
         signal?.removeEventListener("abort", onAbort);
         for (const s of socks) s.destroy();
+        return true;
       };
       const done = (): void => {
-        finish();
-        resolve();
+        if (settle()) resolve();
       };
       const onAbort = (): void => {
-        finish();
-        reject(signal!.reason);
+        if (settle()) reject(signal!.reason);
       };
       const timer = setTimeout(done, ms);
       signal?.addEventListener("abort", onAbort, { once: true });

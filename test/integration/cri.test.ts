@@ -13,7 +13,7 @@ import { mountsUnder, pidsMatching } from "../helpers/containerd.js";
 import { memAvailableMiB } from "../helpers/processes.js";
 import { TEMPLATE_MODE, TEST_STATE_DIR, VM_CACHE_MODE, hako, startVmCache, type VmCacheDaemon } from "../helpers/hako.js";
 import { readState, sandboxDir } from "../../src/runtime/state.js";
-import { DEFAULT_SLOT_PREFIX, startSlotLimit } from "../../src/runtime/start-slots.js";
+import { startSlotAddress, startSlotLimit } from "../../src/runtime/start-slots.js";
 import { createServer } from "node:net";
 import { findLeaks, describeLeaks, hasLeaks } from "../helpers/leaks.js";
 import { TMP_PREFIX } from "../helpers/bundle.js";
@@ -385,7 +385,7 @@ async function heldStartSlots(limit: number): Promise<number> {
     held += await new Promise<number>((resolve) => {
       const srv = createServer();
       srv.once("error", () => resolve(1));
-      srv.listen(`\0${DEFAULT_SLOT_PREFIX}/${i}`, () => srv.close(() => resolve(0)));
+      srv.listen(startSlotAddress(i), () => srv.close(() => resolve(0)));
     });
   }
   return held;

@@ -1,12 +1,11 @@
 // KSM control against a fake sysfs directory (the real one is host-wide).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { KSM_AGGRESSIVE, ksmAvailable, readKsmSettings, readKsmStats, waitKsmSettled, writeKsmSettings } from "../../src/resource/ksm.js";
 import { recoverKsm, restoreKsm, setKsmPace } from "../../bench/lib/ksm-journal.js";
-import { existsSync } from "node:fs";
 
 function fakeKsm(values: Record<string, number>): string {
   const dir = mkdtempSync(join(tmpdir(), "hako-ksm-test-"));
