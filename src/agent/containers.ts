@@ -10,7 +10,8 @@ import { GuestProcess, type ExitInfo } from "./guest-process.js";
 import { readCgroupStats, type CgroupStats } from "./cgroup-stats.js";
 import { OomWatcher } from "./oom-watcher.js";
 import type { Logger } from "../runtime/logger.js";
-import { commandErrorText, execFileAsync as run } from "../runtime/command.js";
+import { commandErrorText } from "../runtime/command.js";
+import { runCommand as run } from "./helper-shell.js";
 
 export const CRUN = process.env.HAKO_CRUN ?? "/usr/bin/crun";
 export const CONTAINERS_DIR = "/run/hako/containers";

@@ -1,15 +1,17 @@
 // Guest network set-up for UpdateInterface, UpdateRoutes and AddARPNeighbors,
 // with what the guest has: busybox's `ip` (link set, addr add/flush,
 // route replace; no `ip neigh add` and no -batch) and `arp -s` for static
-// neighbours. Every request becomes one shell script run by one spawn (each
-// spawn costs ~0.1 s under TCG); the scripts are built by pure functions so
+// neighbours. Every request becomes one shell script, run by the helper shell
+// (helper-shell.ts: no fork of the agent); the scripts are built by pure functions so
 // they can be tested without a guest. Every value is validated before it gets
 // near a shell, and also quoted.
 import { readdirSync, readFileSync, existsSync } from "node:fs";
 import { isIP } from "node:net";
 import { Code } from "../protocols/ttrpc/status.js";
 import { AgentError } from "../runtime/errors.js";
-import { execFileAsync } from "../runtime/command.js";
+import { runCommand, runScript, shQuote } from "./helper-shell.js";
+
+export { shQuote };
 
 export const SYS_CLASS_NET = "/sys/class/net";
 
@@ -63,11 +65,6 @@ const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 
 function invalid(rpc: string, message: string, hint?: string): AgentError {
   return new AgentError("", `${rpc}: ${message}`, { code: Code.INVALID_ARGUMENT, hint });
-}
-
-/** Single-quotes a word for sh (the values are validated too; this is the second guard). */
-export function shQuote(word: string): string {
-  return /^[A-Za-z0-9_.:/=@%+-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
 }
 
 /** The links of the guest with their MACs, from /sys/class/net (no spawn). */
@@ -131,7 +128,7 @@ function checkIfName(rpc: string, what: string, name: string): string {
 /**
  * The commands that give the guest NIC with `req.hwAddr` (or `req.device`)
  * the pod interface's name, MTU and addresses, and bring it up. Addresses
- * are replaced, not merged. Each spawn costs ~30 ms under TCG, so a fresh
+ * are replaced, not merged. Each command is a fork under TCG, so a fresh
  * NIC (down, never configured: `dirty` false) gets only its `ip addr add`s
  * and one `ip link set … name … mtu … up` (busybox applies name, then MTU,
  * then flags). A NIC that is up or was configured before is taken down and
@@ -267,9 +264,9 @@ export function failedCommand(stderr: string): { command: string; output: string
  */
 export async function runCommands(rpc: string, commands: readonly string[][], hint: string): Promise<void> {
   if (commands.length === 0) return;
-  const [file, ...args] = commands.length === 1 ? commands[0]! : ["/bin/sh", "-c", buildScript(commands)];
   try {
-    await execFileAsync(file!, args, { encoding: "utf8", timeout: 30_000 });
+    if (commands.length === 1) await runCommand(commands[0]![0]!, commands[0]!.slice(1));
+    else await runScript(buildScript(commands));
   } catch (err) {
     const e = err as { stderr?: unknown; message?: unknown };
     const stderr = typeof e.stderr === "string" ? e.stderr : "";

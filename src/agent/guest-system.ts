@@ -3,7 +3,8 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, release, totalmem } from "node:os";
 import { Code } from "../protocols/ttrpc/status.js";
 import { AgentError } from "../runtime/errors.js";
-import { commandErrorText, execFileAsync as run } from "../runtime/command.js";
+import { commandErrorText } from "../runtime/command.js";
+import { runCommand as run } from "./helper-shell.js";
 import type { GuestStorage } from "../resource/sharefs/share-fs.js";
 
 /** True if `source` is already mounted on `mountPoint` with filesystem type `fstype` (e.g. by the guest's init). */

@@ -6,6 +6,7 @@ import { createLogger } from "../runtime/logger.js";
 import { TtrpcServer } from "../protocols/ttrpc/server.js";
 import { registerAgentServices } from "./agent-service.js";
 import { uptimeSec } from "./guest-system.js";
+import { attachHelperFromEnv } from "./helper-shell.js";
 import { AGENT_CHANNEL_NAME } from "./version.js";
 
 /** After a hang-up, the port is polled every FAST_POLL_MS for FAST_RECONNECT_MS, then every SLOW_POLL_MS. */
@@ -87,12 +88,13 @@ async function serveOnce(server: TtrpcServer, fd: number, first: Buffer): Promis
 }
 
 async function main(): Promise<void> {
+  const helper = attachHelperFromEnv();
   const port = await waitForPort(AGENT_CHANNEL_NAME, 30_000);
   const server = new TtrpcServer({ logger: log });
   let readyMs = 0;
   registerAgentServices(server, log, () => readyMs);
   readyMs = uptimeSec() * 1000;
-  log.info({ port, readyMs }, "hako-agent serving");
+  log.info({ port, readyMs, helperShell: helper }, "hako-agent serving");
   // The port stays open across host connections: closing it discards what
   // the guest has not read yet, and a new host (a restarted shim, or the
   // first one of a VM cloned from a template, which may still see the

@@ -4,19 +4,21 @@
 // compiled and optimised in the template's agent; what the template never ran
 // is compiled in every clone, under TCG, on the pod-start path. So the
 // template's agent runs, once, the paths a pod start takes: process spawns
-// (execFile, a piped and a pseudo-terminal GuestProcess), the network script
+// (execFile, the helper shell, a piped and a pseudo-terminal GuestProcess), the network script
 // builders and runner, and waits for them. Nothing is left behind: only
 // /bin/true runs, and the builders are pure.
 import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { execFileAsync } from "../runtime/command.js";
 import { GuestProcess } from "./guest-process.js";
+import { runCommand } from "./helper-shell.js";
 import { interfaceCommands, neighborCommands, routeCommands, runCommands } from "./guest-network.js";
 
 export async function warmUp(rounds = 3): Promise<number> {
   const t0 = performance.now();
   for (let i = 0; i < rounds; i++) {
     await execFileAsync("/bin/true", [], { encoding: "utf8", timeout: 10_000 });
+    await runCommand("/bin/true", []);
     await runCommands("warm-up", [["/bin/true"], ["/bin/true"]], "");
     for (const terminal of [false, true]) {
       const p = new GuestProcess("/bin/true", [], { terminal });

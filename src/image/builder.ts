@@ -9,6 +9,7 @@ import { fetchDebianKernel, resolveKernelPackage, type DebianKernel } from './de
 import { ensureMinimalKernel, linuxSourceVersion, minimalKernelKey, MINIMAL_FRAGMENT } from './minimal-kernel.js';
 import { extractVmlinux } from './vmlinux-extract.js';
 import { AGENT_SH, INIT_SH, INITTAB, RC_SH, buildStagingTree } from './rootfs-tree.js';
+import { HELPER_SH } from '../agent/helper-shell.js';
 import { buildInitrd } from './initrd.js';
 import { GUEST_MODULES } from './modules.js';
 import { buildErofs } from './erofs.js';
@@ -132,7 +133,7 @@ export async function buildGuestImage(opts: BuildGuestImageOptions): Promise<Gue
     kernels,
     rootfsFormat: opts.rootfsFormat,
     nodePtyHash: await sha256Dir(opts.nodePtyDir, ['package.json', 'lib', 'build/Release/pty.node']),
-    layoutVersion: `${LAYOUT_VERSION}:${createHash('sha256').update(INIT_SH + RC_SH + AGENT_SH + INITTAB + GUEST_MODULES.join(',')).digest('hex').slice(0, 12)}`,
+    layoutVersion: `${LAYOUT_VERSION}:${createHash('sha256').update(INIT_SH + RC_SH + AGENT_SH + HELPER_SH + INITTAB + GUEST_MODULES.join(',')).digest('hex').slice(0, 12)}`,
   };
   const hash = inputsHash(inputs);
   const manifestPath = path.join(outDir, OUT_NAMES.manifest);

@@ -5,6 +5,7 @@ import { chmod, copyFile, cp, mkdir, readdir, rm, stat, symlink, writeFile, lsta
 import path from 'node:path';
 import { run, runRaw } from './exec.js';
 import { stageModules } from './modules.js';
+import { HELPER_DIR, HELPER_FDS_ENV, HELPER_SH } from '../agent/helper-shell.js';
 
 export interface StageOptions {
   /** Directory to (re)create. */
@@ -110,7 +111,16 @@ for w in $(cat /proc/cmdline); do
   case "$w" in hako.node_opts=*) node_opts=$(echo "\${w#hako.node_opts=}" | tr ',' ' ') ;; esac
 done
 cd /
-/usr/bin/node $node_opts /opt/hako/hako-agent.js
+# The helper shell (src/agent/helper-shell.ts) runs the agent's commands, so that
+# the agent does not fork itself; started first, its own fork is cheap. Both FIFO
+# opens below return once the helper has opened its ends.
+h=${HELPER_DIR}
+if mkdir -p $h && mkfifo -m 600 $h/in $h/out; then
+  /bin/sh /etc/hako/helper.sh <$h/in >$h/out &
+  ${HELPER_FDS_ENV}=3,4 /usr/bin/node $node_opts /opt/hako/hako-agent.js 3>$h/in 4<$h/out
+else
+  /usr/bin/node $node_opts /opt/hako/hako-agent.js
+fi
 stop_vm
 `;
 
@@ -222,6 +232,7 @@ export async function buildStagingTree(opts: StageOptions): Promise<void> {
   for (const [p, content] of Object.entries(ETC_FILES)) await writeFile(path.join(stage, p), content);
   await writeFile(path.join(stage, 'etc/hako/rc.sh'), RC_SH, { mode: 0o755 });
   await writeFile(path.join(stage, 'etc/hako/agent.sh'), AGENT_SH, { mode: 0o755 });
+  await writeFile(path.join(stage, 'etc/hako/helper.sh'), HELPER_SH, { mode: 0o755 });
   await stageBusybox(stage, opts.busyboxBinary);
   await makeDevNodes(stage);
   await stageBinary(stage, opts.nodeBinary, '/usr/bin/node');
