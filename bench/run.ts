@@ -222,7 +222,7 @@ try {
   const stopped = (): boolean => interrupted;
   const workDir = env.tmpDir;
   const { samples: ctrdSamples, ms: ctrdMs } = await runSection(doContainerd, (k) => runContainerdSection(k, stateDir, runs, warmup, log, stopped));
-  const { samples: criSamples, ms: criMs } = await runSection(doCri, (k) => runCriSection(k, { runs, warmup, pods, workDir, ksm }, log, stopped));
+  const { samples: criSamples, ms: criMs } = await runSection(doCri, (k) => runCriSection(k, { runs, warmup, pods, workDir, ksm, bundleDir: env!.bundleDir }, log, stopped));
   const { samples: ioSamples, ms: ioMs } = await runSection(doIo, (k) => runIoSection(k, { runs, warmup, workDir }, log, stopped));
   const { samples: densitySamples, ms: densityMs } = await runSection(doDensity, (k) =>
     runDensitySection(k, { pods: densityPods, parallel: densityParallel, workDir }, log, stopped),

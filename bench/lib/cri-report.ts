@@ -65,8 +65,12 @@ const TEMPLATE_START_VS_COLD = 0.25;
 /** Cold pod start ≤ this × (floor + agent start) of the boot section (same kernel, same run). */
 const COLD_START_VS_BOOT = 1.25;
 const TEMPLATE_START_VS_RUNC = 3;
-const TEMPLATE_PSS_MIB = 90;
-const COLD_PSS_MIB = 150;
+/** The issue's PSS limits are in MB (10^6 bytes); PSS is read in KiB, so they are judged in MiB: 85.8 and 143.1. */
+const MB_IN_MIB = 1e6 / 2 ** 20;
+const TEMPLATE_PSS_MIB = 90 * MB_IN_MIB;
+const COLD_PSS_MIB = 150 * MB_IN_MIB;
+/** "90 MB (85.8 MiB)" */
+const limitText = (mib: number): string => `${Math.round(mib / MB_IN_MIB)} MB (${mib.toFixed(1)} MiB)`;
 
 /** One value per handler, typed so that adding a handler makes every such table say what it holds. */
 function perHandler<T>(f: (h: Handler) => T): Record<Handler, T> {
@@ -86,6 +90,13 @@ function startSummaries(s: CriSamples): Summaries {
   for (const [a, b] of START_RATIOS) {
     const n = Math.min(total[a].length, total[b].length);
     out[`ratio_${a}_${b}`] = entry(`ratio ${a} / ${b} (paired)`, "x", [...Array(n).keys()].map((i) => total[a][i]! / total[b][i]!));
+  }
+  // The boot section's baseline again, measured in each run just before its cold pod.
+  if (s.bootPair.length > 0) {
+    out.boot_floor = entry("beside the pods: floor (bare QEMU boot to init)", "ms", s.bootPair.map((b) => b.floorMs));
+    out.boot_agent_ready = entry("beside the pods: floor + agent start (QEMU spawn → agent ready)", "ms", s.bootPair.map((b) => b.agentReadyMs));
+    const n = Math.min(total.hako.length, s.bootPair.length);
+    out.ratio_hako_boot = entry("ratio hako (cold) / (floor + agent start) (paired)", "x", [...Array(n).keys()].map((i) => total.hako[i]! / s.bootPair[i]!.agentReadyMs));
   }
   const phases: Array<[keyof PodStartSample, string]> = [
     ["runPodSandboxMs", "RunPodSandbox"],
@@ -176,8 +187,8 @@ function targets(start: Summaries, memory: Summaries, boot: BootReady | undefine
     return [
       target(`${h} pod start ≤ ${TEMPLATE_START_VS_COLD} × hako (cold) pod start`, `${short} ≤ ${TEMPLATE_START_VS_COLD}× cold`, "pod_start", `${ms(tpl)} / ${ms(cold)}`, tpl / cold, TEMPLATE_START_VS_COLD, "x"),
       target(`${h} pod start ≤ ${TEMPLATE_START_VS_RUNC} × runc pod start`, `${short} ≤ ${TEMPLATE_START_VS_RUNC}× runc`, "pod_start", `${ms(tpl)} / ${ms(runc)}`, tpl / runc, TEMPLATE_START_VS_RUNC, "x"),
-      target(`${h} PSS per idle pod (QEMU + shim) ≤ ${TEMPLATE_PSS_MIB} MiB`, `${short} ≤ ${TEMPLATE_PSS_MIB} MiB`, "pod_pss", pods(pss), pss?.median ?? NaN, TEMPLATE_PSS_MIB, "MiB"),
-      ...ksmTarget(memory[`${h}_pod_pss_ksm`], `${h} PSS per idle pod (QEMU + shim), KSM settled, ≤ ${TEMPLATE_PSS_MIB} MiB`, `${short} + KSM ≤ ${TEMPLATE_PSS_MIB} MiB`, TEMPLATE_PSS_MIB),
+      target(`${h} PSS per idle pod (QEMU + shim) ≤ ${limitText(TEMPLATE_PSS_MIB)}`, `${short} ≤ ${limitText(TEMPLATE_PSS_MIB)}`, "pod_pss", pods(pss), pss?.median ?? NaN, TEMPLATE_PSS_MIB, "MiB"),
+      ...ksmTarget(memory[`${h}_pod_pss_ksm`], `${h} PSS per idle pod (QEMU + shim), KSM settled, ≤ ${limitText(TEMPLATE_PSS_MIB)}`, `${short} + KSM ≤ ${limitText(TEMPLATE_PSS_MIB)}`, TEMPLATE_PSS_MIB),
     ];
   });
   return [
@@ -191,8 +202,19 @@ function targets(start: Summaries, memory: Summaries, boot: BootReady | undefine
       COLD_START_VS_BOOT,
       "x",
     ),
-    target(`hako (cold) PSS per idle pod (QEMU + shim) ≤ ${COLD_PSS_MIB} MiB`, `cold ≤ ${COLD_PSS_MIB} MiB`, "pod_pss", pods(coldPss), coldPss?.median ?? NaN, COLD_PSS_MIB, "MiB"),
-    ...ksmTarget(memory.hako_pod_pss_ksm, `hako (cold) PSS per idle pod (QEMU + shim), KSM settled, ≤ ${COLD_PSS_MIB} MiB`, `cold + KSM ≤ ${COLD_PSS_MIB} MiB`, COLD_PSS_MIB),
+    target(
+      `hako (cold) pod start ≤ ${COLD_START_VS_BOOT} × (floor + agent start) measured beside it (paired, per run)`,
+      `cold ≤ ${COLD_START_VS_BOOT}× (floor + agent), paired`,
+      "pod_start",
+      start.ratio_hako_boot
+        ? `median of ${start.ratio_hako_boot.n} runs' ratios; medians ${ms(cold)} / ${ms(medianOf(start, "boot_agent_ready"))}`
+        : "no boot pair measured",
+      medianOf(start, "ratio_hako_boot"),
+      COLD_START_VS_BOOT,
+      "x",
+    ),
+    target(`hako (cold) PSS per idle pod (QEMU + shim) ≤ ${limitText(COLD_PSS_MIB)}`, `cold ≤ ${limitText(COLD_PSS_MIB)}`, "pod_pss", pods(coldPss), coldPss?.median ?? NaN, COLD_PSS_MIB, "MiB"),
+    ...ksmTarget(memory.hako_pod_pss_ksm, `hako (cold) PSS per idle pod (QEMU + shim), KSM settled, ≤ ${limitText(COLD_PSS_MIB)}`, `cold + KSM ≤ ${limitText(COLD_PSS_MIB)}`, COLD_PSS_MIB),
   ];
 }
 

@@ -35,6 +35,7 @@ import { HAKO } from "../../test/helpers/hako.js";
 import { readState, sandboxDir } from "../../src/runtime/state.js";
 import { KSM_AGGRESSIVE, waitKsmSettled, type KsmSettings, type KsmStats } from "../../src/resource/ksm.js";
 import { restoreKsm, setKsmPace } from "./ksm-journal.js";
+import { measureFloor, measureSandbox } from "./measure.js";
 
 /** Not the tests' network (hakotest0, 10.217.0.0/24): a `make test` may run beside the benchmark. */
 export const CRI_NETWORK: CniNetwork = { name: "hako-bench-pods", bridge: "hakobench0", subnet: "10.218.0.0/24", gateway: "10.218.0.1" };
@@ -119,7 +120,19 @@ export interface CriSamples {
   /** The VM cache when full, before any pod: its VMs and their PSS (the node's cost of keeping them). */
   vmCacheIdle?: { vms: number; pssMiB: number };
   podStart: Record<Handler, PodStartSample[]>;
+  /**
+   * Per run, just before its cold pod: the boot section's two measures again (bare QEMU boot to
+   * init; QEMU spawn → agent ready of an in-process sandbox), so that the cold-start target is
+   * judged against a baseline taken beside it, not minutes earlier on a host whose load drifts.
+   */
+  bootPair: BootPairSample[];
   density: Partial<Record<Handler, DensitySample>>;
+}
+
+export interface BootPairSample {
+  floorMs: number;
+  /** floor + agent start, as the boot section defines them. */
+  agentReadyMs: number;
 }
 
 export interface CriSectionOptions {
@@ -129,6 +142,8 @@ export interface CriSectionOptions {
   pods: number;
   /** Parent of the pods' log dirs (removed with the benchmark's temp dir). */
   workDir: string;
+  /** The /bin/true bundle of the in-process sandbox in each run's boot pair. */
+  bundleDir: string;
   /** Also read the idle hako pods' PSS with KSM settled (ksmd turned on meanwhile, its settings put back after); the host must have KSM. */
   ksm: boolean;
 }
@@ -247,10 +262,13 @@ function fmtMs(ms: number): string {
   return `${ms.toFixed(0)} ms`;
 }
 
-async function measurePodStarts(ctx: CriCtx, s: CriSamples, o: CriSectionOptions, stop: () => boolean): Promise<void> {
+async function measurePodStarts(k: KernelEnv, ctx: CriCtx, s: CriSamples, o: CriSectionOptions, stop: () => boolean): Promise<void> {
   for (let i = -o.warmup; i < o.runs && !stop(); i++) {
     const tag = i < 0 ? `warm-up ${i + o.warmup + 1}/${o.warmup}` : `run ${i + 1}/${o.runs}`;
-    const line: string[] = [];
+    const floor = await measureFloor(k);
+    const sb = await measureSandbox(k, o.bundleDir, `${ctx.prefix}-boot-${i + o.warmup}`);
+    const line = [`floor ${fmtMs(floor.markerMs)}, agent ready ${fmtMs(sb.spawnToAgentMs)}`];
+    if (i >= 0) s.bootPair.push({ floorMs: floor.markerMs, agentReadyMs: sb.spawnToAgentMs });
     for (const handler of HANDLERS) {
       await cacheSettled(ctx, handler);
       const { pod, sample } = await startPod(ctx, handler, `${ctx.prefix}-${handler}-${i + o.warmup}`);
@@ -420,6 +438,7 @@ export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s:
       network: `${CRI_NETWORK.bridge} ${CRI_NETWORK.subnet}`,
       templateInitMs: NaN,
       podStart: { hako: [], "hako-template": [], "hako-cache": [], runc: [] },
+      bootPair: [],
       density: {},
     };
     // Registered before the init: a build that fails or is interrupted half-way leaves a template dir too.
@@ -434,8 +453,8 @@ export async function runCriSection(k: KernelEnv, o: CriSectionOptions, log: (s:
     s.vmCacheIdle = cacheIdleMemory(k);
     log(`bench: cri: the VM cache's ${s.vmCacheIdle.vms} idle VMs: PSS ${s.vmCacheIdle.pssMiB.toFixed(1)} MiB`);
     if (stop()) return s;
-    log(`bench: cri: pod start: ${o.runs} runs + ${o.warmup} warm-up, alternating ${HANDLERS.join(", ")}; then ${o.pods} idle pods per runtime`);
-    await measurePodStarts(ctx, s, o, stop);
+    log(`bench: cri: pod start: ${o.runs} runs + ${o.warmup} warm-up, each: floor, agent ready, then ${HANDLERS.join(", ")}; then ${o.pods} idle pods per runtime`);
+    await measurePodStarts(k, ctx, s, o, stop);
     for (const handler of HANDLERS) {
       if (stop()) break;
       s.density[handler] = await measureDensity(ctx, handler, o.pods, stop, o.ksm);
