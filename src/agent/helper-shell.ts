@@ -1,10 +1,10 @@
 // The helper shell: a busybox sh that agent.sh starts beside the agent (before
 // node, so its own fork is cheap) and connects to it by two FIFOs. The agent
 // runs its short commands (network set-up, mount, date, crun kill/delete)
-// through it instead of forking itself: under TCG a fork of the ~50 MiB node
-// process, and the copy-on-write faults it leaves in the agent's heap, cost
-// 80–300 ms per spawn in a cold guest, against ~20 ms for the helper's own
-// fork of a small sh (docs/architecture.md, "The guest agent").
+// through it instead of spawning them: libuv spawns by fork() on Linux, so a
+// spawn copies the agent's page tables, and a script also paid an exec of
+// /bin/sh. In a cold guest under TCG this took the network set-up from
+// ~272 to ~198 ms (docs/architecture.md, "In the guest").
 //
 // Protocol, one line each way: the agent writes the script to a file in
 // HELPER_DIR and sends "ID FILE"; the helper runs it in a subshell with
@@ -12,8 +12,8 @@
 // answers "ID STATUS". Scripts run concurrently, as spawns would (a 9p mount
 // waits on the host while an `ip` runs): each in a background job that init
 // reaps, so the helper never waits and leaves no zombie.
-// Without a helper (an agent started by hand, or one whose helper died or is
-// stuck) commands are spawned directly, as before.
+// Without a helper (an agent started by hand, or one whose helper is gone)
+// commands are spawned directly, as before.
 import { closeSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { Socket } from "node:net";
 import type { Readable, Writable } from "node:stream";
