@@ -287,7 +287,7 @@ function targetLines(r: CriResult): string[] {
     ...r.targets.map((t) => {
       const shown = !Number.isFinite(t.value) ? "n/a" : t.unit === "x" ? fmt(t.value, "x") : `${fmt(t.value, "MiB")} MiB`;
       const value = `${t.detail} = ${shown}`;
-      const limit = t.unit === "x" ? `${t.limit}x` : `${t.limit} MiB`;
+      const limit = t.unit === "x" ? `${t.limit}x` : `${t.limit.toFixed(1)} MiB`;
       return `${pad(t.name, width)}  ${pad(value, 28, true)}  limit ${pad(limit, 7)}  ${verdict(t)}`;
     }),
   ];
