@@ -11,8 +11,6 @@ import { Code } from "../protocols/ttrpc/status.js";
 import { AgentError } from "../runtime/errors.js";
 import { runCommand, runScript, shQuote } from "./helper-shell.js";
 
-export { shQuote };
-
 export const SYS_CLASS_NET = "/sys/class/net";
 
 /** Netlink route scopes (rtnetlink.h) as the Route message carries them, and busybox's names for them. */

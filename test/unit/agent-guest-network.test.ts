@@ -14,9 +14,9 @@ import {
   neighborCommands,
   routeCommands,
   runCommands,
-  shQuote,
   waitForLinks,
 } from "../../src/agent/guest-network.js";
+import { shQuote } from "../../src/agent/helper-shell.js";
 import { AgentError } from "../../src/runtime/errors.js";
 import { Code } from "../../src/protocols/ttrpc/status.js";
 
