@@ -38,8 +38,8 @@ export const TCG_AGENT_PARAMS = [`hako.node_opts=${TCG_NODE_OPTS.join(",")}`];
 export const TEMPLATE_TCG_AGENT_PARAMS = [`hako.node_opts=${[...TCG_NODE_OPTS, "--no-lazy", "--no-flush-bytecode", "--expose-gc"].join(",")}`];
 /** Bumped when what a template holds changes in a way its key does not see (QEMU's machine options, the agent's warm-up). */
 const TEMPLATE_FORMAT = "3";
-/** A template's NICs have this MAC; clones give the guest NIC the pod's (UpdateInterface by device). */
-export const TEMPLATE_MAC = "02:68:61:6b:6f:00";
+/** A template's NIC i has MAC 02:68:61:6b:6f:<i>; clones give the guest NIC the pod's (UpdateInterface by device). */
+const TEMPLATE_MAC_PREFIX = "02:68:61:6b:6f:";
 /** Guest name of a template's NIC i (the Debian kernel's, no udev in the guest). */
 export const templateGuestNic = (i: number): string => `eth${i}`;
 
@@ -201,19 +201,27 @@ export function cloneSpec(
   };
 }
 
-/** A scratch netns holding a tap per template NIC (QEMU needs a backend to start). */
+/**
+ * Taps `tapName(0..nics-1)` in the existing netns `netns`, with the template's
+ * NIC MACs: the network a template VM, or a VM cache's clone before a pod
+ * takes it, starts with (QEMU needs a backend for every NIC).
+ */
+export async function templateTaps(netns: string, nics: number, tapName: (i: number) => string): Promise<VmNetwork> {
+  const list: VmNetwork["nics"] = [];
+  for (let i = 0; i < nics; i++) {
+    await execFileAsync("ip", ["-n", netns, "tuntap", "add", "dev", tapName(i), "mode", "tap"]);
+    list.push({ tapName: tapName(i), mac: `${TEMPLATE_MAC_PREFIX}${String(i).padStart(2, "0")}` });
+  }
+  return { netnsPath: `/var/run/netns/${netns}`, nics: list };
+}
+
+/** A scratch netns holding a tap per template NIC, for the template's build. */
 async function scratchNetwork(name: string, nics: number): Promise<{ network: VmNetwork | undefined; remove: () => Promise<void> }> {
   if (nics === 0) return { network: undefined, remove: async () => undefined };
   await execFileAsync("ip", ["netns", "add", name]);
   const remove = async (): Promise<void> => void (await execFileAsync("ip", ["netns", "del", name]).catch(() => undefined));
   try {
-    const list: VmNetwork["nics"] = [];
-    for (let i = 0; i < nics; i++) {
-      const tap = `tap${i}_hako`;
-      await execFileAsync("ip", ["-n", name, "tuntap", "add", "dev", tap, "mode", "tap"]);
-      list.push({ tapName: tap, mac: TEMPLATE_MAC.replace(/00$/, String(i).padStart(2, "0")) });
-    }
-    return { network: { netnsPath: `/var/run/netns/${name}`, nics: list }, remove };
+    return { network: await templateTaps(name, nics, (i) => `tap${i}_hako`), remove };
   } catch (err) {
     await remove();
     throw err;

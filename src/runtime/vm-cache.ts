@@ -23,7 +23,7 @@ import { execFileAsync } from "./command.js";
 import { RuntimeError } from "./errors.js";
 import { Code } from "../protocols/ttrpc/status.js";
 import type { Logger } from "./logger.js";
-import { TEMPLATE_MAC, cloneSpec, listTemplates, type TemplateManifest } from "./factory.js";
+import { cloneSpec, listTemplates, templateTaps, type TemplateManifest } from "./factory.js";
 import { killRecordedVmm, pidMatches } from "./state.js";
 import { VirtioNinePShare } from "../resource/sharefs/virtio-9p.js";
 
@@ -279,13 +279,7 @@ export class VmCacheDaemon {
       await execFileAsync("ip", ["netns", "add", this.netnsName]);
       this.netnsReady = true;
     }
-    const list: VmNetwork["nics"] = [];
-    for (let i = 0; i < nics; i++) {
-      const tap = `hkc${id}${i}`;
-      await execFileAsync("ip", ["-n", this.netnsName, "tuntap", "add", "dev", tap, "mode", "tap"]);
-      list.push({ tapName: tap, mac: TEMPLATE_MAC.replace(/00$/, String(i).padStart(2, "0")) });
-    }
-    return { netnsPath: `/var/run/netns/${this.netnsName}`, nics: list };
+    return templateTaps(this.netnsName, nics, (i) => `hkc${id}${i}`);
   }
 
   /** Restores one clone of `t`, warms it up, releases it and publishes it. */
