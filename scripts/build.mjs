@@ -55,7 +55,19 @@ for (const p of ["package.json", "lib", join("build", "Release", "pty.node")]) {
   cpSync(join(pty, p), join(ptyOut, p), { recursive: true });
 }
 
-const wrapper = (file) => `#!/bin/sh\n# hako launcher: runs the bundled program with the node on PATH.\nhere=$(dirname "$(readlink -f "$0")")\nexec node "$here/../lib/hako/${file}" "$@"\n`;
+// containerd runs the shim (start, delete) several times per pod: the launcher
+// finds its directory without a subprocess unless it was called through a
+// symlink or without a path.
+const wrapper = (file) =>
+  [
+    "#!/bin/sh",
+    "# hako launcher: runs the bundled program with the node on PATH.",
+    "hako_here=",
+    'case $0 in */*) [ -L "$0" ] || hako_here=${0%/*} ;; esac',
+    '[ -n "$hako_here" ] || hako_here=$(dirname "$(readlink -f "$0")")',
+    `exec node "$hako_here/../lib/hako/${file}" "$@"`,
+    "",
+  ].join("\n");
 // No V8 flags for the shim: --lite-mode (with --max-semi-space-size=1) saved
 // ~3 MiB of PSS per pod, with no pod-start difference we could measure, but
 // it runs everything interpreted, and the shim relays containers' output.

@@ -11,7 +11,8 @@ import { unmountRootfs } from "../resource/rootfs/rootfs-mount.js";
 import { commandErrorText } from "../runtime/command.js";
 import { SANDBOX_ID_ANNOTATION } from "./shim-runtime.js";
 import { isSocketConnectable, readAddressFile, socketPathOf } from "./address.js";
-import { promises as fsp, writeSync } from "node:fs";
+import { promises as fsp } from "node:fs";
+import { writeAll } from "./fd-write.js";
 import path from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
@@ -104,14 +105,3 @@ export async function runDelete(flags: ShimFlags): Promise<number> {
   return 0;
 }
 
-/** Writes all of `data` to a (possibly non-blocking) fd synchronously. */
-export function writeAll(fd: number, data: Uint8Array): void {
-  let off = 0;
-  while (off < data.length) {
-    try {
-      off += writeSync(fd, data, off, data.length - off);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EAGAIN") throw err;
-    }
-  }
-}

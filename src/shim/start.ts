@@ -15,7 +15,7 @@ import { OptionsSchema } from "../protocols/gen/runtimeoptions/v1/api_pb.js";
 import { Code } from "../protocols/ttrpc/status.js";
 import { RuntimeError } from "../runtime/errors.js";
 import { isSocketConnectable, readGroupId, shimSocketAddress, writeAddressFile } from "./address.js";
-import { writeAll } from "./delete.js";
+import { writeAll } from "./fd-write.js";
 import { formatShimFlags, type ShimFlags } from "./flags.js";
 
 export interface RuntimeOptions {
