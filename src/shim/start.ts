@@ -9,9 +9,6 @@ import { spawn } from "node:child_process";
 import { closeSync, constants, openSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { isatty } from "node:tty";
-import { fromBinary } from "@bufbuild/protobuf";
-import { AnySchema } from "@bufbuild/protobuf/wkt";
-import { OptionsSchema } from "../protocols/gen/runtimeoptions/v1/api_pb.js";
 import { Code } from "../protocols/ttrpc/status.js";
 import { RuntimeError } from "../runtime/errors.js";
 import { isSocketConnectable, readGroupId, shimSocketAddress, writeAddressFile } from "./address.js";
@@ -49,20 +46,25 @@ export interface StartResult {
   daemonPid?: number;
 }
 
-/** Name ending the type URL of the options message (with or without a prefix). */
-const OPTIONS_TYPE = OptionsSchema.typeName; // "runtimeoptions.v1.Options"
-
 /**
  * Decodes the runtime options containerd writes on `start`'s stdin: a
  * protobuf Any holding runtimeoptions.v1.Options. Empty input, other option
- * types and undecodable input yield undefined.
+ * types and undecodable input yield undefined. The protobuf runtime is loaded
+ * here, not with the module: a `start` that finds its group's shim running
+ * (every container of a pod after the first) needs none of it.
  */
-export function decodeRuntimeOptions(bytes: Uint8Array): RuntimeOptions | undefined {
+export async function decodeRuntimeOptions(bytes: Uint8Array): Promise<RuntimeOptions | undefined> {
   if (bytes.length === 0) return undefined;
+  const [{ fromBinary }, { AnySchema }, { OptionsSchema }] = await Promise.all([
+    import("@bufbuild/protobuf"),
+    import("@bufbuild/protobuf/wkt"),
+    import("../protocols/gen/runtimeoptions/v1/api_pb.js"),
+  ]);
   try {
     const any = fromBinary(AnySchema, bytes);
     const url = any.typeUrl;
-    if (url !== OPTIONS_TYPE && !url.endsWith(`/${OPTIONS_TYPE}`)) return undefined;
+    // "runtimeoptions.v1.Options", with or without a type URL prefix.
+    if (url !== OptionsSchema.typeName && !url.endsWith(`/${OptionsSchema.typeName}`)) return undefined;
     const opts = fromBinary(OptionsSchema, any.value);
     return { typeUrl: opts.typeUrl, configPath: opts.configPath };
   } catch {
@@ -123,7 +125,7 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 /** Starts (or finds) the group's shim daemon; throws a RuntimeError on failure. */
 export async function startShim(flags: ShimFlags, options: StartOptions = {}): Promise<StartResult> {
   const bundle = flags.bundle;
-  const runtimeOptions = decodeRuntimeOptions(options.stdin ?? readStdinBytes());
+  const stdin = options.stdin ?? readStdinBytes();
   const group = await readGroupId(bundle, flags.id);
   const address = shimSocketAddress(flags.address, flags.namespace, group);
 
@@ -131,6 +133,7 @@ export async function startShim(flags: ShimFlags, options: StartOptions = {}): P
     await writeAddressFile(bundle, address);
     return { address, reused: true };
   }
+  const runtimeOptions = await decodeRuntimeOptions(stdin);
 
   const daemonFlags = formatShimFlags({ ...flags, socket: address }, "serve");
   const daemon = options.daemon ?? { command: process.execPath, args: [...daemonExecArgv(), process.argv[1] ?? ""] };

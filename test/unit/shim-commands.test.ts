@@ -90,12 +90,12 @@ const optionsAny = (configPath: string): Uint8Array =>
   );
 
 describe("runtime options on start's stdin", () => {
-  test("decodes runtimeoptions.v1.Options; ignores empty/other/garbage", () => {
-    assert.deepEqual(decodeRuntimeOptions(optionsAny("/etc/hako/c.toml")), { typeUrl: "", configPath: "/etc/hako/c.toml" });
-    assert.equal(decodeRuntimeOptions(new Uint8Array(0)), undefined);
+  test("decodes runtimeoptions.v1.Options; ignores empty/other/garbage", async () => {
+    assert.deepEqual(await decodeRuntimeOptions(optionsAny("/etc/hako/c.toml")), { typeUrl: "", configPath: "/etc/hako/c.toml" });
+    assert.equal(await decodeRuntimeOptions(new Uint8Array(0)), undefined);
     const other = toBinary(AnySchema, create(AnySchema, { typeUrl: "containerd.runc.v1.Options", value: new Uint8Array([8, 1]) }));
-    assert.equal(decodeRuntimeOptions(other), undefined);
-    assert.equal(decodeRuntimeOptions(new Uint8Array([0xff, 0xff, 0xff])), undefined);
+    assert.equal(await decodeRuntimeOptions(other), undefined);
+    assert.equal(await decodeRuntimeOptions(new Uint8Array([0xff, 0xff, 0xff])), undefined);
   });
 });
 
