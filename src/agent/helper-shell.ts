@@ -111,8 +111,8 @@ export class HelperShell {
       const timer = setTimeout(() => {
         // Left running (its answer is ignored); the others go on.
         this.pending.delete(id);
-        for (const f of [file, `${file}.out`, `${file}.err`]) rmSync(f, { force: true });
-        reject(new Error(`${firstLine(script)}: did not finish within ${timeoutMs} ms`));
+        removeScriptFiles(file);
+        reject(new Error(`${scriptLabel(script)}: did not finish within ${timeoutMs} ms`));
       }, timeoutMs);
       this.pending.set(id, { script, file, resolve, reject, timer });
       this.toHelper.write(`${id} ${file}\n`);
@@ -126,10 +126,10 @@ export class HelperShell {
     this.pending.delete(Number(m[1]));
     clearTimeout(p.timer);
     const status = Number(m[2]);
-    const out = { stdout: readAndRemove(`${p.file}.out`), stderr: readAndRemove(`${p.file}.err`) };
-    rmSync(p.file, { force: true });
+    const out = { stdout: readText(`${p.file}.out`), stderr: readText(`${p.file}.err`) };
+    removeScriptFiles(p.file);
     if (status === 0) p.resolve(out);
-    else p.reject(new CommandFailed(firstLine(p.script), status, out.stdout, out.stderr));
+    else p.reject(new CommandFailed(scriptLabel(p.script), status, out.stdout, out.stderr));
   }
 
   private breakDown(why: string): void {
@@ -137,30 +137,38 @@ export class HelperShell {
     this.brokenBy = why;
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
-      p.reject(new Error(`${firstLine(p.script)}: ${why}`));
+      removeScriptFiles(p.file);
+      p.reject(new Error(`${scriptLabel(p.script)}: ${why}`));
       this.pending.delete(id);
     }
     this.toHelper.destroy();
   }
 }
 
-function firstLine(script: string): string {
+/** What a failure names: the script's last line (the command, for a one-line `exec`). */
+function scriptLabel(script: string): string {
   const lines = script.trim().split("\n");
   const last = lines[lines.length - 1] ?? "";
   return (lines.length > 1 ? `${last} (line ${lines.length} of a script)` : last).replace(/^exec /, "");
 }
 
-function readAndRemove(path: string): string {
+function readText(path: string): string {
   try {
     return readFileSync(path, "utf8");
   } catch {
     return "";
-  } finally {
-    rmSync(path, { force: true });
   }
 }
 
+/** A script's file and the two its run writes. */
+function removeScriptFiles(file: string): void {
+  for (const f of [file, `${file}.out`, `${file}.err`]) rmSync(f, { force: true });
+}
+
 let helper: HelperShell | undefined;
+
+/** The helper, while it takes commands. */
+const usableHelper = (): HelperShell | undefined => (helper?.broken === undefined ? helper : undefined);
 
 /** Uses this helper from now on (tests; attachHelperFromEnv in the guest). */
 export function useHelperShell(h: HelperShell | undefined): void {
@@ -193,12 +201,14 @@ export function attachHelperFromEnv(env: NodeJS.ProcessEnv = process.env): boole
 
 /** Runs `file args…` (in the helper shell when there is one); rejects like execFile on failure. */
 export async function runCommand(file: string, args: readonly string[], timeoutMs = COMMAND_TIMEOUT_MS): Promise<CommandOutput> {
-  if (helper !== undefined && helper.broken === undefined) return helper.run(`exec ${[file, ...args].map(shQuote).join(" ")}\n`, timeoutMs);
+  const h = usableHelper();
+  if (h) return h.run(`exec ${[file, ...args].map(shQuote).join(" ")}\n`, timeoutMs);
   return execFileAsync(file, [...args], { encoding: "utf8", timeout: timeoutMs });
 }
 
 /** Runs an sh script (in the helper shell when there is one, else `sh -c`); rejects like execFile on failure. */
 export async function runScript(script: string, timeoutMs = COMMAND_TIMEOUT_MS): Promise<CommandOutput> {
-  if (helper !== undefined && helper.broken === undefined) return helper.run(script, timeoutMs);
+  const h = usableHelper();
+  if (h) return h.run(script, timeoutMs);
   return execFileAsync("/bin/sh", ["-c", script], { encoding: "utf8", timeout: timeoutMs });
 }
