@@ -65,12 +65,12 @@ const TEMPLATE_START_VS_COLD = 0.25;
 /** Cold pod start ≤ this × (floor + agent start) of the boot section (same kernel, same run). */
 const COLD_START_VS_BOOT = 1.25;
 const TEMPLATE_START_VS_RUNC = 3;
-/** The issue's PSS limits are in MB (10^6 bytes); PSS is read in KiB, so they are judged in MiB: 85.8 and 143.1. */
-const MB_IN_MIB = 1e6 / 2 ** 20;
-const TEMPLATE_PSS_MIB = 90 * MB_IN_MIB;
-const COLD_PSS_MIB = 150 * MB_IN_MIB;
+/** The issue's PSS limits, in MB (10^6 bytes); PSS is read in KiB, so they are judged in MiB: 85.8 and 143.1. */
+const TEMPLATE_PSS_MB = 90;
+const COLD_PSS_MB = 150;
+const mib = (mb: number): number => (mb * 1e6) / 2 ** 20;
 /** "90 MB (85.8 MiB)" */
-const limitText = (mib: number): string => `${Math.round(mib / MB_IN_MIB)} MB (${mib.toFixed(1)} MiB)`;
+const limitText = (mb: number): string => `${mb} MB (${mib(mb).toFixed(1)} MiB)`;
 
 /** One value per handler, typed so that adding a handler makes every such table say what it holds. */
 function perHandler<T>(f: (h: Handler) => T): Record<Handler, T> {
@@ -81,22 +81,24 @@ export function entry(label: string, unit: Unit, values: readonly number[]): Lab
   return { ...summarize(values), label, unit };
 }
 
+/** Run i's a ÷ run i's b, for the runs both have. */
+function pairedRatios(a: readonly number[], b: readonly number[]): number[] {
+  return a.slice(0, b.length).map((x, i) => x / b[i]!);
+}
+
 function startSummaries(s: CriSamples): Summaries {
   const out: Summaries = {};
   const phase = (key: keyof PodStartSample): Record<Handler, number[]> => perHandler((h) => s.podStart[h].map((x) => x[key]));
   const total = phase("totalMs");
   for (const h of HANDLERS) out[`pod_start_${h}`] = entry(`${h}: pod start (RunPodSandbox → "started" logged)`, "ms", total[h]);
   // Paired: the handlers' starts of one run follow each other, so they share that moment's host load.
-  for (const [a, b] of START_RATIOS) {
-    const n = Math.min(total[a].length, total[b].length);
-    out[`ratio_${a}_${b}`] = entry(`ratio ${a} / ${b} (paired)`, "x", [...Array(n).keys()].map((i) => total[a][i]! / total[b][i]!));
-  }
+  for (const [a, b] of START_RATIOS) out[`ratio_${a}_${b}`] = entry(`ratio ${a} / ${b} (paired)`, "x", pairedRatios(total[a], total[b]));
   // The boot section's baseline again, measured in each run just before its cold pod.
   if (s.bootPair.length > 0) {
+    const agentReady = s.bootPair.map((b) => b.agentReadyMs);
     out.boot_floor = entry("beside the pods: floor (bare QEMU boot to init)", "ms", s.bootPair.map((b) => b.floorMs));
-    out.boot_agent_ready = entry("beside the pods: floor + agent start (QEMU spawn → agent ready)", "ms", s.bootPair.map((b) => b.agentReadyMs));
-    const n = Math.min(total.hako.length, s.bootPair.length);
-    out.ratio_hako_boot = entry("ratio hako (cold) / (floor + agent start) (paired)", "x", [...Array(n).keys()].map((i) => total.hako[i]! / s.bootPair[i]!.agentReadyMs));
+    out.boot_agent_ready = entry("beside the pods: floor + agent start (QEMU spawn → agent ready)", "ms", agentReady);
+    out.ratio_hako_boot = entry("ratio hako (cold) / (floor + agent start) (paired)", "x", pairedRatios(total.hako, agentReady));
   }
   const phases: Array<[keyof PodStartSample, string]> = [
     ["runPodSandboxMs", "RunPodSandbox"],
@@ -187,8 +189,8 @@ function targets(start: Summaries, memory: Summaries, boot: BootReady | undefine
     return [
       target(`${h} pod start ≤ ${TEMPLATE_START_VS_COLD} × hako (cold) pod start`, `${short} ≤ ${TEMPLATE_START_VS_COLD}× cold`, "pod_start", `${ms(tpl)} / ${ms(cold)}`, tpl / cold, TEMPLATE_START_VS_COLD, "x"),
       target(`${h} pod start ≤ ${TEMPLATE_START_VS_RUNC} × runc pod start`, `${short} ≤ ${TEMPLATE_START_VS_RUNC}× runc`, "pod_start", `${ms(tpl)} / ${ms(runc)}`, tpl / runc, TEMPLATE_START_VS_RUNC, "x"),
-      target(`${h} PSS per idle pod (QEMU + shim) ≤ ${limitText(TEMPLATE_PSS_MIB)}`, `${short} ≤ ${limitText(TEMPLATE_PSS_MIB)}`, "pod_pss", pods(pss), pss?.median ?? NaN, TEMPLATE_PSS_MIB, "MiB"),
-      ...ksmTarget(memory[`${h}_pod_pss_ksm`], `${h} PSS per idle pod (QEMU + shim), KSM settled, ≤ ${limitText(TEMPLATE_PSS_MIB)}`, `${short} + KSM ≤ ${limitText(TEMPLATE_PSS_MIB)}`, TEMPLATE_PSS_MIB),
+      target(`${h} PSS per idle pod (QEMU + shim) ≤ ${limitText(TEMPLATE_PSS_MB)}`, `${short} ≤ ${limitText(TEMPLATE_PSS_MB)}`, "pod_pss", pods(pss), pss?.median ?? NaN, mib(TEMPLATE_PSS_MB), "MiB"),
+      ...ksmTarget(memory[`${h}_pod_pss_ksm`], `${h} PSS per idle pod (QEMU + shim), KSM settled, ≤ ${limitText(TEMPLATE_PSS_MB)}`, `${short} + KSM ≤ ${limitText(TEMPLATE_PSS_MB)}`, mib(TEMPLATE_PSS_MB)),
     ];
   });
   return [
@@ -213,8 +215,8 @@ function targets(start: Summaries, memory: Summaries, boot: BootReady | undefine
       COLD_START_VS_BOOT,
       "x",
     ),
-    target(`hako (cold) PSS per idle pod (QEMU + shim) ≤ ${limitText(COLD_PSS_MIB)}`, `cold ≤ ${limitText(COLD_PSS_MIB)}`, "pod_pss", pods(coldPss), coldPss?.median ?? NaN, COLD_PSS_MIB, "MiB"),
-    ...ksmTarget(memory.hako_pod_pss_ksm, `hako (cold) PSS per idle pod (QEMU + shim), KSM settled, ≤ ${limitText(COLD_PSS_MIB)}`, `cold + KSM ≤ ${limitText(COLD_PSS_MIB)}`, COLD_PSS_MIB),
+    target(`hako (cold) PSS per idle pod (QEMU + shim) ≤ ${limitText(COLD_PSS_MB)}`, `cold ≤ ${limitText(COLD_PSS_MB)}`, "pod_pss", pods(coldPss), coldPss?.median ?? NaN, mib(COLD_PSS_MB), "MiB"),
+    ...ksmTarget(memory.hako_pod_pss_ksm, `hako (cold) PSS per idle pod (QEMU + shim), KSM settled, ≤ ${limitText(COLD_PSS_MB)}`, `cold + KSM ≤ ${limitText(COLD_PSS_MB)}`, mib(COLD_PSS_MB)),
   ];
 }
 
