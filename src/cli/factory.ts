@@ -2,32 +2,70 @@
 // from when [factory] enable_template = true (docs/templating.md).
 import { createHypervisor } from "../hypervisor/index.js";
 import { chooseAccel } from "../runtime/accel.js";
-import { ConfigError } from "../runtime/errors.js";
-import { createTemplate, describeShape, destroyTemplates, initTemplateShapes, listTemplates, pruneStaleTemplates } from "../runtime/factory.js";
+import { ConfigError, RuntimeError } from "../runtime/errors.js";
+import { Code } from "../protocols/ttrpc/status.js";
+import type { HakoConfig } from "../runtime/config.js";
+import { createTemplate, describeShape, destroyTemplates, findTemplate, initTemplateShapes, listTemplates, pruneStaleTemplates } from "../runtime/factory.js";
+import { buildLogPath, runningTemplateBuild, tryLockTemplateBuild, type TemplateBuildLock } from "../runtime/template-build.js";
 import { VmCacheDaemon, cachedVmCounts } from "../runtime/vm-cache.js";
 import { requireGuestAssets, setup, type GlobalOptions } from "./common.js";
 
-/** Builds the templates for the configured default size: without a NIC (`hako run`) and with one (pods). */
-export async function factoryInit(opts: GlobalOptions): Promise<void> {
+/**
+ * Builds the templates for the configured default size: without a NIC (`hako
+ * run`) and with one (pods). One build at a time per template_path: a manual
+ * init waits for a running one, and then builds only what that one did not.
+ * `--missing` (the background rebuild a sandbox starts,
+ * src/runtime/template-build.ts) builds only what has no valid template,
+ * prunes only this configuration's stale templates, and leaves at once if
+ * another build runs; its output goes to a log, so its lines carry the time.
+ */
+export async function factoryInit(opts: GlobalOptions & { missing?: boolean }): Promise<void> {
   const { cfg, log } = setup(opts);
   if (!cfg.factory.enable_template)
     throw new ConfigError("templating is off in this configuration", { hint: "set [factory] enable_template = true (the shim and hako run only clone when it is on)" });
   requireGuestAssets(cfg);
-  const stale = pruneStaleTemplates(cfg);
-  if (stale.length > 0) process.stdout.write(`removed ${stale.length} stale template(s): ${stale.join(", ")}\n`);
-  const accel = (await chooseAccel(cfg, log)).accel;
-  for (const shape of initTemplateShapes(cfg, accel)) {
-    const t0 = Date.now();
-    const m = await createTemplate(cfg, createHypervisor(cfg, log), shape, log);
-    process.stdout.write(`template ${m.key}: ${describeShape(shape)}, built in ${Date.now() - t0} ms\n`);
+  const say = (line: string): void => void process.stdout.write(`${opts.missing ? `${new Date().toISOString()} ` : ""}${line}\n`);
+  const { lock, waited } = await takeBuildLock(cfg, !opts.missing);
+  if (!lock) return say(`a template build is running already (pid ${runningTemplateBuild(cfg) ?? "?"}): nothing to do`);
+  try {
+    const stale = pruneStaleTemplates(cfg, Date.now(), opts.missing ? cfg.source : undefined);
+    if (stale.length > 0) say(`removed ${stale.length} stale template(s): ${stale.join(", ")}`);
+    const accel = (await chooseAccel(cfg, log)).accel;
+    for (const shape of initTemplateShapes(cfg, accel)) {
+      const existing = opts.missing || waited ? findTemplate(cfg, shape) : undefined;
+      if (existing) {
+        if (waited) say(`template ${existing.key}: ${describeShape(shape)}, built by the build waited for`);
+        continue;
+      }
+      const t0 = Date.now();
+      const m = await createTemplate(cfg, createHypervisor(cfg, log), shape, log);
+      say(`template ${m.key}: ${describeShape(shape)}, built in ${Date.now() - t0} ms`);
+    }
+  } finally {
+    lock.release();
+  }
+}
+
+/** The build lock; `wait`: until a running build ends (a manual init), else none while one runs. */
+async function takeBuildLock(cfg: HakoConfig, wait: boolean): Promise<{ lock: TemplateBuildLock | undefined; waited: boolean }> {
+  let waited = false;
+  for (;;) {
+    const lock = tryLockTemplateBuild(cfg);
+    if (lock || !wait) return { lock, waited };
+    if (!waited) process.stdout.write(`waiting for the running template build (pid ${runningTemplateBuild(cfg) ?? "?"}, log ${buildLogPath(cfg)})\n`);
+    waited = true;
+    await new Promise((r) => setTimeout(r, 500));
   }
 }
 
 export function factoryStatus(opts: GlobalOptions & { json?: boolean }): void {
   const { cfg } = setup(opts);
   const list = listTemplates(cfg);
-  if (opts.json) return void process.stdout.write(`${JSON.stringify({ enabled: cfg.factory.enable_template, path: cfg.factory.template_path, templates: list, cachedVms: cachedVmCounts(cfg) }, null, 2)}\n`);
+  const building = runningTemplateBuild(cfg);
+  if (opts.json)
+    return void process.stdout.write(`${JSON.stringify({ enabled: cfg.factory.enable_template, path: cfg.factory.template_path, templates: list, cachedVms: cachedVmCounts(cfg), building: building ?? null }, null, 2)}\n`);
   process.stdout.write(`templating ${cfg.factory.enable_template ? "on" : "off"}, templates in ${cfg.factory.template_path}\n`);
+  if (building !== undefined) process.stdout.write(`a template build is running (pid ${building}, log ${buildLogPath(cfg)})\n`);
   const cached = cachedVmCounts(cfg);
   for (const t of list)
     process.stdout.write(
@@ -38,6 +76,9 @@ export function factoryStatus(opts: GlobalOptions & { json?: boolean }): void {
 
 export function factoryDestroy(opts: GlobalOptions): void {
   const { cfg } = setup(opts);
+  const building = runningTemplateBuild(cfg);
+  if (building !== undefined)
+    throw new RuntimeError(Code.UNAVAILABLE, "factory", `a template build is running (pid ${building}): its templates would be removed under it`, { hint: `wait until \`hako factory status\` shows no build running, or stop it (\`kill ${building}\`), then destroy again` });
   process.stdout.write(`removed ${destroyTemplates(cfg)} template(s)\n`);
 }
 

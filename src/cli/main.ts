@@ -95,7 +95,8 @@ const factory = program.command("factory").description("VM templates that sandbo
 factory
   .command("init")
   .description("boot and save the templates for the configured VM size (with and without a NIC)")
-  .action(() => guarded(() => factoryInit(globals())));
+  .option("--missing", "build only the templates that are missing or stale, and none if a build runs already (what a sandbox starts in the background)")
+  .action((o: { missing?: boolean }) => guarded(() => factoryInit({ ...globals(), ...o })));
 factory
   .command("status")
   .description("list the templates and whether they match the current configuration and assets")

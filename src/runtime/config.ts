@@ -52,6 +52,8 @@ export interface FactoryConfig {
   clone_tb_size: number;
   /** Warm clones per template kept by `hako factory cache` (0: no VM cache; sandboxes restore their own clone). */
   vm_cache_number: number;
+  /** A sandbox that finds no usable template for a shape `hako factory init` builds starts `hako factory init --missing` in the background. */
+  auto_rebuild: boolean;
 }
 
 export interface HakoConfig {
@@ -103,6 +105,7 @@ const FACTORY_FIELDS: Record<keyof FactoryConfig, FieldSpec> = {
   template_path: { kind: "string" },
   clone_tb_size: { kind: "int", min: 8, max: 2048 },
   vm_cache_number: { kind: "int", min: 0, max: 64 },
+  auto_rebuild: { kind: "bool" },
 };
 
 export function defaultConfig(): HakoConfig {
@@ -131,7 +134,7 @@ export function defaultConfig(): HakoConfig {
     },
     agent: { dial_timeout: 60, debug: false },
     runtime: { state_dir: "/run/hako", log_level: "warn", internetworking_model: "tcfilter", start_concurrency: 0 },
-    factory: { enable_template: false, template_path: "/run/hako/template", clone_tb_size: 64, vm_cache_number: 0 },
+    factory: { enable_template: false, template_path: "/run/hako/template", clone_tb_size: 64, vm_cache_number: 0, auto_rebuild: true },
     source: "",
   };
 }

@@ -5,7 +5,7 @@
 // serving agent instead of a boot. A template is keyed by everything a clone
 // must match; a key that differs means a rebuild, never a stale template.
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Hypervisor, VmNetwork, VmSpec } from "../hypervisor/hypervisor.js";
 import type { HakoConfig } from "./config.js";
@@ -14,6 +14,7 @@ import { execFileAsync } from "./command.js";
 import { RuntimeError } from "./errors.js";
 import { Code } from "../protocols/ttrpc/status.js";
 import type { Logger } from "./logger.js";
+import { pidAlive } from "./state.js";
 import type { SandboxSize } from "./sandbox-sizing.js";
 
 /**
@@ -57,6 +58,8 @@ export interface TemplateManifest {
   kernelParams: string[];
   /** The 9p tag the template's device has (a clone exports its own directory under it). */
   shareTag: string;
+  /** The configuration file it was built from (HakoConfig.source): a background rebuild prunes only its own stale templates. */
+  configSource?: string;
 }
 
 function fileId(path: string): string {
@@ -141,22 +144,36 @@ export function listTemplates(cfg: HakoConfig): Array<TemplateManifest & { valid
 
 /** A directory without a manifest this old is a build that died (a build writes its manifest last). */
 const ABANDONED_BUILD_MS = 10 * 60_000;
+/** A template is built in `<key>.build-<pid>` and renamed to `<key>` when complete. */
+const BUILD_DIR_PID = /\.build-(\d+)$/;
 
 /**
  * Removes templates that no longer match the configuration or assets (each
  * holds its guest RAM on tmpfs, hundreds of MiB) and builds that died; returns
- * what it removed. `hako factory init` runs it first.
+ * what it removed. `hako factory init` runs it first. With `onlyFrom`, only
+ * the stale templates built from that configuration file: what a background
+ * rebuild (template-build.ts) may remove without touching the templates of
+ * another configuration (another runtime handler) sharing template_path.
+ * Dot entries (the build lock and log) are not templates; a build directory
+ * whose builder is gone is removed.
  */
-export function pruneStaleTemplates(cfg: HakoConfig, now = Date.now()): string[] {
+export function pruneStaleTemplates(cfg: HakoConfig, now = Date.now(), onlyFrom?: string): string[] {
   const root = cfg.factory.template_path;
   if (!existsSync(root)) return [];
-  const valid = new Set(listTemplates(cfg).filter((t) => t.valid).map((t) => t.key));
+  const listed = listTemplates(cfg);
+  const valid = new Set(listed.filter((t) => t.valid).map((t) => t.key));
+  const foreign = new Set(onlyFrom === undefined ? [] : listed.filter((t) => t.configSource !== onlyFrom).map((t) => t.key));
   const removed: string[] = [];
   for (const d of readdirSync(root)) {
     const dir = join(root, d);
-    if (valid.has(d)) continue;
-    const hasManifest = existsSync(join(dir, "manifest.json"));
-    if (!hasManifest && now - statSync(dir).mtimeMs < ABANDONED_BUILD_MS) continue;
+    if (d.startsWith(".") || valid.has(d) || foreign.has(d)) continue;
+    const builder = BUILD_DIR_PID.exec(d);
+    if (builder) {
+      if (pidAlive(Number(builder[1]))) continue;
+    } else if (!existsSync(join(dir, "manifest.json"))) {
+      // Not a template nor a build of this hako (an older one's): judged by age.
+      if (onlyFrom !== undefined || now - statSync(dir).mtimeMs < ABANDONED_BUILD_MS) continue;
+    }
     rmSync(dir, { recursive: true, force: true });
     removed.push(d);
   }
@@ -228,10 +245,16 @@ async function scratchNetwork(name: string, nics: number): Promise<{ network: Vm
   }
 }
 
-/** Boots a template VM of this shape, waits for its agent, saves it. Replaces an older one. */
+/**
+ * Boots a template VM of this shape, waits for its agent, saves it. It is
+ * built in `<key>.build-<pid>` and then takes the place of an older one, so
+ * that a sandbox never finds half a template, and two builds of one key
+ * cannot write into the same files.
+ */
 export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, shape: TemplateShape, log: Logger): Promise<TemplateManifest> {
   const key = templateKey(cfg, shape);
-  const dir = shapeDir(cfg, key);
+  const final = shapeDir(cfg, key);
+  const dir = `${final}.build-${process.pid}`;
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const q = cfg.hypervisor.qemu;
@@ -239,11 +262,13 @@ export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, sh
     key,
     shape,
     created: new Date().toISOString(),
-    memoryFile: join(dir, "memory"),
-    stateFile: join(dir, "state"),
+    // Where the files are once the build is renamed into place.
+    memoryFile: join(final, "memory"),
+    stateFile: join(final, "state"),
     // A template's clones keep its kernel parameters (the guest booted with them).
     kernelParams: shape.accel === "tcg" ? TEMPLATE_TCG_AGENT_PARAMS : [],
     shareTag: "hakoShared",
+    configSource: cfg.source,
   };
   const shareDir = join(dir, "share");
   mkdirSync(shareDir);
@@ -261,7 +286,7 @@ export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, sh
       sharedDirs: [{ tag: m.shareTag, hostPath: shareDir }],
       consoleLog: join(dir, "console.log"),
       network: net.network,
-      memoryFile: { path: m.memoryFile, shared: true },
+      memoryFile: { path: join(dir, "memory"), shared: true },
     });
     try {
       const agent = await connectAgentWhenReady(key, vm.agentSocketPath, cfg.agent.dial_timeout * 1000, vm.exited);
@@ -274,7 +299,7 @@ export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, sh
       } finally {
         agent.close();
       }
-      await vm.saveState(m.stateFile);
+      await vm.saveState(join(dir, "state"));
     } finally {
       await vm.stop(2000).catch(() => undefined);
     }
@@ -286,6 +311,12 @@ export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, sh
   }
   rmSync(shareDir, { recursive: true, force: true });
   writeFileSync(join(dir, "manifest.json"), JSON.stringify(m, null, 2));
+  // The older template moves aside first (clones keep their mappings of its
+  // memory file); a sandbox starting in between boots cold.
+  const old = `${final}.old-${process.pid}`;
+  if (existsSync(final)) renameSync(final, old);
+  renameSync(dir, final);
+  rmSync(old, { recursive: true, force: true });
   log.info({ key, shape }, "VM template ready");
   return m;
 }

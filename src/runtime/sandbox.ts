@@ -16,6 +16,7 @@ import type { Logger } from "./logger.js";
 import type { SandboxSize } from "./sandbox-sizing.js";
 import { archiveTrace, traceFromState } from "./trace.js";
 import { TCG_AGENT_PARAMS, cloneSpec, findTemplate, guestBoot, missingTemplateWarning, templateGuestNic } from "./factory.js";
+import { requestTemplateBuild } from "./template-build.js";
 import { claimCachedVm, moveCachedTaps } from "./vm-cache.js";
 import { bindMountsToShare, guestSpec, type Bundle } from "./oci-spec.js";
 import { configureGuestNetwork } from "./sandbox-network.js";
@@ -42,6 +43,7 @@ export interface SandboxOptions {
   config: HakoConfig;
   hypervisor: Hypervisor;
   accel: "kvm" | "tcg";
+  /** Bound to this sandbox (`sandbox: id`) by the caller. */
   logger: Logger;
   bundle: string;
   /** VM size; default: the configured default_vcpus / default_memory. */
@@ -141,7 +143,7 @@ export class Sandbox {
     if (!slots) return;
     this.startSlot = await slots.acquire(signal);
     this.mark("start_slot");
-    const log = { sandbox: this.id, limit: slots.limit };
+    const log = { limit: slots.limit };
     if (!this.startSlot) this.opts.logger.warn(log, "no start slot came free in time: starting without one");
     else if (this.startSlot.waitedMs >= 1) this.opts.logger.info({ ...log, waitedMs: Math.round(this.startSlot.waitedMs) }, "waited for a start slot");
   }
@@ -149,6 +151,16 @@ export class Sandbox {
   private releaseStartSlot(): void {
     this.startSlot?.release();
     this.startSlot = undefined;
+  }
+
+  /** A templated shape without a usable template boots cold: say so, and have the template rebuilt in the background ([factory] auto_rebuild). */
+  private reportMissingTemplate(why: string): void {
+    const { config, logger } = this.opts;
+    if (!config.factory.auto_rebuild) return void logger.warn({ hint: "run `hako factory init` (`hako factory status` lists the templates)" }, why);
+    const build = requestTemplateBuild(config, logger);
+    if (build.pid === undefined) return void logger.warn({ hint: "run `hako factory init`" }, `${why}; the background template build could not start: ${build.error}`);
+    const what = build.started ? "started a template build" : "a template build runs";
+    logger.warn({ buildPid: build.pid, buildLog: build.log }, `${why}; ${what} in the background (pid ${build.pid}, log ${build.log})`);
   }
 
   private async startVm(signal?: AbortSignal): Promise<void> {
@@ -161,7 +173,7 @@ export class Sandbox {
     const template = findTemplate(config, shape);
     this.state.template = template?.key;
     const noTemplate = template ? undefined : missingTemplateWarning(config, shape);
-    if (noTemplate) this.opts.logger.warn({ sandbox: this.id, hint: "run `hako factory init` (`hako factory status` lists the templates)" }, noTemplate);
+    if (noTemplate) this.reportMissingTemplate(noTemplate);
     const vmDir = join(this.dir, "vm");
     const cached = template && config.factory.vm_cache_number > 0 ? claimCachedVm(config, template.key, vmDir) : undefined;
     if (cached) {
@@ -240,7 +252,7 @@ export class Sandbox {
     const vm = this.vm!;
     this.state.vmmPid = vm.pid;
     this.save();
-    this.opts.logger.debug({ sandbox: this.id, pid: vm.pid, cached: this.state.vmCache === true }, "VM started");
+    this.opts.logger.debug({ pid: vm.pid, cached: this.state.vmCache === true }, "VM started");
     this.agent = await connectAgentWhenReady(this.id, vm.agentSocketPath, config.agent.dial_timeout * 1000, vm.exited, signal);
     this.mark("agent_ready");
     // For `hako trace`: splits the boot into guest kernel and agent start.
@@ -252,12 +264,12 @@ export class Sandbox {
     const { netnsPath, config, logger } = this.opts;
     if (netnsPath === undefined) return undefined;
     if (config.runtime.internetworking_model === "none") {
-      logger.info({ sandbox: this.id, netns: netnsPath }, "runtime.internetworking_model = none: the VM gets no network");
+      logger.info({ netns: netnsPath }, "runtime.internetworking_model = none: the VM gets no network");
       return undefined;
     }
     const net = await PodNetwork.open(netnsPath);
     if (net.endpoints.length === 0) {
-      logger.warn({ sandbox: this.id, netns: netnsPath }, "the network namespace has no Ethernet interface: the VM gets no network");
+      logger.warn({ netns: netnsPath }, "the network namespace has no Ethernet interface: the VM gets no network");
       return undefined;
     }
     return net;
@@ -276,7 +288,7 @@ export class Sandbox {
     this.state.network = net.record();
     this.save();
     this.mark("network_attached");
-    this.opts.logger.debug({ sandbox: this.id, netns: net.netnsPath, taps: net.endpoints.map((e) => e.tapName) }, "pod network attached");
+    this.opts.logger.debug({ netns: net.netnsPath, taps: net.endpoints.map((e) => e.tapName) }, "pod network attached");
     return { netnsPath: net.netnsPath, nics: net.endpoints.map((e) => ({ tapName: e.tapName, mac: e.mac })) };
   }
 
@@ -343,7 +355,7 @@ export class Sandbox {
     // No DestroySandbox round trip: nothing in the guest outlives the VM, and
     // the guest-side unmounts and crun deletes only delay the QMP quit.
     this.agent?.close();
-    if (this.vm) await this.vm.stop(2000).catch((err: unknown) => log.warn({ err, sandbox: this.id }, "VM stop failed"));
+    if (this.vm) await this.vm.stop(2000).catch((err: unknown) => log.warn({ err }, "VM stop failed"));
     else if (this.state.vmCache) await killRecordedVmm(this.state.vmmPid); // claimed, not yet adopted
     // After QEMU is gone (it held the taps). A netns that is gone already (CRI removes it after StopPodSandbox) is clean.
     let networkError: unknown;
@@ -351,7 +363,7 @@ export class Sandbox {
     if (this.share) await this.share.cleanup();
     if (networkError !== undefined) {
       // Keep state.json (and its network record) so that `hako delete -f` / the shim's delete can retry.
-      log.error({ err: networkError, sandbox: this.id }, "removing the pod network plumbing failed; the sandbox state is kept for a retry");
+      log.error({ err: networkError }, "removing the pod network plumbing failed; the sandbox state is kept for a retry");
       this.state.network = this.network!.record();
       this.state.status = "stopped";
       this.save();

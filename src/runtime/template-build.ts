@@ -1,0 +1,96 @@
+// One template build at a time per template_path, and the background rebuild
+// a sandbox asks for when templating is on but it finds no usable template
+// (none built yet, or stale after an update of hako, the guest assets or the
+// configuration): the sandbox boots cold, and a detached
+// `hako factory init --missing` builds what is missing, so that the next
+// sandboxes are clones again (docs/templating.md, "Rebuilding").
+import { spawn } from "node:child_process";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { HakoConfig } from "./config.js";
+import type { Logger } from "./logger.js";
+import { libDir } from "./paths.js";
+import { pidMatches } from "./state.js";
+
+const LOCK = ".build.lock";
+/** The background build's output, appended: `hako factory status` points at it. */
+export const BUILD_LOG = ".build.log";
+
+const lockPath = (cfg: HakoConfig): string => join(cfg.factory.template_path, LOCK);
+export const buildLogPath = (cfg: HakoConfig): string => join(cfg.factory.template_path, BUILD_LOG);
+
+/** The pid of the `hako factory init` building templates under template_path now, if one runs. */
+export function runningTemplateBuild(cfg: HakoConfig): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(lockPath(cfg), "utf8"));
+  } catch {
+    return undefined;
+  }
+  return pid > 0 && pidMatches(pid, "factory") ? pid : undefined;
+}
+
+export interface TemplateBuildLock {
+  release(): void;
+}
+
+/**
+ * Takes the build lock for this process (a `hako factory init`), or returns
+ * undefined while another live build holds it. A lock left by a build that
+ * died is taken over. Two takers of a dead lock could both win; they would
+ * only build twice: each build writes its own directory (createTemplate).
+ */
+export function tryLockTemplateBuild(cfg: HakoConfig): TemplateBuildLock | undefined {
+  mkdirSync(cfg.factory.template_path, { recursive: true, mode: 0o700 });
+  const path = lockPath(cfg);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(path, String(process.pid), { flag: "wx" });
+      return {
+        release: () => {
+          try {
+            if (readFileSync(path, "utf8") === String(process.pid)) rmSync(path, { force: true });
+          } catch {
+            /* already gone (factory destroy) */
+          }
+        },
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      if (runningTemplateBuild(cfg) !== undefined) return undefined;
+      rmSync(path, { force: true });
+    }
+  }
+  return undefined;
+}
+
+/** What requestTemplateBuild did: started a build, found one running, or could not start one. */
+export type TemplateBuildRequest = { started: boolean; pid: number; log: string } | { started: false; pid?: undefined; error: string };
+
+/**
+ * Starts `hako factory init --missing` detached (its own session, output
+ * appended to `<template_path>/.build.log`), unless a build runs already.
+ * It uses this configuration's file, and the `hako` bundled beside the
+ * running program. The caller does not wait: the child outlives a short-lived
+ * `hako run` or a pod's shim.
+ */
+export function requestTemplateBuild(cfg: HakoConfig, log: Logger): TemplateBuildRequest {
+  const running = runningTemplateBuild(cfg);
+  if (running !== undefined) return { started: false, pid: running, log: buildLogPath(cfg) };
+  const cli = join(libDir(), "hako.mjs");
+  if (!existsSync(cli)) return { started: false, error: `${cli} not found (hako is not built or installed there)` };
+  try {
+    mkdirSync(cfg.factory.template_path, { recursive: true, mode: 0o700 });
+    const out = openSync(buildLogPath(cfg), "a");
+    const args = [cli, ...(cfg.source !== "" ? ["--config", cfg.source] : []), "factory", "init", "--missing"];
+    const child = spawn(process.execPath, args, { detached: true, stdio: ["ignore", out, out], cwd: "/" });
+    closeSync(out);
+    // Reaped by this process if it lives longer; not waited for.
+    child.on("error", (err) => log.warn({ err: err.message }, "the background template build could not start"));
+    child.unref();
+    if (child.pid === undefined) return { started: false, error: "spawn gave no pid" };
+    return { started: true, pid: child.pid, log: buildLogPath(cfg) };
+  } catch (err) {
+    return { started: false, error: (err as Error).message };
+  }
+}
