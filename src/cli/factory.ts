@@ -6,7 +6,7 @@ import { ConfigError, RuntimeError } from "../runtime/errors.js";
 import { Code } from "../protocols/ttrpc/status.js";
 import type { HakoConfig } from "../runtime/config.js";
 import { createTemplate, describeShape, destroyTemplates, findTemplate, initTemplateShapes, listTemplates, pruneStaleTemplates } from "../runtime/factory.js";
-import { buildLogPath, runningTemplateBuild, tryLockTemplateBuild, type TemplateBuildLock } from "../runtime/template-build.js";
+import { buildLogPath, recentTemplateBuildFailure, recordTemplateBuildFailure, runningTemplateBuild, tryLockTemplateBuild, type TemplateBuildLock } from "../runtime/template-build.js";
 import { VmCacheDaemon, cachedVmCounts } from "../runtime/vm-cache.js";
 import { requireGuestAssets, setup, type GlobalOptions } from "./common.js";
 
@@ -41,6 +41,10 @@ export async function factoryInit(opts: GlobalOptions & { missing?: boolean }): 
       const m = await createTemplate(cfg, createHypervisor(cfg, log), shape, log);
       say(`template ${m.key}: ${describeShape(shape)}, built in ${Date.now() - t0} ms`);
     }
+    recordTemplateBuildFailure(cfg, undefined);
+  } catch (err) {
+    recordTemplateBuildFailure(cfg, (err as Error).message);
+    throw err;
   } finally {
     lock.release();
   }
@@ -62,10 +66,14 @@ export function factoryStatus(opts: GlobalOptions & { json?: boolean }): void {
   const { cfg } = setup(opts);
   const list = listTemplates(cfg);
   const building = runningTemplateBuild(cfg);
-  if (opts.json)
-    return void process.stdout.write(`${JSON.stringify({ enabled: cfg.factory.enable_template, path: cfg.factory.template_path, templates: list, cachedVms: cachedVmCounts(cfg), building: building ?? null }, null, 2)}\n`);
+  const failed = recentTemplateBuildFailure(cfg);
+  if (opts.json) {
+    const status = { enabled: cfg.factory.enable_template, path: cfg.factory.template_path, templates: list, cachedVms: cachedVmCounts(cfg), building: building ?? null, lastFailure: failed ?? null };
+    return void process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
+  }
   process.stdout.write(`templating ${cfg.factory.enable_template ? "on" : "off"}, templates in ${cfg.factory.template_path}\n`);
   if (building !== undefined) process.stdout.write(`a template build is running (pid ${building}, log ${buildLogPath(cfg)})\n`);
+  if (failed !== undefined) process.stdout.write(`the last template build failed: ${failed} (log ${buildLogPath(cfg)})\n`);
   const cached = cachedVmCounts(cfg);
   for (const t of list)
     process.stdout.write(

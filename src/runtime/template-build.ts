@@ -5,7 +5,7 @@
 // `hako factory init --missing` builds what is missing, so that the next
 // sandboxes are clones again (docs/templating.md, "Rebuilding").
 import { spawn } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { HakoConfig } from "./config.js";
 import type { Logger } from "./logger.js";
@@ -15,6 +15,10 @@ import { pidMatches } from "./state.js";
 const LOCK = ".build.lock";
 /** The background build's output, appended: `hako factory status` points at it. */
 export const BUILD_LOG = ".build.log";
+/** Written when a build fails, removed when one succeeds: sandboxes do not start another for a while. */
+const FAILED = ".build.failed";
+/** How long after a failed build sandboxes start no other (each would fail the same way, on every pod start). */
+export const RETRY_AFTER_FAILURE_MS = 10 * 60_000;
 
 const lockPath = (cfg: HakoConfig): string => join(cfg.factory.template_path, LOCK);
 export const buildLogPath = (cfg: HakoConfig): string => join(cfg.factory.template_path, BUILD_LOG);
@@ -64,12 +68,32 @@ export function tryLockTemplateBuild(cfg: HakoConfig): TemplateBuildLock | undef
   return undefined;
 }
 
+/** Records that a build failed (`hako factory init` calls it), or with undefined that one succeeded. */
+export function recordTemplateBuildFailure(cfg: HakoConfig, message: string | undefined): void {
+  const path = join(cfg.factory.template_path, FAILED);
+  if (message === undefined) return void rmSync(path, { force: true });
+  mkdirSync(cfg.factory.template_path, { recursive: true, mode: 0o700 });
+  writeFileSync(path, `${new Date().toISOString()} ${message}\n`);
+}
+
+/** The last failure's line, if a build failed less than RETRY_AFTER_FAILURE_MS ago. */
+export function recentTemplateBuildFailure(cfg: HakoConfig, now = Date.now()): string | undefined {
+  const path = join(cfg.factory.template_path, FAILED);
+  try {
+    if (now - statSync(path).mtimeMs >= RETRY_AFTER_FAILURE_MS) return undefined;
+    return readFileSync(path, "utf8").trim();
+  } catch {
+    return undefined;
+  }
+}
+
 /** What requestTemplateBuild did: started a build, found one running, or could not start one. */
 export type TemplateBuildRequest = { started: boolean; pid: number; log: string } | { started: false; pid?: undefined; error: string };
 
 /**
  * Starts `hako factory init --missing` detached (its own session, output
- * appended to `<template_path>/.build.log`), unless a build runs already.
+ * appended to `<template_path>/.build.log`), unless a build runs already or
+ * one failed less than RETRY_AFTER_FAILURE_MS ago.
  * It uses this configuration's file, and the `hako` bundled beside the
  * running program. The caller does not wait: the child outlives a short-lived
  * `hako run` or a pod's shim.
@@ -77,6 +101,9 @@ export type TemplateBuildRequest = { started: boolean; pid: number; log: string 
 export function requestTemplateBuild(cfg: HakoConfig, log: Logger): TemplateBuildRequest {
   const running = runningTemplateBuild(cfg);
   if (running !== undefined) return { started: false, pid: running, log: buildLogPath(cfg) };
+  const failed = recentTemplateBuildFailure(cfg);
+  if (failed !== undefined)
+    return { started: false, error: `the last build failed (${failed}); the next one starts ${RETRY_AFTER_FAILURE_MS / 60_000} min after it, or run \`hako factory init\`` };
   const cli = join(libDir(), "hako.mjs");
   if (!existsSync(cli)) return { started: false, error: `${cli} not found (hako is not built or installed there)` };
   try {

@@ -6,7 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defaultConfig, type HakoConfig } from "../../src/runtime/config.js";
 import { findTemplate, listTemplates, missingTemplateWarning, pruneStaleTemplates, templateKey, type TemplateManifest, type TemplateShape } from "../../src/runtime/factory.js";
-import { runningTemplateBuild, tryLockTemplateBuild } from "../../src/runtime/template-build.js";
+import { RETRY_AFTER_FAILURE_MS, recentTemplateBuildFailure, recordTemplateBuildFailure, requestTemplateBuild, runningTemplateBuild, tryLockTemplateBuild } from "../../src/runtime/template-build.js";
+import { createLogger } from "../../src/runtime/logger.js";
 
 const shape: TemplateShape = { vcpus: 1, memoryMiB: 512, accel: "tcg", nics: 1 };
 
@@ -125,5 +126,19 @@ test("the template build lock: one holder at a time, a dead holder's lock taken 
   } finally {
     holder.kill("SIGKILL");
   }
+  });
+});
+
+test("after a failed build, sandboxes start no other for a while; a success clears it", () => {
+  withFixture(({ cfg }) => {
+    const log = createLogger("test", { level: "silent" });
+    recordTemplateBuildFailure(cfg, "building the VM template failed: QEMU exited");
+    assert.match(recentTemplateBuildFailure(cfg) ?? "", /^\S+Z building the VM template failed: QEMU exited$/);
+    const req = requestTemplateBuild(cfg, log);
+    assert.equal(req.pid, undefined, "no build started");
+    assert.match(req.started === false && "error" in req ? req.error : "", /the last build failed .*QEMU exited.*10 min after it, or run `hako factory init`/);
+    assert.equal(recentTemplateBuildFailure(cfg, Date.now() + RETRY_AFTER_FAILURE_MS), undefined, "retried after the pause");
+    recordTemplateBuildFailure(cfg, undefined);
+    assert.equal(recentTemplateBuildFailure(cfg), undefined);
   });
 });
