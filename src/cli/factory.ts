@@ -27,6 +27,12 @@ export async function factoryInit(opts: GlobalOptions & { missing?: boolean }): 
   const say = (line: string): void => void process.stdout.write(`${opts.missing ? `${new Date().toISOString()} ` : ""}${line}\n`);
   const { lock, waited } = await takeBuildLock(cfg, !opts.missing);
   if (!lock) return say(`a template build is running already (pid ${runningTemplateBuild(cfg) ?? "?"}): nothing to do`);
+  // SIGTERM / SIGINT stop the template VM and remove the build (a background
+  // build has no terminal: `kill <pid>` is how it is stopped).
+  const interrupted = new AbortController();
+  const onSignal = (sig: NodeJS.Signals): void => interrupted.abort(new Error(`interrupted by ${sig}`));
+  process.once("SIGTERM", onSignal);
+  process.once("SIGINT", onSignal);
   try {
     const stale = pruneStaleTemplates(cfg, Date.now(), opts.missing ? cfg.source : undefined);
     if (stale.length > 0) say(`removed ${stale.length} stale template(s): ${stale.join(", ")}`);
@@ -38,14 +44,18 @@ export async function factoryInit(opts: GlobalOptions & { missing?: boolean }): 
         continue;
       }
       const t0 = Date.now();
-      const m = await createTemplate(cfg, createHypervisor(cfg, log), shape, log);
+      const m = await createTemplate(cfg, createHypervisor(cfg, log), shape, log, interrupted.signal);
       say(`template ${m.key}: ${describeShape(shape)}, built in ${Date.now() - t0} ms`);
     }
     recordTemplateBuildFailure(cfg, undefined);
   } catch (err) {
+    if (interrupted.signal.aborted)
+      throw new RuntimeError(Code.CANCELLED, "factory", `template build ${(interrupted.signal.reason as Error).message}: its VM was stopped and the unfinished template removed`);
     recordTemplateBuildFailure(cfg, (err as Error).message);
     throw err;
   } finally {
+    process.off("SIGTERM", onSignal);
+    process.off("SIGINT", onSignal);
     lock.release();
   }
 }

@@ -249,9 +249,10 @@ async function scratchNetwork(name: string, nics: number): Promise<{ network: Vm
  * Boots a template VM of this shape, waits for its agent, saves it. It is
  * built in `<key>.build-<pid>` and then takes the place of an older one, so
  * that a sandbox never finds half a template, and two builds of one key
- * cannot write into the same files.
+ * cannot write into the same files. `signal` stops the template VM and
+ * removes the build (a `hako factory init` that gets SIGTERM).
  */
-export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, shape: TemplateShape, log: Logger): Promise<TemplateManifest> {
+export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, shape: TemplateShape, log: Logger, signal?: AbortSignal): Promise<TemplateManifest> {
   const key = templateKey(cfg, shape);
   const final = shapeDir(cfg, key);
   const dir = `${final}.build-${process.pid}`;
@@ -287,9 +288,11 @@ export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, sh
       consoleLog: join(dir, "console.log"),
       network: net.network,
       memoryFile: { path: join(dir, "memory"), shared: true },
-    });
+    }, signal);
+    const stopOnAbort = (): void => void vm.stop(0).catch(() => undefined);
+    signal?.addEventListener("abort", stopOnAbort, { once: true });
     try {
-      const agent = await connectAgentWhenReady(key, vm.agentSocketPath, cfg.agent.dial_timeout * 1000, vm.exited);
+      const agent = await connectAgentWhenReady(key, vm.agentSocketPath, cfg.agent.dial_timeout * 1000, vm.exited, signal);
       try {
         // Clones resume what the template's agent compiled: run a pod start's
         // paths once, a container included (crun spawned and waited for, the
@@ -300,7 +303,9 @@ export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, sh
         agent.close();
       }
       await vm.saveState(join(dir, "state"));
+      signal?.throwIfAborted();
     } finally {
+      signal?.removeEventListener("abort", stopOnAbort);
       await vm.stop(2000).catch(() => undefined);
     }
   } catch (err) {

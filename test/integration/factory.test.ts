@@ -4,12 +4,13 @@
 // sandbox is a clone. Real QEMU (TCG), real agent, the built `hako`.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { makeBundle, removeDir } from "../helpers/bundle.js";
 import { HAKO, TEST_STATE_DIR, ensureTestConfig } from "../helpers/hako.js";
 import { describeLeaks, findLeaks, hasLeaks } from "../helpers/leaks.js";
-import { runToEnd } from "../helpers/processes.js";
+import { commandLine, processTable, runToEnd } from "../helpers/processes.js";
 import { loadConfig, type HakoConfig } from "../../src/runtime/config.js";
 import { listTemplates } from "../../src/runtime/factory.js";
 import { buildLogPath, runningTemplateBuild } from "../../src/runtime/template-build.js";
@@ -118,4 +119,29 @@ test("a stale template is rebuilt in the background and replaced; templates of a
   assert.ok(keys.includes(foreignKey), "the other configuration's template is still there");
   const l = findLeaks(TEST_STATE_DIR);
   assert.ok(!hasLeaks(l), `leaked: ${describeLeaks(l)}`);
+});
+
+test("SIGTERM to a template build stops its VM and removes the unfinished template; the ones it was replacing stay", async () => {
+  const cfg = loadConfig(CONFIG);
+  const before = listTemplates(cfg).filter((t) => t.valid).map((t) => t.key).sort();
+  assert.equal(before.length, 2, "the tests before left two valid templates");
+  const child = spawn(HAKO, ["factory", "init"], { env, stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((r) => child.on("close", (code) => r(code)));
+  // Its template VM is up (booting or warming up) in a build directory.
+  const deadline = Date.now() + 60_000;
+  const buildVm = (): boolean => processTable().some((p) => p.comm.startsWith("qemu") && commandLine(p).includes(`${TEMPLATES}/`) && commandLine(p).includes(".build-"));
+  while (!buildVm()) {
+    assert.ok(Date.now() < deadline, "the template VM did not start");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await new Promise((r) => setTimeout(r, 1500)); // mid-boot: the build waits for its agent
+  child.kill("SIGTERM");
+  assert.equal(await exited, 125, stderr);
+  assert.match(stderr, /template build interrupted by SIGTERM: its VM was stopped and the unfinished template removed/);
+  const l = findLeaks(TEST_STATE_DIR);
+  assert.ok(!hasLeaks(l), `leaked: ${describeLeaks(l)}`);
+  assert.deepEqual(readdirSync(TEMPLATES).filter((d) => d.includes(".build-") || d === ".build.lock" || d === ".build.failed"), [], "no build directory, lock or failure record left");
+  assert.deepEqual(listTemplates(cfg).filter((t) => t.valid).map((t) => t.key).sort(), before, "the templates it was replacing are still valid");
 });

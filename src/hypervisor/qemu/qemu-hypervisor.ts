@@ -123,7 +123,8 @@ export class QemuVirtualMachine implements VirtualMachine {
       this.qmp.execute("quit", undefined, { timeoutMs: graceMs }).catch(() => {}); // the reply may race with the socket closing
     }
     if (!(await proc.waitExit(graceMs))) {
-      if (!this.released) this.logger?.warn({ pid: proc.pid, graceMs }, "QEMU did not quit over QMP; sending SIGTERM");
+      // With no grace (stop(0)) SIGTERM is the plan, not a fallback worth a warning.
+      if (!this.released && graceMs > 0) this.logger?.warn({ pid: proc.pid, graceMs }, "QEMU did not quit over QMP; sending SIGTERM");
       proc.signal("SIGTERM");
       if (!(await proc.waitExit(Math.max(500, Math.floor(graceMs / 2))))) {
         this.logger?.warn({ pid: proc.pid }, "QEMU ignored SIGTERM; sending SIGKILL");
