@@ -4,7 +4,7 @@
 //   build/share/hako/configuration.toml
 // The guest image (build/share/hako/guest/) is built by `hako image build`.
 import { build } from "esbuild";
-import { chmodSync, cpSync, existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -58,22 +58,26 @@ for (const p of ["package.json", "lib", join("build", "Release", "pty.node")]) {
 // containerd runs the shim (start, delete) several times per pod: the launcher
 // finds its directory without a subprocess unless it was called through a
 // symlink or without a path.
-const wrapper = (file) =>
+const wrapper = (file, before = "") =>
   [
     "#!/bin/sh",
     "# hako launcher: runs the bundled program with the node on PATH.",
     "hako_here=",
     'case $0 in */*) [ -L "$0" ] || hako_here=${0%/*} ;; esac',
     '[ -n "$hako_here" ] || hako_here=$(dirname "$(readlink -f "$0")")',
+    before,
     `exec node "$hako_here/../lib/hako/${file}" "$@"`,
     "",
   ].join("\n");
+// The shim's launcher answers a `start` whose pod's shim already runs without
+// node (src/shim/start-fast-path.sh).
+const shimFastPath = readFileSync(join(root, "src", "shim", "start-fast-path.sh"), "utf8").trimEnd();
 // No V8 flags for the shim: --lite-mode (with --max-semi-space-size=1) saved
 // ~3 MiB of PSS per pod, with no pod-start difference we could measure, but
 // it runs everything interpreted, and the shim relays containers' output.
-for (const [name, file] of [["hako", "hako.mjs"], ["containerd-shim-hako-v2", "containerd-shim-hako-v2.mjs"]]) {
+for (const [name, file, before] of [["hako", "hako.mjs", ""], ["containerd-shim-hako-v2", "containerd-shim-hako-v2.mjs", shimFastPath]]) {
   if (!existsSync(join(lib, file))) continue;
-  writeFileSync(join(out, "bin", name), wrapper(file));
+  writeFileSync(join(out, "bin", name), wrapper(file, before));
   chmodSync(join(out, "bin", name), 0o755);
 }
 // The minimal kernel's config fragment, found next to the bundle (import.meta.url).
