@@ -21,10 +21,25 @@ import { createLogger } from "../runtime/logger.js";
 import { shimSocketAddress, socketPathOf } from "./address.js";
 import { EventPublisher, TaskTopic } from "./events.js";
 import type { ShimFlags } from "./flags.js";
+import { decodeRuntimeOptions, readStdinBytes } from "./start.js";
 import { ShimRuntime, type TaskEvents } from "./shim-runtime.js";
 import { taskService } from "./task-service.js";
 
+/**
+ * A daemon the launcher spawned (src/shim/start-fast-path.sh) gets
+ * containerd's runtime options on its stdin, to decode here: their
+ * ConfigPath selects the configuration, as start.ts does for the daemons it
+ * spawns itself.
+ */
+async function adoptRuntimeOptionsFromStdin(): Promise<void> {
+  if (process.env.HAKO_SHIM_OPTIONS_ON_STDIN !== "1") return;
+  delete process.env.HAKO_SHIM_OPTIONS_ON_STDIN;
+  const opts = await decodeRuntimeOptions(readStdinBytes());
+  if (opts !== undefined && opts.configPath !== "") process.env.HAKO_CONFIG = opts.configPath;
+}
+
 export async function serveShim(flags: ShimFlags): Promise<void> {
+  await adoptRuntimeOptionsFromStdin();
   const cfg = loadConfig();
   // stderr is containerd's non-blocking `log` fifo: write asynchronously, never spin on EAGAIN.
   const log = createLogger("containerd-shim-hako-v2", { level: flags.debug ? "debug" : cfg.runtime.log_level, sync: false }).child({ namespace: flags.namespace, group: flags.id });

@@ -1,24 +1,26 @@
-# The `start` of a task whose pod's shim already runs, without node.
+# `containerd-shim-hako-v2 ... start` without node start-up of its own.
 #
 # Part of the containerd-shim-hako-v2 launcher (scripts/build.mjs puts it
 # between finding the launcher's directory and `exec node`). containerd runs
-# `containerd-shim-hako-v2 ... start` for every task: the pod's sandbox and
-# then each container. Only the first needs the node program (it spawns the
-# daemon); for the others `start` only has to answer the address of the shim
-# that serves the pod, ~40 ms of node start-up on every container start.
+# `start` for every task: the pod's sandbox and then each container. A node
+# `start` cost a node start-up (~46 ms here) on every task, plus, for the
+# pod's first task, the wait for the daemon it spawns (a second node).
 #
-# This does what src/shim/start.ts and src/shim/address.ts do in that case:
-# group = the io.containerd.runc.v2.group or io.kubernetes.cri.sandbox-id
-# annotation of <bundle>/config.json, else the task id; address =
-# unix://<socket dir>/hex(sha256("<-address>/<namespace>/<group>")); if a
-# socket listens there (a listening unix socket is listed with its path, flags
-# 00010000 and state 01, in /proc/net/unix), write <bundle>/address and print
-# the address. Anything it does not recognise (other flag forms, odd
-# characters, a path node's path.join would normalise, no listener) returns 1:
-# node then does the whole `start`, as before. test/unit/shim-start-fast-path.test.ts
-# checks it against the node code.
+# This does what src/shim/start.ts and src/shim/address.ts do: group = the
+# io.containerd.runc.v2.group or io.kubernetes.cri.sandbox-id annotation of
+# <bundle>/config.json, else the task id; address =
+# unix://<socket dir>/hex(sha256("<-address>/<namespace>/<group>")). If a
+# socket listens there (/proc/net/unix), the pod's shim runs. Otherwise it
+# spawns the daemon (`... -socket ADDRESS serve`, its own session, cwd the
+# bundle, output on the bundle's `log` fifo, containerd's runtime options on
+# its stdin for it to decode) and waits until it listens. Then it writes
+# <bundle>/address and prints the address. Anything it does not recognise
+# (other flag forms, characters outside [A-Za-z0-9._-], paths node's path.join
+# would normalise, an empty or escaped annotation value, no `log` fifo or no
+# setsid) returns 1: node then does the whole `start`, as before.
+# test/unit/shim-start-fast-path.test.ts checks it against the node code.
 hako_fast_start() {
-  hako_ns= hako_addr= hako_id= hako_bundle=$PWD hako_action=
+  hako_ns= hako_addr= hako_id= hako_bundle=$PWD hako_action= hako_publish= hako_debug=
   while [ $# -gt 0 ]; do
     case $1 in
       -namespace | --namespace | -address | --address | -id | --id | -bundle | --bundle | -publish-binary | --publish-binary)
@@ -28,10 +30,11 @@ hako_fast_start() {
           *address) hako_addr=$2 ;;
           *id) hako_id=$2 ;;
           *bundle) hako_bundle=$2 ;;
+          *binary) hako_publish=$2 ;;
         esac
         shift 2
         ;;
-      -debug | --debug) shift ;;
+      -debug | --debug) hako_debug=-debug; shift ;;
       start) [ $# -eq 1 ] || return 1; hako_action=start; shift ;;
       *) return 1 ;;
     esac
@@ -71,10 +74,45 @@ EOF
   hako_sum=$(printf '%s' "$hako_addr/$hako_ns/$hako_group" | sha256sum) || return 1
   hako_sock=$hako_dir/${hako_sum%% *}
   [ ${#hako_sock} -le 106 ] || return 1
-  grep -q " 00010000 0001 01 [0-9]* $hako_sock\$" /proc/net/unix || return 1
+  if ! hako_listening; then
+    # No shim serves the group yet: spawn the daemon, as start.ts does (its
+    # own session, cwd the bundle, output on containerd's `log` fifo), and
+    # hand it containerd's runtime options: it reads them from its stdin
+    # (HAKO_SHIM_OPTIONS_ON_STDIN), node decodes protobuf, sh does not.
+    [ -p "$hako_bundle/log" ] || return 1
+    command -v setsid > /dev/null || return 1
+    exec 3<&0
+    (cd "$hako_bundle" && HAKO_SHIM_OPTIONS_ON_STDIN=1 exec setsid node "$hako_here/../lib/hako/containerd-shim-hako-v2.mjs" \
+      -namespace "$hako_ns" -address "$hako_addr" ${hako_publish:+-publish-binary "$hako_publish"} -id "$hako_id" -bundle "$hako_bundle" \
+      -socket "unix://$hako_sock" $hako_debug serve <&3 3<&- > "$hako_bundle/log" 2>&1) &
+    hako_pid=$!
+    exec 3<&-
+    hako_waited=0
+    until hako_listening; do
+      hako_stat=
+      read -r hako_stat 2> /dev/null < "/proc/$hako_pid/stat"
+      case $hako_stat in
+        "" | *") Z "*)
+          # A daemon that lost the race against another start exits; the winner serves.
+          hako_listening && break
+          echo "containerd-shim-hako-v2 start: shim daemon for $hako_id failed to start (its messages are in the shim log)" >&2
+          exit 1
+          ;;
+      esac
+      hako_waited=$((hako_waited + 1))
+      if [ $hako_waited -gt 500 ]; then
+        kill -9 "$hako_pid" 2> /dev/null
+        echo "containerd-shim-hako-v2 start: shim daemon for $hako_id did not listen on unix://$hako_sock within 10000 ms" >&2
+        exit 1
+      fi
+      sleep 0.02
+    done
+  fi
   printf '%s' "unix://$hako_sock" > "$hako_bundle/.address.$$.tmp" || return 1
   mv -f "$hako_bundle/.address.$$.tmp" "$hako_bundle/address" || return 1
   printf '%s' "unix://$hako_sock"
   exit 0
 }
+# A listening unix socket is listed with its path, flags 00010000 and state 01.
+hako_listening() { grep -q " 00010000 0001 01 [0-9]* $hako_sock\$" /proc/net/unix; }
 case $* in *start) hako_fast_start "$@" ;; esac

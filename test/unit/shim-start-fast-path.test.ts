@@ -1,10 +1,11 @@
 // The shim launcher's `start` without node (src/shim/start-fast-path.sh):
-// the address it prints is the one the node code computes, and everything it
+// the address it prints is the one the node code computes, the daemon it
+// spawns gets the flags and stdin start.ts would give it, and everything it
 // does not recognise goes to node.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { chmodSync, closeSync, constants, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,6 +16,24 @@ const socketDir = join(root, "s");
 const launcher = join(root, "bin", "containerd-shim-hako-v2");
 const CONTAINERD = "/run/containerd/containerd.sock";
 const servers: net.Server[] = [];
+const daemons: number[] = [];
+
+/**
+ * The node program's stand-in: as `start`, it says it was run; as `serve`
+ * (the daemon the launcher spawns), it records its argv, environment marker,
+ * stdin and cwd in <bundle>/daemon.json, then listens on its -socket (or
+ * exits 3 if the bundle has a file named `die`).
+ */
+const STAND_IN = `
+import { readFileSync, writeFileSync, existsSync } from "node:fs";
+import net from "node:net";
+const argv = process.argv.slice(2);
+if (argv.at(-1) !== "serve") { process.stdout.write("NODE " + argv.join(" ")); process.exit(0); }
+const stdin = readFileSync(0, "utf8");
+writeFileSync("daemon.json", JSON.stringify({ pid: process.pid, argv, marker: process.env.HAKO_SHIM_OPTIONS_ON_STDIN ?? null, stdin, cwd: process.cwd() }));
+if (existsSync("die")) process.exit(3);
+net.createServer((c) => c.destroy()).listen(argv[argv.indexOf("-socket") + 1].slice("unix://".length));
+`;
 
 before(() => {
   mkdirSync(join(root, "bin"));
@@ -24,10 +43,11 @@ before(() => {
   const fastPath = readFileSync(join(import.meta.dirname, "..", "..", "src", "shim", "start-fast-path.sh"), "utf8");
   writeFileSync(launcher, `#!/bin/sh\nhako_here=${join(root, "bin")}\n${fastPath}\nexec node "$hako_here/../lib/hako/containerd-shim-hako-v2.mjs" "$@"\n`);
   chmodSync(launcher, 0o755);
-  writeFileSync(join(root, "lib", "hako", "containerd-shim-hako-v2.mjs"), 'process.stdout.write("NODE " + process.argv.slice(2).join(" "));\n');
+  writeFileSync(join(root, "lib", "hako", "containerd-shim-hako-v2.mjs"), STAND_IN);
 });
 after(() => {
   for (const s of servers) s.close();
+  for (const pid of daemons) process.kill(pid, "SIGKILL");
   rmSync(root, { recursive: true, force: true });
 });
 
@@ -51,10 +71,24 @@ async function listenFor(group: string): Promise<string> {
   return address;
 }
 
-function start(dir: string, args: string[] = ["-namespace", "k8s.io", "-address", CONTAINERD, "-publish-binary", "/usr/bin/containerd", "-id", "c1", "start"]): string {
-  const r = spawnSync(launcher, args, { cwd: dir, env: { ...process.env, HAKO_SHIM_SOCKET_DIR: socketDir }, encoding: "utf8" });
+const START_ARGS = ["-namespace", "k8s.io", "-address", CONTAINERD, "-publish-binary", "/usr/bin/containerd", "-id", "c1", "start"];
+
+function runLauncher(dir: string, args: string[], input = ""): { status: number | null; stdout: string; stderr: string } {
+  return spawnSync(launcher, args, { cwd: dir, env: { ...process.env, HAKO_SHIM_SOCKET_DIR: socketDir }, encoding: "utf8", input, timeout: 20_000 });
+}
+
+function start(dir: string, args: string[] = START_ARGS): string {
+  const r = runLauncher(dir, args);
   assert.equal(r.status, 0, r.stderr);
   return r.stdout;
+}
+
+/** A bundle with containerd's `log` fifo, open for reading as containerd keeps it during start. */
+function bundleWithLog(name: string, spec: object): { dir: string; close: () => void } {
+  const dir = bundle(name, spec);
+  execFileSync("mkfifo", [join(dir, "log")]);
+  const fd = openSync(join(dir, "log"), constants.O_RDONLY | constants.O_NONBLOCK);
+  return { dir, close: () => closeSync(fd) };
 }
 
 const annotations = (a: Record<string, string>): object => ({ ociVersion: "1.0.2", process: { args: ["sh"], env: ['A="io.kubernetes.cri.sandbox-id":"not-this"'] }, annotations: a });
@@ -77,10 +111,44 @@ test("the runc group annotation comes first; no annotation: the task id is the g
   assert.equal(start(bundle("none", annotations({}))), own);
 });
 
+test("no shim for the pod yet: the launcher spawns the daemon with the start's flags and containerd's options on its stdin, and waits until it listens", async () => {
+  const b = bundleWithLog("spawn", annotations({ "io.kubernetes.cri.sandbox-id": "sb-new" }));
+  try {
+    const r = runLauncher(b.dir, ["-namespace", "k8s.io", "-address", CONTAINERD, "-publish-binary", "/usr/bin/containerd", "-id", "sb-new", "-debug", "start"], "options-bytes");
+    const address = shimSocketAddress(CONTAINERD, "k8s.io", "sb-new", socketDir);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, address);
+    assert.equal(readFileSync(join(b.dir, "address"), "utf8"), address);
+    const d = JSON.parse(readFileSync(join(b.dir, "daemon.json"), "utf8")) as { pid: number; argv: string[]; marker: string; stdin: string; cwd: string };
+    daemons.push(d.pid);
+    assert.deepEqual(d.argv, ["-namespace", "k8s.io", "-address", CONTAINERD, "-publish-binary", "/usr/bin/containerd", "-id", "sb-new", "-bundle", b.dir, "-socket", address, "-debug", "serve"]);
+    assert.equal(d.marker, "1");
+    assert.equal(d.stdin, "options-bytes", "containerd's runtime options reach the daemon");
+    assert.equal(d.cwd, b.dir);
+    // The next task of the pod finds it.
+    assert.equal(start(bundle("spawn-ctr", annotations({ "io.kubernetes.cri.sandbox-id": "sb-new" }))), address);
+  } finally {
+    b.close();
+  }
+});
+
+test("a daemon that dies before it listens: start fails with one line on stderr", () => {
+  const b = bundleWithLog("dies", annotations({ "io.kubernetes.cri.sandbox-id": "sb-dies" }));
+  try {
+    writeFileSync(join(b.dir, "die"), "");
+    const r = runLauncher(b.dir, START_ARGS);
+    assert.equal(r.status, 1);
+    assert.equal(r.stdout, "");
+    assert.match(r.stderr, /^containerd-shim-hako-v2 start: shim daemon for c1 failed to start \(its messages are in the shim log\)\n$/);
+  } finally {
+    b.close();
+  }
+});
+
 test("anything else is node's: no listener, other flag forms, odd annotation values, other actions", async () => {
   await listenFor("sb-1");
   const cri = bundle("cri2", annotations({ "io.kubernetes.cri.sandbox-id": "sb-1" }));
-  assert.match(start(bundle("nobody", annotations({ "io.kubernetes.cri.sandbox-id": "sb-2" }))), /^NODE /, "nothing listens for sb-2");
+  assert.match(start(bundle("nobody", annotations({ "io.kubernetes.cri.sandbox-id": "sb-2" }))), /^NODE /, "nothing listens for sb-2, and no log fifo to spawn a daemon with");
   assert.match(start(cri, ["-namespace=k8s.io", "-address", CONTAINERD, "-id", "c1", "start"]), /^NODE /);
   assert.match(start(cri, ["-namespace", "k8s.io", "-address", `${CONTAINERD}/`, "-id", "c1", "start"]), /^NODE /, "a path node would normalise");
   assert.match(start(cri, ["-namespace", "k8s.io", "-address", CONTAINERD, "-id", "c1", "delete"]), /^NODE /);
