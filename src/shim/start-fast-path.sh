@@ -82,7 +82,7 @@ EOF
     [ -p "$hako_bundle/log" ] || return 1
     command -v setsid > /dev/null || return 1
     exec 3<&0
-    (cd "$hako_bundle" && HAKO_SHIM_OPTIONS_ON_STDIN=1 exec setsid node "$hako_here/../lib/hako/containerd-shim-hako-v2.mjs" \
+    (cd "$hako_bundle" && export HAKO_SHIM_OPTIONS_ON_STDIN=1 && exec setsid node "$hako_here/../lib/hako/containerd-shim-hako-v2.mjs" \
       -namespace "$hako_ns" -address "$hako_addr" ${hako_publish:+-publish-binary "$hako_publish"} -id "$hako_id" -bundle "$hako_bundle" \
       -socket "unix://$hako_sock" $hako_debug serve <&3 3<&- > "$hako_bundle/log" 2>&1) &
     hako_pid=$!
