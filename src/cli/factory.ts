@@ -5,7 +5,7 @@ import { chooseAccel } from "../runtime/accel.js";
 import { ConfigError, RuntimeError } from "../runtime/errors.js";
 import { Code } from "../protocols/ttrpc/status.js";
 import type { HakoConfig } from "../runtime/config.js";
-import { createTemplate, describeShape, destroyTemplates, findTemplate, initTemplateShapes, listTemplates, pruneStaleTemplates } from "../runtime/factory.js";
+import { configSourceOf, createTemplate, describeShape, destroyTemplates, findTemplate, initTemplateShapes, listTemplates, pruneStaleTemplates } from "../runtime/factory.js";
 import { buildLogPath, recentTemplateBuildFailure, recordTemplateBuildFailure, runningTemplateBuild, tryLockTemplateBuild, type TemplateBuildLock } from "../runtime/template-build.js";
 import { VmCacheDaemon, cachedVmCounts } from "../runtime/vm-cache.js";
 import { requireGuestAssets, setup, type GlobalOptions } from "./common.js";
@@ -34,7 +34,7 @@ export async function factoryInit(opts: GlobalOptions & { missing?: boolean }): 
   process.once("SIGTERM", onSignal);
   process.once("SIGINT", onSignal);
   try {
-    const stale = pruneStaleTemplates(cfg, Date.now(), opts.missing ? cfg.source : undefined);
+    const stale = pruneStaleTemplates(cfg, Date.now(), opts.missing ? configSourceOf(cfg) : undefined);
     if (stale.length > 0) say(`removed ${stale.length} stale template(s): ${stale.join(", ")}`);
     const accel = (await chooseAccel(cfg, log)).accel;
     for (const shape of initTemplateShapes(cfg, accel)) {

@@ -6,7 +6,7 @@
 // must match; a key that differs means a rebuild, never a stale template.
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import type { Hypervisor, VmNetwork, VmSpec } from "../hypervisor/hypervisor.js";
 import type { HakoConfig } from "./config.js";
 import { connectAgentWhenReady } from "./agent-client.js";
@@ -91,6 +91,9 @@ export function templateKey(cfg: HakoConfig, shape: TemplateShape): string {
 }
 
 const shapeDir = (cfg: HakoConfig, key: string): string => join(cfg.factory.template_path, key);
+
+/** The configuration file a template is built from, as its manifest records it (absolute; "" for built-in defaults). */
+export const configSourceOf = (cfg: HakoConfig): string => (cfg.source === "" ? "" : resolve(cfg.source));
 
 /** The valid template for this shape, if one exists. */
 export function findTemplate(cfg: HakoConfig, shape: TemplateShape): TemplateManifest | undefined {
@@ -269,7 +272,7 @@ export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, sh
     // A template's clones keep its kernel parameters (the guest booted with them).
     kernelParams: shape.accel === "tcg" ? TEMPLATE_TCG_AGENT_PARAMS : [],
     shareTag: "hakoShared",
-    configSource: cfg.source,
+    configSource: configSourceOf(cfg),
   };
   const shareDir = join(dir, "share");
   mkdirSync(shareDir);

@@ -7,6 +7,7 @@
 import { spawn } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { configSourceOf } from "./factory.js";
 import type { HakoConfig } from "./config.js";
 import type { Logger } from "./logger.js";
 import { libDir } from "./paths.js";
@@ -108,10 +109,15 @@ export function requestTemplateBuild(cfg: HakoConfig, log: Logger): TemplateBuil
   if (!existsSync(cli)) return { started: false, error: `${cli} not found (hako is not built or installed there)` };
   try {
     mkdirSync(cfg.factory.template_path, { recursive: true, mode: 0o700 });
+    // Absolute: the child runs in /.
+    const args = [cli, ...(cfg.source !== "" ? ["--config", configSourceOf(cfg)] : []), "factory", "init", "--missing"];
     const out = openSync(buildLogPath(cfg), "a");
-    const args = [cli, ...(cfg.source !== "" ? ["--config", cfg.source] : []), "factory", "init", "--missing"];
-    const child = spawn(process.execPath, args, { detached: true, stdio: ["ignore", out, out], cwd: "/" });
-    closeSync(out);
+    let child;
+    try {
+      child = spawn(process.execPath, args, { detached: true, stdio: ["ignore", out, out], cwd: "/" });
+    } finally {
+      closeSync(out);
+    }
     // Reaped by this process if it lives longer; not waited for.
     child.on("error", (err) => log.warn({ err: err.message }, "the background template build could not start"));
     child.unref();
