@@ -40,6 +40,9 @@ hako_fast_start() {
     esac
   done
   [ "$hako_action" = start ] || return 1
+  for hako_tool in grep sha256sum mv; do
+    command -v "$hako_tool" > /dev/null || return 1
+  done
   hako_dir=${HAKO_SHIM_SOCKET_DIR:-/run/containerd/s}
   for hako_name in "$hako_ns" "$hako_id"; do
     case $hako_name in "" | . | .. | *[!A-Za-z0-9._-]*) return 1 ;; esac
