@@ -65,7 +65,7 @@ const wrapper = (file, before = "") =>
     "hako_here=",
     'case $0 in */*) [ -L "$0" ] || hako_here=${0%/*} ;; esac',
     '[ -n "$hako_here" ] || hako_here=$(dirname "$(readlink -f "$0")")',
-    before,
+    ...(before === "" ? [] : [before]),
     `exec node "$hako_here/../lib/hako/${file}" "$@"`,
     "",
   ].join("\n");

@@ -6,7 +6,8 @@ import { ConfigError, RuntimeError } from "../runtime/errors.js";
 import { Code } from "../protocols/ttrpc/status.js";
 import type { HakoConfig } from "../runtime/config.js";
 import { configSourceOf, createTemplate, describeShape, destroyTemplates, findTemplate, initTemplateShapes, listTemplates, pruneStaleTemplates } from "../runtime/factory.js";
-import { buildLogPath, recentTemplateBuildFailure, recordTemplateBuildFailure, runningTemplateBuild, tryLockTemplateBuild, type TemplateBuildLock } from "../runtime/template-build.js";
+import { buildLogPath, recentTemplateBuildFailure, recordTemplateBuildFailure, runningTemplateBuild, tryLockTemplateBuild } from "../runtime/template-build.js";
+import type { PidFileLock } from "../runtime/state.js";
 import { VmCacheDaemon, cachedVmCounts } from "../runtime/vm-cache.js";
 import { requireGuestAssets, setup, type GlobalOptions } from "./common.js";
 
@@ -26,7 +27,7 @@ export async function factoryInit(opts: GlobalOptions & { missing?: boolean }): 
   requireGuestAssets(cfg);
   const say = (line: string): void => void process.stdout.write(`${opts.missing ? `${new Date().toISOString()} ` : ""}${line}\n`);
   const { lock, waited } = await takeBuildLock(cfg, !opts.missing);
-  if (!lock) return say(`a template build is running already (pid ${runningTemplateBuild(cfg) ?? "?"}): nothing to do`);
+  if (!lock.held) return say(`a template build is running already (pid ${lock.holder}): nothing to do`);
   // SIGTERM / SIGINT stop the template VM and remove the build (a background
   // build has no terminal: `kill <pid>` is how it is stopped).
   const interrupted = new AbortController();
@@ -60,13 +61,13 @@ export async function factoryInit(opts: GlobalOptions & { missing?: boolean }): 
   }
 }
 
-/** The build lock; `wait`: until a running build ends (a manual init), else none while one runs. */
-async function takeBuildLock(cfg: HakoConfig, wait: boolean): Promise<{ lock: TemplateBuildLock | undefined; waited: boolean }> {
+/** The build lock; `wait`: until a running build ends (a manual init), else its holder while one runs. */
+async function takeBuildLock(cfg: HakoConfig, wait: boolean): Promise<{ lock: PidFileLock; waited: boolean }> {
   let waited = false;
   for (;;) {
     const lock = tryLockTemplateBuild(cfg);
-    if (lock || !wait) return { lock, waited };
-    if (!waited) process.stdout.write(`waiting for the running template build (pid ${runningTemplateBuild(cfg) ?? "?"}, log ${buildLogPath(cfg)})\n`);
+    if (lock.held || !wait) return { lock, waited };
+    if (!waited) process.stdout.write(`waiting for the running template build (pid ${lock.holder}, log ${buildLogPath(cfg)})\n`);
     waited = true;
     await new Promise((r) => setTimeout(r, 500));
   }

@@ -1,6 +1,6 @@
 // Persisted sandbox state: /run/hako/sandboxes/<id>/state.json. Written
 // atomically; read by `hako state/list/delete` and by cleanup after a crash.
-import { readFileSync, renameSync, writeFileSync, readdirSync, existsSync } from "node:fs";
+import { readFileSync, renameSync, rmSync, writeFileSync, readdirSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import type { PodNetworkRecord } from "../resource/network/pod-network.js";
 
@@ -76,6 +76,52 @@ export function pidMatches(pid: number, needle: string): boolean {
     return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(needle);
   } catch {
     return false;
+  }
+}
+
+/** The live process (its command line contains `needle`) whose pid the file at `path` holds. */
+export function pidFileHolder(path: string, needle: string): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(path, "utf8"));
+  } catch {
+    return undefined;
+  }
+  return pid > 0 && pidMatches(pid, needle) ? pid : undefined;
+}
+
+/** A pid file held by one live process at a time: this one, or `holder`. */
+export type PidFileLock = { held: true; release(): void } | { held: false; holder: number };
+
+/**
+ * Takes the pid file at `path` (created exclusively, holding this pid) unless
+ * a live process whose command line contains `needle` holds it; a file left
+ * by a process that is gone is taken over. Two takers of such a file could
+ * both win; callers must tolerate that (rare: the holder died). release()
+ * removes the file only while it still names this process.
+ */
+export function tryPidFileLock(path: string, needle: string): PidFileLock {
+  const me = String(process.pid);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      writeFileSync(path, me, { flag: "wx" });
+      return {
+        held: true,
+        release: () => {
+          try {
+            if (readFileSync(path, "utf8") === me) rmSync(path, { force: true });
+          } catch {
+            /* already gone */
+          }
+        },
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      const holder = pidFileHolder(path, needle);
+      if (holder !== undefined && holder !== process.pid) return { held: false, holder };
+      if (attempt > 0) return { held: false, holder: holder ?? 0 };
+      rmSync(path, { force: true });
+    }
   }
 }
 

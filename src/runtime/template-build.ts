@@ -11,7 +11,7 @@ import { configSourceOf } from "./factory.js";
 import type { HakoConfig } from "./config.js";
 import type { Logger } from "./logger.js";
 import { libDir } from "./paths.js";
-import { pidMatches } from "./state.js";
+import { pidFileHolder, tryPidFileLock, type PidFileLock } from "./state.js";
 
 const LOCK = ".build.lock";
 /** The background build's output, appended: `hako factory status` points at it. */
@@ -25,48 +25,17 @@ const lockPath = (cfg: HakoConfig): string => join(cfg.factory.template_path, LO
 export const buildLogPath = (cfg: HakoConfig): string => join(cfg.factory.template_path, BUILD_LOG);
 
 /** The pid of the `hako factory init` building templates under template_path now, if one runs. */
-export function runningTemplateBuild(cfg: HakoConfig): number | undefined {
-  let pid: number;
-  try {
-    pid = Number(readFileSync(lockPath(cfg), "utf8"));
-  } catch {
-    return undefined;
-  }
-  return pid > 0 && pidMatches(pid, "factory") ? pid : undefined;
-}
-
-export interface TemplateBuildLock {
-  release(): void;
-}
+export const runningTemplateBuild = (cfg: HakoConfig): number | undefined => pidFileHolder(lockPath(cfg), "factory");
 
 /**
- * Takes the build lock for this process (a `hako factory init`), or returns
- * undefined while another live build holds it. A lock left by a build that
- * died is taken over. Two takers of a dead lock could both win; they would
- * only build twice: each build writes its own directory (createTemplate).
+ * Takes the build lock for this process (a `hako factory init`), or says
+ * which live build holds it. A lock left by a build that died is taken over;
+ * two takers of it would only build twice (each build writes its own
+ * directory, createTemplate).
  */
-export function tryLockTemplateBuild(cfg: HakoConfig): TemplateBuildLock | undefined {
+export function tryLockTemplateBuild(cfg: HakoConfig): PidFileLock {
   mkdirSync(cfg.factory.template_path, { recursive: true, mode: 0o700 });
-  const path = lockPath(cfg);
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      writeFileSync(path, String(process.pid), { flag: "wx" });
-      return {
-        release: () => {
-          try {
-            if (readFileSync(path, "utf8") === String(process.pid)) rmSync(path, { force: true });
-          } catch {
-            /* already gone (factory destroy) */
-          }
-        },
-      };
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-      if (runningTemplateBuild(cfg) !== undefined) return undefined;
-      rmSync(path, { force: true });
-    }
-  }
-  return undefined;
+  return tryPidFileLock(lockPath(cfg), "factory");
 }
 
 /** Records that a build failed (`hako factory init` calls it), or with undefined that one succeeded. */

@@ -24,7 +24,7 @@ import { RuntimeError } from "./errors.js";
 import { Code } from "../protocols/ttrpc/status.js";
 import type { Logger } from "./logger.js";
 import { cloneSpec, listTemplates, templateTaps, type TemplateManifest } from "./factory.js";
-import { killRecordedVmm, pidMatches } from "./state.js";
+import { killRecordedVmm, pidMatches, tryPidFileLock } from "./state.js";
 import { VirtioNinePShare } from "../resource/sharefs/virtio-9p.js";
 
 /** What a cached VM's entry.json says. */
@@ -141,6 +141,8 @@ export class VmCacheDaemon {
   /** inotify on each template's cache directory: a claim (rename away) releases that VM's agent at once. */
   private readonly watchers = new Map<string, FSWatcher>();
   private lastTake = 0;
+  /** Frees `daemon.pid` (one daemon per state dir), once takeOver() holds it. */
+  private releasePidFile: () => void = () => undefined;
 
   constructor(
     private readonly cfg: HakoConfig,
@@ -203,7 +205,7 @@ export class VmCacheDaemon {
     const taken = [...this.held.values()].filter((h) => procState(h.vm.pid) === "alive").length;
     if (taken > 0) this.log.warn({ taken }, "sandboxes still run VMs from the cache; this daemon was their parent");
     if (this.netnsReady) await execFileAsync("ip", ["netns", "del", this.netnsName]).catch(() => undefined);
-    rmSync(join(this.root, DAEMON_PID), { force: true });
+    this.releasePidFile();
     for (const key of existsSync(this.root) ? readdirSync(this.root) : []) {
       const dir = join(this.root, key);
       if (readdirSync(dir).length === 0) rmSync(dir, { recursive: true, force: true });
@@ -214,13 +216,10 @@ export class VmCacheDaemon {
   /** One daemon per state dir; what an earlier one left (it died) is stopped and removed. */
   private async takeOver(): Promise<void> {
     mkdirSync(this.root, { recursive: true, mode: 0o700 });
-    const pidFile = join(this.root, DAEMON_PID);
-    if (existsSync(pidFile)) {
-      const other = Number(readFileSync(pidFile, "utf8"));
-      if (other !== process.pid && pidMatches(other, "factory"))
-        throw new RuntimeError(Code.ALREADY_EXISTS, "vm-cache", `a VM cache daemon (pid ${other}) already serves ${this.cfg.runtime.state_dir}`, { hint: `stop it first (kill ${other})` });
-    }
-    writeFileSync(pidFile, String(process.pid));
+    const lock = tryPidFileLock(join(this.root, DAEMON_PID), "factory");
+    if (!lock.held)
+      throw new RuntimeError(Code.ALREADY_EXISTS, "vm-cache", `a VM cache daemon (pid ${lock.holder}) already serves ${this.cfg.runtime.state_dir}`, { hint: `stop it first (kill ${lock.holder})` });
+    this.releasePidFile = lock.release;
     // The netns of a daemon that died (its name carries its pid).
     for (const ns of existsSync(NETNS_DIR) ? readdirSync(NETNS_DIR) : []) {
       const m = /^hako-vmcache-(\d+)$/.exec(ns);

@@ -40,7 +40,7 @@ hako_fast_start() {
     esac
   done
   [ "$hako_action" = start ] || return 1
-  for hako_tool in grep sha256sum mv; do
+  for hako_tool in grep sha256sum mv setsid; do
     command -v "$hako_tool" > /dev/null || return 1
   done
   hako_dir=${HAKO_SHIM_SOCKET_DIR:-/run/containerd/s}
@@ -58,19 +58,15 @@ hako_fast_start() {
   hako_found=$(grep -o -e '"io\.containerd\.runc\.v2\.group": *"[^"]*"' -e '"io\.kubernetes\.cri\.sandbox-id": *"[^"]*"' "$hako_bundle/config.json")
   hako_group=
   for hako_key in io.containerd.runc.v2.group io.kubernetes.cri.sandbox-id; do
-    while IFS= read -r hako_line; do
-      case $hako_line in "\"$hako_key\":"*) ;; *) continue ;; esac
-      hako_value=${hako_line#*:}
-      hako_value=${hako_value#"${hako_value%%[! ]*}"}
-      hako_value=${hako_value#\"}
-      hako_value=${hako_value%\"}
-      case $hako_value in "" | . | .. | *[!A-Za-z0-9._-]*) return 1 ;; esac
-      hako_group=$hako_value
-      break
-    done <<EOF
-$hako_found
-EOF
-    [ -z "$hako_group" ] || break
+    case $hako_found in *"\"$hako_key\":"*) ;; *) continue ;; esac
+    # Its first occurrence: after the key, spaces, then the quoted value.
+    hako_value=${hako_found#*"\"$hako_key\":"}
+    hako_value=${hako_value#"${hako_value%%[! ]*}"}
+    hako_value=${hako_value#\"}
+    hako_value=${hako_value%%\"*}
+    case $hako_value in "" | . | .. | *[!A-Za-z0-9._-]*) return 1 ;; esac
+    hako_group=$hako_value
+    break
   done
   [ -n "$hako_group" ] || hako_group=$hako_id
 
@@ -83,7 +79,6 @@ EOF
     # hand it containerd's runtime options: it reads them from its stdin
     # (HAKO_SHIM_OPTIONS_ON_STDIN), node decodes protobuf, sh does not.
     [ -p "$hako_bundle/log" ] || return 1
-    command -v setsid > /dev/null || return 1
     exec 3<&0
     (cd "$hako_bundle" && export HAKO_SHIM_OPTIONS_ON_STDIN=1 && exec setsid node "$hako_here/../lib/hako/containerd-shim-hako-v2.mjs" \
       -namespace "$hako_ns" -address "$hako_addr" ${hako_publish:+-publish-binary "$hako_publish"} -id "$hako_id" -bundle "$hako_bundle" \
