@@ -156,7 +156,9 @@ export class ContainerManager {
     // The agent owns the terminal (node-pty), so crun sees a plain process.
     spec.process.terminal = false;
     writeFileSync(join(dir, "config.json"), JSON.stringify(spec));
-    this.containers.set(id, new Container(id, dir, spec, terminal));
+    const c = new Container(id, dir, spec, terminal);
+    this.oom.prepare(c.cgroupPath);
+    this.containers.set(id, c);
     this.log.info({ container: id }, "container created");
   }
 
@@ -188,8 +190,12 @@ export class ContainerManager {
 
   private async onInitExit(c: Container, e: ExitInfo): Promise<void> {
     c.status = "stopped";
-    // A kill the watch has not reported yet (the cgroup may still be there).
-    this.oom.check(c.id);
+    // A kill the watch has not reported yet; the watch itself if the process
+    // ended before start() set it up (crun has removed the cgroup by now).
+    if (c.initPid > 0 || readPidFile(join(c.dir, "init.pid")) > 0) {
+      this.oom.watch(c.id, c.cgroupPath);
+      this.oom.settleExit(c.id);
+    }
     this.log.info({ container: c.id, status: e.status }, "container init exited");
     // Any exec still running dies with the container's pid namespace.
     await run(CRUN, ["--root", CRUN_ROOT, "delete", "--force", c.id]).catch(() => undefined);
@@ -260,10 +266,11 @@ export class ContainerManager {
 
   /**
    * True if the kernel OOM-killed a process of this container. Reads the
-   * counter now too: the inotify event can come after the exit under a slow
+   * counters now too: the inotify event can come after the exit under a slow
    * guest, and the answer must not depend on which the agent saw first.
    */
   oomKilled(id: string): boolean {
+    if (this.containers.get(id)?.status === "stopped") return this.oom.settleExit(id);
     this.oom.check(id);
     return this.oom.sawKill(id);
   }

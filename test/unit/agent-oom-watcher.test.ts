@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { OomWatcher, oomKillCount } from "../../src/agent/oom-watcher.js";
@@ -16,16 +16,16 @@ test("a rising oom_kill in memory.events is reported once, to a waiting GetOOMEv
   const dir = mkdtempSync(join(tmpdir(), "hako-test-oom-"));
   const w = new OomWatcher();
   try {
-    writeFileSync(join(dir, "memory.events"), events(1));
+    writeFileSync(join(dir, "memory.events"), events(0));
     w.watch("c1", dir);
-    assert.equal(w.sawKill("c1"), false, "kills before watch() are not this container's news");
+    assert.equal(w.sawKill("c1"), false);
     const next = w.next();
-    writeFileSync(join(dir, "memory.events"), events(2));
+    writeFileSync(join(dir, "memory.events"), events(1));
     assert.equal(await next, "c1");
     assert.equal(w.sawKill("c1"), true);
     assert.equal(w.check("c1"), false, "the same count is not reported twice");
     // Queued when nobody waits; an aborted wait rejects.
-    writeFileSync(join(dir, "memory.events"), events(3));
+    writeFileSync(join(dir, "memory.events"), events(2));
     assert.equal(w.check("c1"), true);
     assert.equal(await w.next(), "c1");
     const ac = new AbortController();
@@ -43,4 +43,54 @@ test("a container without memory.events is simply not watched", () => {
   w.watch("c2", "/nonexistent-cgroup");
   assert.equal(w.check("c2"), false);
   w.unwatch("c2");
+});
+
+test("a kill counted before watch() (the process outran the agent) is reported at once, and once", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "hako-test-oom-"));
+  const w = new OomWatcher();
+  try {
+    // crun made the cgroup for this container: its counter started at 0.
+    writeFileSync(join(dir, "memory.events"), events(1));
+    w.watch("c3", dir);
+    assert.equal(w.sawKill("c3"), true);
+    assert.equal(await w.next(), "c3");
+    // The init's exit path watches too, should it come first: that keeps the first watch.
+    w.watch("c3", dir);
+    assert.equal(w.check("c3"), false, "not reported again");
+    assert.equal(w.sawKill("c3"), true);
+  } finally {
+    w.unwatch("c3");
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("an init whose cgroup crun already removed: the parent's unclaimed kill is its own, not a sibling's", async () => {
+  const parent = mkdtempSync(join(tmpdir(), "hako-test-oom-"));
+  const w = new OomWatcher();
+  try {
+    const dir = (id: string): string => join(parent, id);
+    writeFileSync(join(parent, "memory.events"), events(4)); // kills from before: not ours
+    for (const id of ["c1", "c2", "c3"]) {
+      mkdirSync(dir(id));
+      writeFileSync(join(dir(id), "memory.events"), events(0));
+      w.prepare(dir(id));
+      w.watch(id, dir(id));
+    }
+    // c1's init and a process of c2 are killed at once; c1 exits and crun
+    // removes its cgroup before the agent has read either counter.
+    writeFileSync(join(dir("c2"), "memory.events"), events(1));
+    rmSync(dir("c1"), { recursive: true });
+    writeFileSync(join(parent, "memory.events"), events(6));
+    assert.equal(w.settleExit("c1"), true, "c1 had the unclaimed kill");
+    assert.equal(w.sawKill("c2"), true, "c2's own counter was read first");
+    assert.equal(w.sawKill("c3"), false);
+    assert.equal(w.settleExit("c1"), true, "asking again changes nothing");
+    // c3 exits normally later: nothing is left unclaimed.
+    assert.equal(w.settleExit("c3"), false);
+    const reported = [await w.next(), await w.next()].sort();
+    assert.deepEqual(reported, ["c1", "c2"]);
+  } finally {
+    for (const id of ["c1", "c2", "c3"]) w.unwatch(id);
+    rmSync(parent, { recursive: true, force: true });
+  }
 });
