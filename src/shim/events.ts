@@ -3,6 +3,8 @@
 // Envelope{timestamp, namespace, topic, Any{type_url: "containerd.events.<Msg>"}}.
 // publish() never blocks: events are queued and sent strictly one at a time,
 // in order; a failed send is retried (reconnecting) a few times, then dropped.
+// Its promise says when that event left the queue, for a caller that must
+// not answer something else before containerd has it (TaskOOM before Wait).
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
@@ -51,6 +53,8 @@ interface Queued {
   typeUrl: string;
   value: Uint8Array;
   timestamp: Timestamp;
+  /** Called once the event left the queue: sent, or dropped. */
+  done: () => void;
 }
 
 export class EventPublisher {
@@ -78,34 +82,39 @@ export class EventPublisher {
   /**
    * Queues one event; returns at once. The envelope timestamp is taken now,
    * the message is encoded now (later changes to `event` are not seen).
+   * The promise (which never rejects) resolves once containerd accepted the
+   * event or it was dropped.
    */
-  publish<Desc extends DescMessage>(namespace: string, topic: string, schema: Desc, event: MessageInitShape<Desc>): void {
+  publish<Desc extends DescMessage>(namespace: string, topic: string, schema: Desc, event: MessageInitShape<Desc>): Promise<void> {
     if (this.closed) {
       this.options.logger?.warn({ topic }, "events: publisher closed, event dropped");
-      return;
+      return Promise.resolve();
     }
     if (this.address === "") {
       if (!this.warnedNoAddress) {
         this.warnedNoAddress = true;
         this.options.logger?.warn({ topic }, "events: TTRPC_ADDRESS not set, events are dropped");
       }
-      return;
+      return Promise.resolve();
     }
     let value: Uint8Array;
     try {
       value = toBinary(schema, create(schema, event));
     } catch (err) {
       this.options.logger?.error({ err, topic }, "events: cannot encode event, dropped");
-      return;
+      return Promise.resolve();
     }
     const max = this.options.maxQueue ?? 4096;
     if (this.queue.length >= max) {
       // Keep the head (possibly in flight); drop the oldest waiting event.
       const dropped = this.queue.splice(1, 1)[0];
+      dropped?.done();
       this.options.logger?.warn({ topic: dropped?.topic }, "events: queue full, oldest event dropped");
     }
-    this.queue.push({ namespace, topic, typeUrl: eventTypeUrl(schema), value, timestamp: timestampFromMs(Date.now()) });
-    this.kick();
+    return new Promise<void>((done) => {
+      this.queue.push({ namespace, topic, typeUrl: eventTypeUrl(schema), value, timestamp: timestampFromMs(Date.now()), done });
+      this.kick();
+    });
   }
 
   /** Resolves once every queued event was sent or dropped. */
@@ -132,7 +141,7 @@ export class EventPublisher {
     }
     if (this.queue.length > 0) {
       this.options.logger?.warn({ dropped: this.queue.length }, "events: closing with unsent events");
-      this.queue.length = 0;
+      for (const ev of this.queue.splice(0)) ev.done();
     }
     this.disconnect();
     this.notifyDrained();
@@ -169,6 +178,7 @@ export class EventPublisher {
         }
       }
       if (this.queue[0] === ev) this.queue.shift();
+      ev.done();
       if (this.queue.length === 0) this.notifyDrained();
     }
   }

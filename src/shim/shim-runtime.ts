@@ -40,7 +40,8 @@ export interface TaskEvents {
   execStarted(e: { containerId: string; execId: string; pid: number }): void;
   paused(containerId: string): void;
   resumed(containerId: string): void;
-  oom(containerId: string): void;
+  /** Resolves once containerd has the event (or it was dropped). */
+  oom(containerId: string): Promise<void>;
 }
 
 class ShimProcess {
@@ -90,7 +91,12 @@ class ShimContainer {
   ) {}
   /** A TaskOOM was published for this container (by the long-poll or the exit path). */
   oomReported = false;
+  /** Resolves once that TaskOOM reached containerd: the init's exit waits for it. */
+  oomDelivered: Promise<void> | undefined;
 }
+
+/** How long an OOM-killed container's exit waits for its TaskOOM to reach containerd. */
+const OOM_EVENT_WAIT_MS = 2000;
 
 /** What only a real container can do: a pod sandbox has no processes of its own. */
 function refuseOnPodSandbox(c: ShimContainer, action: string): void {
@@ -259,7 +265,7 @@ export class ShimRuntime {
     if (c.oomReported && c.init.status === "stopped") return; // the exit path already told
     c.oomReported = true;
     this.log.info({ sandbox: c.sandbox.id, container: c.id }, "container OOM-killed in the guest");
-    this.events.oom(c.id);
+    c.oomDelivered = this.events.oom(c.id);
   }
 
   /** When the VM dies under us, every task in it has exited. */
@@ -279,6 +285,10 @@ export class ShimRuntime {
   private async finish(c: ShimContainer, p: ShimProcess, status: number, drain?: Promise<unknown>): Promise<void> {
     if (p.status === "stopped") return;
     if (drain) await Promise.race([drain, new Promise((r) => setTimeout(r, 5000).unref())]);
+    // CRI takes the exit from Wait and the reason "OOMKilled" from the TaskOOM
+    // event, on separate paths: an exit answered first is read as "Error"
+    // until the event catches up. So the event goes first.
+    if (p === c.init && c.oomDelivered) await Promise.race([c.oomDelivered, new Promise((r) => setTimeout(r, OOM_EVENT_WAIT_MS).unref())]);
     p.stopInput?.();
     if (!p.markExited(status)) return;
     if (p.io) await endOutputs(p.io);

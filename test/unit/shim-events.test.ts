@@ -142,6 +142,27 @@ describe("EventPublisher", () => {
     }
   });
 
+  test("publish's promise resolves once containerd accepted that event, or it was dropped", async () => {
+    const sock = sockPath();
+    const fake = fakeContainerd({ delayMs: () => 150 });
+    await fake.server.listen(sock);
+    const pub = new EventPublisher({ address: sock });
+    try {
+      let oomDone = false;
+      const oom = pub.publish("k8s.io", TaskTopic.oom, TaskStartSchema, { containerId: "hog" }).then(() => (oomDone = true));
+      await new Promise((r) => setTimeout(r, 60));
+      assert.equal(oomDone, false, "not before containerd answered");
+      await oom;
+      assert.equal(fake.received.length, 1, "containerd has it when the promise resolves");
+      const late = pub.publish("k8s.io", TaskTopic.exit, TaskExitSchema, { containerId: "hog" });
+      await pub.close(10); // drops the event in flight
+      await late;
+    } finally {
+      await fake.server.close();
+    }
+    await new EventPublisher({ address: "" }).publish("default", TaskTopic.oom, TaskStartSchema, { containerId: "x" });
+  });
+
   test("drops an event after maxAttempts and goes on with the next", async () => {
     const sock = sockPath();
     const warnings: string[] = [];
