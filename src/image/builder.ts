@@ -41,7 +41,8 @@ export interface BuildGuestImageOptions {
 }
 
 export const DEFAULT_CACHE_DIR = '/var/cache/hako';
-const LAYOUT_VERSION = '2';
+// 3: node stripped in the guest.
+const LAYOUT_VERSION = '3';
 export const OUT_NAMES = {
   generic: 'vmlinux-generic',
   minimal: 'vmlinux-minimal',

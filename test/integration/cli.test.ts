@@ -69,6 +69,20 @@ test("hako image build is idempotent: an up-to-date image is not rebuilt", async
   assert.match(r.stderr, /up to date/);
 });
 
+test("the guest's node binary is stripped: the guest's root is RAM for the VM's whole life", async () => {
+  const { execFileSync } = await import("node:child_process");
+  const dir = makeTempDir("initrd");
+  try {
+    const initrd = join(import.meta.dirname, "..", "..", "build", "share", "hako", "guest", "hako-rootfs.initrd");
+    execFileSync("sh", ["-c", `cpio -i --quiet --to-stdout usr/bin/node < '${initrd}' > '${dir}/node'`]);
+    const sections = execFileSync("readelf", ["-S", "-W", join(dir, "node")], { encoding: "utf8" });
+    assert.match(sections, /\.dynsym/, "dynamic symbols stay (node-pty links against them)");
+    assert.doesNotMatch(sections, /\.symtab|\.debug_info/, "no symbol table or debug info");
+  } finally {
+    removeDir(dir);
+  }
+});
+
 test("make install PREFIX=... installs hako, the shim, the guest assets and the default configuration", async () => {
   const { execFileSync } = await import("node:child_process");
   const prefix = makeTempDir("prefix");
