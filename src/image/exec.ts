@@ -63,13 +63,15 @@ export function runRaw(cmd: string, args: string[], opts: RunOptions = {}): Prom
   });
 }
 
-/** Runs a command; rejects with `<what> failed: <stderr>; <hint>` on failure. */
+/** Runs a command; rejects with `<what> failed: <stderr>; <hint>` on failure, or `cannot run <cmd>: …; <hint>` when it is missing. */
 export async function run(
   cmd: string,
   args: string[],
   opts: RunOptions & { what?: string; hint?: string } = {},
 ): Promise<string> {
-  const r = await runRaw(cmd, args, opts);
+  const r = await runRaw(cmd, args, opts).catch((e: unknown) => {
+    throw new Error(`${e instanceof Error ? e.message : String(e)}${opts.hint ? `; ${opts.hint}` : ''}`);
+  });
   if (r.code !== 0) {
     const what = opts.what ?? `${cmd} ${args.join(' ')}`;
     const lines = r.stderr.trim().split('\n').filter((l) => l.trim());

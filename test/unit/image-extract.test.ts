@@ -53,3 +53,8 @@ test('minimal kernel key matches the documented formula; build lines are recogni
   assert.ok(isBuildLine('  LD      vmlinux.o'));
   assert.ok(!isBuildLine('make[1]: Entering directory'));
 });
+
+test('a build tool that is missing is named with the hint that installs it', async () => {
+  const { run } = await import('../../src/image/exec.js');
+  await assert.rejects(run('hako-no-such-tool', ['-x'], { hint: 'install binutils (apt-get install binutils)' }), /^Error: cannot run hako-no-such-tool: .*ENOENT; install binutils \(apt-get install binutils\)$/);
+});
