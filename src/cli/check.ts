@@ -67,6 +67,10 @@ export async function collectChecks(opts: GlobalOptions): Promise<CheckItem[]> {
   items.push({ name: "guest kernel", ok: existsSync(q.kernel), required: true, detail: existsSync(q.kernel) ? q.kernel : `${q.kernel} missing: run \`hako image build\`` });
   const rootfs = q.rootfs_type === "erofs" ? q.image : q.initrd;
   items.push({ name: "guest rootfs", ok: existsSync(rootfs), required: true, detail: existsSync(rootfs) ? `${rootfs} (${q.rootfs_type})` : `${rootfs} missing: run \`hako image build\`` });
+  if (q.rootfs_type === "initrd" && q.node_image !== "") {
+    const have = existsSync(q.node_image);
+    items.push({ name: "guest node", ok: have, required: true, detail: have ? `${q.node_image} (erofs, virtio-blk)` : `${q.node_image} missing: run \`hako image build\`` });
+  }
 
   const devices = qv.ok ? (await cmd(q.path, ["-device", "help"])).out : "";
   for (const [name, dev] of [

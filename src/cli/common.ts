@@ -20,6 +20,8 @@ export function requireGuestAssets(cfg: HakoConfig): void {
   if (!existsSync(q.path)) throw new ImageError(`QEMU binary ${q.path} not found`, { hint: "install qemu-system-x86 or set hypervisor.qemu.path" });
   if (!existsSync(q.kernel)) throw new ImageError(`guest kernel ${q.kernel} not found`, { hint: "run `hako image build`" });
   if (q.rootfs_type === "initrd" && !existsSync(q.initrd)) throw new ImageError(`guest initrd ${q.initrd} not found`, { hint: "run `hako image build`" });
+  if (q.rootfs_type === "initrd" && q.node_image !== "" && !existsSync(q.node_image))
+    throw new ImageError(`guest node image ${q.node_image} not found`, { hint: "run `hako image build` (or set hypervisor.qemu.node_image = \"\" for an image built with node in its initrd)" });
   if (q.rootfs_type === "erofs" && !existsSync(q.image)) throw new ImageError(`guest image ${q.image} not found`, { hint: "run `hako image build --format erofs`" });
 }
 

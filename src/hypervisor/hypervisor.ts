@@ -38,6 +38,8 @@ export interface VmSpec {
   initrd?: string;
   /** Read-only root filesystem image on virtio-blk (erofs). */
   image?: string;
+  /** With `initrd`: node's own read-only image (erofs) on virtio-blk, mounted by the guest's rc.sh. */
+  nodeImage?: string;
   /** Extra kernel command line words, appended after hako's own. */
   kernelParams: string[];
   sharedDirs: SharedDir[];

@@ -8,7 +8,7 @@ import { runRaw } from './exec.js';
 import { fetchDebianKernel, resolveKernelPackage, type DebianKernel } from './debian-kernel.js';
 import { ensureMinimalKernel, linuxSourceVersion, minimalKernelKey, MINIMAL_FRAGMENT } from './minimal-kernel.js';
 import { extractVmlinux } from './vmlinux-extract.js';
-import { AGENT_SH, INIT_SH, INITTAB, RC_SH, buildStagingTree } from './rootfs-tree.js';
+import { AGENT_SH, INIT_SH, INITTAB, RC_SH, buildStagingTree, stageNodeImageTree } from './rootfs-tree.js';
 import { HELPER_SH } from '../agent/helper-shell.js';
 import { buildInitrd } from './initrd.js';
 import { GUEST_MODULES } from './modules.js';
@@ -41,13 +41,14 @@ export interface BuildGuestImageOptions {
 }
 
 export const DEFAULT_CACHE_DIR = '/var/cache/hako';
-// 3: node stripped in the guest.
-const LAYOUT_VERSION = '3';
+// 3: node stripped in the guest. 4: node on its own image beside the initrd.
+const LAYOUT_VERSION = '4';
 export const OUT_NAMES = {
   generic: 'vmlinux-generic',
   minimal: 'vmlinux-minimal',
   initrd: 'hako-rootfs.initrd',
   erofs: 'hako-rootfs.erofs',
+  nodeImage: 'hako-node.erofs',
   manifest: 'manifest.json',
 } as const;
 
@@ -143,6 +144,7 @@ export async function buildGuestImage(opts: BuildGuestImageOptions): Promise<Gue
     const outputs = [
       ...Object.values(old.kernels).map((k) => k.path),
       ...Object.values(old.rootfs),
+      ...(old.nodeImage ? [old.nodeImage] : []),
     ];
     const allThere = (await Promise.all(outputs.map(exists))).every(Boolean);
     if (allThere) {
@@ -191,14 +193,25 @@ export async function buildGuestImage(opts: BuildGuestImageOptions): Promise<Gue
       crunBinary,
       busyboxBinary,
       ...(deb ? { modules: { kernelRoot: deb.root, release: deb.release } } : {}),
+      // With the initrd (a tmpfs root: all of it guest RAM), node gets its own image.
+      nodeOnImage: opts.rootfsFormat === 'initrd',
     });
 
     // 4. Rootfs image.
     if (opts.rootfsFormat === 'initrd') {
-      step('rootfs initrd', 'cpio newc, uncompressed');
+      step('rootfs initrd', 'cpio newc, uncompressed; node on its own erofs image');
       const out = path.join(outDir, OUT_NAMES.initrd);
       await buildInitrd(stage, out);
       manifest.rootfs.initrd = out;
+      const nodeStage = `${stage}-node`;
+      try {
+        await stageNodeImageTree(nodeStage, process.execPath);
+        const nodeOut = path.join(outDir, OUT_NAMES.nodeImage);
+        await buildErofs(nodeStage, nodeOut);
+        manifest.nodeImage = nodeOut;
+      } finally {
+        await rm(nodeStage, { recursive: true, force: true });
+      }
     } else {
       step('rootfs erofs', 'mkfs.erofs');
       if (deb) {

@@ -8,6 +8,8 @@ export type RootfsFormat = 'initrd' | 'erofs';
 export interface GuestManifest {
   kernels: Partial<Record<KernelFlavor, { path: string; release: string }>>;
   rootfs: Partial<Record<RootfsFormat, string>>;
+  /** node on its own erofs image (with the initrd rootfs), mounted by the guest from virtio-blk. */
+  nodeImage?: string;
   inputsHash: string;
   builtAt: string;
   node: string;

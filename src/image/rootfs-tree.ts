@@ -17,7 +17,16 @@ export interface StageOptions {
   busyboxBinary: string;
   /** Modules for the generic kernel, if it is part of the image. */
   modules?: { kernelRoot: string; release: string };
+  /**
+   * node lives on its own read-only image (NODE_IMAGE_MOUNT, see
+   * stageNodeImageTree) rather than in this tree: /usr/bin/node is a link
+   * to it. Its libraries stay in the tree.
+   */
+  nodeOnImage?: boolean;
 }
+
+/** Where rc.sh mounts the node image (`hako.node_image=<device>` on the kernel command line). */
+export const NODE_IMAGE_MOUNT = '/opt/node';
 
 export const GUEST_PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
 
@@ -74,11 +83,20 @@ if mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup; then
 fi
 # The sandbox share, when the host names it (hako.share=<tag>,<msize>): mounted here by
 # busybox rather than by the agent, whose process spawns cost ~0.1 s under TCG.
+# node's own read-only image (hako.node_image=<device>, erofs on virtio-blk): the
+# guest's page cache then holds only the parts of node that run, where a copy
+# in this tmpfs root held all of it.
 for w in $(cat /proc/cmdline); do
-  case "$w" in hako.share=*)
+  case "$w" in
+  hako.share=*)
     v=\${w#hako.share=}
     mkdir -p /run/hako/shared
     mount -t 9p -o "trans=virtio,version=9p2000.L,cache=mmap,msize=\${v#*,}" "\${v%%,*}" /run/hako/shared ;;
+  hako.node_image=*)
+    d=\${w#hako.node_image=}
+    n=0
+    while [ ! -b "$d" ] && [ $n -lt 300 ]; do sleep 0.01; n=$((n + 1)); done
+    mount -t erofs -o ro "$d" ${NODE_IMAGE_MOUNT} || echo "hako rc: cannot mount the node image $d on ${NODE_IMAGE_MOUNT}: the agent will not start" ;;
   esac
 done
 hostname -F /etc/hostname 2>/dev/null
@@ -246,11 +264,26 @@ export async function buildStagingTree(opts: StageOptions): Promise<void> {
   await writeFile(path.join(stage, 'etc/hako/helper.sh'), HELPER_SH, { mode: 0o755 });
   await stageBusybox(stage, opts.busyboxBinary);
   await makeDevNodes(stage);
-  await stageBinary(stage, opts.nodeBinary, '/usr/bin/node', { strip: true });
+  if (opts.nodeOnImage) {
+    await stageLibs(stage, opts.nodeBinary);
+    await mkdir(path.join(stage, NODE_IMAGE_MOUNT), { recursive: true });
+    await symlink(`${NODE_IMAGE_MOUNT}/node`, path.join(stage, 'usr/bin/node'));
+  } else {
+    await stageBinary(stage, opts.nodeBinary, '/usr/bin/node', { strip: true });
+  }
   await stageBinary(stage, opts.crunBinary, '/usr/bin/crun');
   await copyFile(opts.agentBundle, path.join(stage, 'opt/hako/hako-agent.js'));
   await stageNodePty(stage, opts.nodePtyDir);
   if (opts.modules) await stageModules(opts.modules.kernelRoot, opts.modules.release, stage);
+}
+
+/** The node image's tree: node alone, stripped, as `<dir>/node` (mounted on NODE_IMAGE_MOUNT in the guest). */
+export async function stageNodeImageTree(dir: string, nodeBinary: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(dir, { recursive: true });
+  await stageBinary(dir, nodeBinary, '/node', { strip: true });
+  // stageBinary also copied node's libraries: they belong to the rootfs tree.
+  for (const e of await readdir(dir)) if (e !== 'node') await rm(path.join(dir, e), { recursive: true, force: true });
 }
 
 /** All paths in the tree relative to it ("." first), sorted bytewise for a deterministic archive. */

@@ -14,6 +14,8 @@ export interface QemuConfig {
   path: string;
   kernel: string;
   initrd: string;
+  /** erofs image holding node, on virtio-blk beside the initrd ("": node is in the initrd, images built before it had its own). */
+  node_image: string;
   image: string;
   rootfs_type: RootfsType;
   machine_type: string;
@@ -74,6 +76,7 @@ const QEMU_FIELDS: Record<keyof QemuConfig, FieldSpec> = {
   path: { kind: "string" },
   kernel: { kind: "string" },
   initrd: { kind: "string" },
+  node_image: { kind: "string" },
   image: { kind: "string" },
   rootfs_type: { kind: "string", oneOf: ["initrd", "erofs"] },
   machine_type: { kind: "string", oneOf: ["microvm", "q35"] },
@@ -115,6 +118,7 @@ export function defaultConfig(): HakoConfig {
         path: "/usr/bin/qemu-system-x86_64",
         kernel: "guest/vmlinux-generic",
         initrd: "guest/hako-rootfs.initrd",
+        node_image: "guest/hako-node.erofs",
         image: "",
         rootfs_type: "initrd",
         machine_type: "microvm",
@@ -209,6 +213,7 @@ export function parseConfig(text: string, source: string): HakoConfig {
   const q = cfg.hypervisor.qemu;
   q.kernel = assetPath(q.kernel);
   q.initrd = assetPath(q.initrd);
+  q.node_image = assetPath(q.node_image);
   q.image = assetPath(q.image);
   if (q.rootfs_type === "erofs" && q.image === "") throw new ConfigError("hypervisor.qemu.rootfs_type = \"erofs\" needs hypervisor.qemu.image");
   return cfg;

@@ -38,7 +38,7 @@ export const TCG_AGENT_PARAMS = [`hako.node_opts=${TCG_NODE_OPTS.join(",")}`];
  */
 export const TEMPLATE_TCG_AGENT_PARAMS = [`hako.node_opts=${[...TCG_NODE_OPTS, "--no-lazy", "--no-flush-bytecode", "--expose-gc"].join(",")}`];
 /** Bumped when what a template holds changes in a way its key does not see (QEMU's machine options, the agent's warm-up). */
-const TEMPLATE_FORMAT = "3";
+const TEMPLATE_FORMAT = "4";
 /** A template's NIC i has MAC 02:68:61:6b:6f:<i>; clones give the guest NIC the pod's (UpdateInterface by device). */
 const TEMPLATE_MAC_PREFIX = "02:68:61:6b:6f:";
 /** Guest name of a template's NIC i (the Debian kernel's, no udev in the guest). */
@@ -79,6 +79,7 @@ export function templateKey(cfg: HakoConfig, shape: TemplateShape): string {
     fileId(q.path),
     fileId(q.kernel),
     fileId(q.rootfs_type === "initrd" ? q.initrd : q.image),
+    q.rootfs_type === "initrd" && q.node_image !== "" ? fileId(q.node_image) : "",
     q.machine_type,
     q.cpu_model,
     String(q.tb_size),
@@ -189,9 +190,10 @@ export function destroyTemplates(cfg: HakoConfig): number {
   return n;
 }
 
-/** The guest a VM boots: kernel, and root filesystem as an initrd or an erofs image. */
-export function guestBoot(q: HakoConfig["hypervisor"]["qemu"]): Pick<VmSpec, "kernel" | "initrd" | "image"> {
-  return { kernel: q.kernel, initrd: q.rootfs_type === "initrd" ? q.initrd : undefined, image: q.rootfs_type === "erofs" ? q.image : undefined };
+/** The guest a VM boots: kernel, and root filesystem as an initrd (with node's image) or an erofs image. */
+export function guestBoot(q: HakoConfig["hypervisor"]["qemu"]): Pick<VmSpec, "kernel" | "initrd" | "image" | "nodeImage"> {
+  if (q.rootfs_type === "erofs") return { kernel: q.kernel, image: q.image };
+  return { kernel: q.kernel, initrd: q.initrd, ...(q.node_image !== "" ? { nodeImage: q.node_image } : {}) };
 }
 
 /**

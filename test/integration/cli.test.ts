@@ -69,13 +69,15 @@ test("hako image build is idempotent: an up-to-date image is not rebuilt", async
   assert.match(r.stderr, /up to date/);
 });
 
-test("the guest's node binary is stripped: the guest's root is RAM for the VM's whole life", async () => {
+test("the guest's node is on its own image, stripped: the initrd (a tmpfs root, all of it RAM) holds a link to it", async () => {
   const { execFileSync } = await import("node:child_process");
-  const dir = makeTempDir("initrd");
+  const dir = makeTempDir("node-image");
   try {
-    const initrd = join(import.meta.dirname, "..", "..", "build", "share", "hako", "guest", "hako-rootfs.initrd");
-    execFileSync("sh", ["-c", `cpio -i --quiet --to-stdout usr/bin/node < '${initrd}' > '${dir}/node'`]);
-    const sections = execFileSync("readelf", ["-S", "-W", join(dir, "node")], { encoding: "utf8" });
+    const guest = join(import.meta.dirname, "..", "..", "build", "share", "hako", "guest");
+    const listing = execFileSync("sh", ["-c", `cpio -itv --quiet < '${join(guest, "hako-rootfs.initrd")}'`], { encoding: "utf8" });
+    assert.match(listing, /^l\S+ .* usr\/bin\/node -> \/opt\/node\/node$/m, "usr/bin/node is a link into the node image");
+    execFileSync("fsck.erofs", [`--extract=${join(dir, "x")}`, join(guest, "hako-node.erofs")], { stdio: "pipe" });
+    const sections = execFileSync("readelf", ["-S", "-W", join(dir, "x", "node")], { encoding: "utf8" });
     assert.match(sections, /\.dynsym/, "dynamic symbols stay (node-pty links against them)");
     assert.doesNotMatch(sections, /\.symtab|\.debug_info/, "no symbol table or debug info");
   } finally {
@@ -88,7 +90,7 @@ test("make install PREFIX=... installs hako, the shim, the guest assets and the 
   const prefix = makeTempDir("prefix");
   try {
     execFileSync("make", ["-s", "install", `PREFIX=${prefix}`], { cwd: join(import.meta.dirname, "..", ".."), stdio: "pipe" });
-    for (const f of ["bin/hako", "bin/containerd-shim-hako-v2", "share/hako/configuration.toml", "share/hako/guest/manifest.json", "share/hako/guest/hako-rootfs.initrd", "lib/hako/hako-agent.js"])
+    for (const f of ["bin/hako", "bin/containerd-shim-hako-v2", "share/hako/configuration.toml", "share/hako/guest/manifest.json", "share/hako/guest/hako-rootfs.initrd", "share/hako/guest/hako-node.erofs", "lib/hako/hako-agent.js"])
       assert.ok(existsSync(join(prefix, f)), f);
     const env = JSON.parse(execFileSync(join(prefix, "bin", "hako"), ["env", "--json"], { encoding: "utf8", env: { ...process.env, HAKO_CONFIG: "" } })) as { configFile: string; config: { hypervisor: { qemu: { kernel: string } } } };
     if (!existsSync("/etc/hako/configuration.toml")) assert.equal(env.configFile, join(prefix, "share", "hako", "configuration.toml"));

@@ -19,8 +19,10 @@ const repo = resolve(fileURLToPath(import.meta.url), "..", "..", "..");
 const guestDir = process.env.HAKO_GUEST_DIR ?? join(repo, "build", "share", "hako", "guest");
 const kernel = join(guestDir, "vmlinux-generic");
 const initrd = join(guestDir, "hako-rootfs.initrd");
-const qemu = { ...defaultConfig().hypervisor.qemu, kernel, initrd, boot_timeout: 30 };
-const missing = [qemu.path, kernel, initrd].filter((p) => !existsSync(p));
+// node's own image (the initrd links /usr/bin/node into it): the agent starts and waits for the host.
+const nodeImage = join(guestDir, "hako-node.erofs");
+const qemu = { ...defaultConfig().hypervisor.qemu, kernel, initrd, node_image: nodeImage, boot_timeout: 30 };
+const missing = [qemu.path, kernel, initrd, nodeImage].filter((p) => !existsSync(p));
 const skip = missing.length > 0 ? `missing ${missing.join(", ")}` : false;
 
 const dir = mkdtempSync(join(tmpdir(), "hako-qemu-boot-"));
@@ -38,6 +40,7 @@ function spec(name: string, over: Partial<VmSpec> = {}): VmSpec {
     memoryMiB: 512,
     kernel,
     initrd,
+    nodeImage,
     kernelParams: [],
     sharedDirs: [],
     consoleLog: join(runDir, "console.log"),

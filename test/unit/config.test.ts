@@ -13,6 +13,8 @@ test("an empty file gives the documented defaults, asset paths under the data di
   assert.equal(c.hypervisor.qemu.machine_type, "microvm");
   assert.equal(c.hypervisor.qemu.default_memory, d.hypervisor.qemu.default_memory);
   assert.equal(c.hypervisor.qemu.kernel, join(dataDir(), "guest", "vmlinux-generic"));
+  assert.equal(c.hypervisor.qemu.node_image, join(dataDir(), "guest", "hako-node.erofs"));
+  assert.equal(parseConfig('[hypervisor.qemu]\nnode_image = ""\n', "y").hypervisor.qemu.node_image, "", "empty: node is in the initrd");
   assert.equal(c.runtime.state_dir, "/run/hako");
   assert.equal(c.source, "x.toml");
 });

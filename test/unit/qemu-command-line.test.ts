@@ -257,3 +257,15 @@ test("templating: a template's RAM is a shared file; a clone maps it privately a
   assert.equal(clone[clone.indexOf("-accel") + 1], "tcg,tb-size=64");
   assert.throws(() => buildQemuArgs(spec({ restoreState: "/run/t/state" }), qemuCfg(), paths, { hostTscKhz: 1000 }), /needs a private memory file/);
 });
+
+test("node's own image with the initrd: the only disk, /dev/vda, mounted by the guest (hako.node_image)", () => {
+  const args = buildQemuArgs(spec({ nodeImage: "/g/node,1.erofs" }), qemuCfg(), paths, { hostTscKhz: 2596148 });
+  const drive = args.indexOf("-drive");
+  assert.deepEqual(args.slice(drive, drive + 4), ["-drive", "file=/g/node,,1.erofs,if=none,id=nodeimg,format=raw,readonly=on", "-device", "virtio-blk-device,drive=nodeimg"]);
+  assert.equal(args.filter((a) => a === "-drive").length, 1);
+  assert.match(args[args.indexOf("-append") + 1]!, / hako\.node_image=\/dev\/vda( |$)/);
+  // An erofs root is /dev/vda itself: no node image beside it.
+  const root = buildQemuArgs(spec({ initrd: undefined, image: "/g/root.erofs", nodeImage: "/g/node.erofs" }), qemuCfg(), paths, { hostTscKhz: 2596148 });
+  assert.equal(root.filter((a) => a === "-drive").length, 1);
+  assert.doesNotMatch(root[root.indexOf("-append") + 1]!, /hako\.node_image/);
+});

@@ -92,6 +92,8 @@ export interface CmdlineInput {
   verboseConsole?: boolean;
   /** Root filesystem on /dev/vda (erofs) instead of the initrd. */
   erofsRoot?: boolean;
+  /** node's image is the first virtio-blk disk: the guest mounts it (`hako.node_image=/dev/vda`). */
+  nodeImage?: boolean;
   /** Configured hypervisor.qemu.kernel_params (whitespace separated). */
   configParams?: string;
   extraParams?: readonly string[];
@@ -106,6 +108,7 @@ export function kernelCommandLine(input: CmdlineInput): string[] {
   if (!input.verboseConsole) words.push("quiet");
   if (input.machine === "microvm" && input.accel === "tcg") words.push(`tsc_early_khz=${input.hostTscKhz ?? hostTscKhz()}`);
   if (input.erofsRoot) words.push("root=/dev/vda", "rootfstype=erofs", "ro", "init=/init");
+  else if (input.nodeImage) words.push("hako.node_image=/dev/vda");
   // TCG finds a translated block by its virtual address too: with ASLR every
   // new process (crun, ip, mount, the container's) maps its code elsewhere and
   // is translated again. Fixed addresses let a VM reuse its translations
@@ -184,6 +187,7 @@ export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, 
     machine,
     verboseConsole: spec.verboseConsole,
     erofsRoot: Boolean(spec.image),
+    nodeImage: Boolean(spec.nodeImage),
     configParams: qemu.kernel_params,
     extraParams: spec.kernelParams,
     hostTscKhz: opts.hostTscKhz,
@@ -196,10 +200,14 @@ export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, 
   // QMP.
   args.push("-qmp", `unix:${e(paths.qmpSocket)},server=on,wait=off`);
 
-  // Read-only root filesystem image first, so that it is /dev/vda.
+  // Read-only root filesystem image first, so that it is /dev/vda; or node's
+  // image (with the initrd), the only disk then.
   if (spec.image) {
     args.push("-drive", `file=${e(spec.image)},if=none,id=rootfs,format=raw,readonly=on`);
     args.push("-device", `${dev("blk")},drive=rootfs`);
+  } else if (spec.nodeImage) {
+    args.push("-drive", `file=${e(spec.nodeImage)},if=none,id=nodeimg,format=raw,readonly=on`);
+    args.push("-device", `${dev("blk")},drive=nodeimg`);
   }
 
   // Agent channel.
