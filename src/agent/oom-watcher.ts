@@ -25,8 +25,8 @@ export function oomKillCount(text: string): number | undefined {
 interface Watched {
   file: string;
   parent: Parent;
+  /** Kills put down to this container (counted from 0: its cgroup is its own). */
   kills: number;
-  seen: boolean;
   watcher: FSWatcher | undefined;
 }
 
@@ -61,7 +61,7 @@ export class OomWatcher {
   watch(containerId: string, cgroupDir: string): void {
     if (this.watched.has(containerId)) return;
     const file = join(cgroupDir, "memory.events");
-    const w: Watched = { file, parent: this.parentOf(cgroupDir), kills: 0, seen: false, watcher: undefined };
+    const w: Watched = { file, parent: this.parentOf(cgroupDir), kills: 0, watcher: undefined };
     try {
       w.watcher = watch(file, () => this.check(containerId));
       w.watcher.on("error", () => undefined);
@@ -95,13 +95,12 @@ export class OomWatcher {
     const total = this.read(w.parent.file);
     const unclaimed = total === undefined ? 0 : total - w.parent.base - w.parent.attributed;
     if (unclaimed > 0) this.record(containerId, w, unclaimed);
-    return w.seen;
+    return w.kills > 0;
   }
 
   private record(containerId: string, w: Watched, kills: number): void {
     w.kills += kills;
     w.parent.attributed += kills;
-    w.seen = true;
     this.emit(containerId);
   }
 
@@ -118,7 +117,7 @@ export class OomWatcher {
 
   /** True if an OOM kill was seen in this container since watch(). */
   sawKill(containerId: string): boolean {
-    return this.watched.get(containerId)?.seen ?? false;
+    return (this.watched.get(containerId)?.kills ?? 0) > 0;
   }
 
   unwatch(containerId: string): void {

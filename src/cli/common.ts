@@ -1,6 +1,7 @@
 // Shared CLI plumbing: config, logger, error printing.
 import { existsSync } from "node:fs";
 import { loadConfig, type HakoConfig } from "../runtime/config.js";
+import { guestBoot } from "../runtime/factory.js";
 import { HakoError, ImageError } from "../runtime/errors.js";
 import { createLogger, type Logger } from "../runtime/logger.js";
 
@@ -18,11 +19,12 @@ export function setup(opts: GlobalOptions): { cfg: HakoConfig; log: Logger } {
 export function requireGuestAssets(cfg: HakoConfig): void {
   const q = cfg.hypervisor.qemu;
   if (!existsSync(q.path)) throw new ImageError(`QEMU binary ${q.path} not found`, { hint: "install qemu-system-x86 or set hypervisor.qemu.path" });
-  if (!existsSync(q.kernel)) throw new ImageError(`guest kernel ${q.kernel} not found`, { hint: "run `hako image build`" });
-  if (q.rootfs_type === "initrd" && !existsSync(q.initrd)) throw new ImageError(`guest initrd ${q.initrd} not found`, { hint: "run `hako image build`" });
-  if (q.rootfs_type === "initrd" && q.node_image !== "" && !existsSync(q.node_image))
-    throw new ImageError(`guest node image ${q.node_image} not found`, { hint: "run `hako image build` (or set hypervisor.qemu.node_image = \"\" for an image built with node in its initrd)" });
-  if (q.rootfs_type === "erofs" && !existsSync(q.image)) throw new ImageError(`guest image ${q.image} not found`, { hint: "run `hako image build --format erofs`" });
+  const boot = guestBoot(q);
+  if (!existsSync(boot.kernel)) throw new ImageError(`guest kernel ${boot.kernel} not found`, { hint: "run `hako image build`" });
+  if (boot.initrd && !existsSync(boot.initrd)) throw new ImageError(`guest initrd ${boot.initrd} not found`, { hint: "run `hako image build`" });
+  if (boot.nodeImage && !existsSync(boot.nodeImage))
+    throw new ImageError(`guest node image ${boot.nodeImage} not found`, { hint: "run `hako image build` (or set hypervisor.qemu.node_image = \"\" for an image built with node in its initrd)" });
+  if (boot.image && !existsSync(boot.image)) throw new ImageError(`guest image ${boot.image} not found`, { hint: "run `hako image build --format erofs`" });
 }
 
 /** Exit status for hako's own failures (as docker/podman use): distinct from a container's status. */

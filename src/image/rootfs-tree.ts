@@ -170,15 +170,13 @@ async function isStaticBinary(bin: string): Promise<boolean> {
   return /not a dynamic executable|statically linked/.test(r.stdout.toString() + r.stderr);
 }
 
-/** Copies an executable and every shared library it needs to the same paths inside `stage`. */
 /**
- * Copies a binary and the libraries ldd names. `strip`: without its symbol
+ * Copies an executable to `dst` inside `stage`. `strip`: without its symbol
  * table and debug sections (its dynamic symbols stay, which native addons
- * link against). The guest's root is a tmpfs: every byte of it is guest
- * RAM for the VM's whole life, and node's 99 MB binary carries ~12.6 MB of
- * those.
+ * link against): every byte of the guest's files is guest RAM or page cache,
+ * and node's 99 MB binary carries ~12.6 MB of those.
  */
-async function stageBinary(stage: string, src: string, dst: string, opts: { strip?: boolean } = {}): Promise<void> {
+async function placeExecutable(stage: string, src: string, dst: string, opts: { strip?: boolean } = {}): Promise<void> {
   await mkdir(path.dirname(path.join(stage, dst)), { recursive: true });
   if (opts.strip) {
     await run('strip', ['--strip-all', '-o', path.join(stage, dst), src], { what: `strip ${src}`, hint: 'install binutils (apt-get install binutils)' });
@@ -186,6 +184,11 @@ async function stageBinary(stage: string, src: string, dst: string, opts: { stri
     await copyFile(src, path.join(stage, dst));
   }
   await chmod(path.join(stage, dst), 0o755);
+}
+
+/** Copies an executable and every shared library it needs to the same paths inside `stage`. */
+async function stageBinary(stage: string, src: string, dst: string, opts: { strip?: boolean } = {}): Promise<void> {
+  await placeExecutable(stage, src, dst, opts);
   await stageLibs(stage, src);
 }
 
@@ -280,10 +283,7 @@ export async function buildStagingTree(opts: StageOptions): Promise<void> {
 /** The node image's tree: node alone, stripped, as `<dir>/node` (mounted on NODE_IMAGE_MOUNT in the guest). */
 export async function stageNodeImageTree(dir: string, nodeBinary: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
-  await mkdir(dir, { recursive: true });
-  await stageBinary(dir, nodeBinary, '/node', { strip: true });
-  // stageBinary also copied node's libraries: they belong to the rootfs tree.
-  for (const e of await readdir(dir)) if (e !== 'node') await rm(path.join(dir, e), { recursive: true, force: true });
+  await placeExecutable(dir, nodeBinary, '/node', { strip: true });
 }
 
 /** All paths in the tree relative to it ("." first), sorted bytewise for a deterministic archive. */

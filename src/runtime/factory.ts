@@ -74,12 +74,13 @@ function fileId(path: string): string {
 /** Everything a clone must match: QEMU, guest assets, the command line's shape. */
 export function templateKey(cfg: HakoConfig, shape: TemplateShape): string {
   const q = cfg.hypervisor.qemu;
+  const boot = guestBoot(q);
   const parts = [
     TEMPLATE_FORMAT,
     fileId(q.path),
-    fileId(q.kernel),
-    fileId(q.rootfs_type === "initrd" ? q.initrd : q.image),
-    q.rootfs_type === "initrd" && q.node_image !== "" ? fileId(q.node_image) : "",
+    fileId(boot.kernel),
+    fileId(boot.image ?? boot.initrd ?? ""),
+    boot.nodeImage ? fileId(boot.nodeImage) : "",
     q.machine_type,
     q.cpu_model,
     String(q.tb_size),

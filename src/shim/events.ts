@@ -55,6 +55,8 @@ interface Queued {
   timestamp: Timestamp;
   /** Called once the event left the queue: sent, or dropped. */
   done: () => void;
+  /** Resolved by done(). */
+  left: Promise<void>;
 }
 
 export class EventPublisher {
@@ -66,7 +68,6 @@ export class EventPublisher {
   private pumping: Promise<void> | undefined;
   private closed = false;
   private warnedNoAddress = false;
-  private drainWaiters: Array<() => void> = [];
 
   constructor(options: EventPublisherOptions = {}) {
     this.options = options;
@@ -111,16 +112,18 @@ export class EventPublisher {
       dropped?.done();
       this.options.logger?.warn({ topic: dropped?.topic }, "events: queue full, oldest event dropped");
     }
-    return new Promise<void>((done) => {
-      this.queue.push({ namespace, topic, typeUrl: eventTypeUrl(schema), value, timestamp: timestampFromMs(Date.now()), done });
-      this.kick();
-    });
+    let done = (): void => undefined;
+    const left = new Promise<void>((resolve) => (done = resolve));
+    this.queue.push({ namespace, topic, typeUrl: eventTypeUrl(schema), value, timestamp: timestampFromMs(Date.now()), done, left });
+    this.kick();
+    return left;
   }
 
   /** Resolves once every queued event was sent or dropped. */
   flush(): Promise<void> {
     if (this.queue.length === 0) return Promise.resolve();
-    return new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+    // In order: when the last event has left, every one before it has.
+    return this.queue[this.queue.length - 1]!.left;
   }
 
   /**
@@ -144,7 +147,6 @@ export class EventPublisher {
       for (const ev of this.queue.splice(0)) ev.done();
     }
     this.disconnect();
-    this.notifyDrained();
   }
 
   private kick(): void {
@@ -179,7 +181,6 @@ export class EventPublisher {
       }
       if (this.queue[0] === ev) this.queue.shift();
       ev.done();
-      if (this.queue.length === 0) this.notifyDrained();
     }
   }
 
@@ -211,11 +212,5 @@ export class EventPublisher {
     this.client?.close();
     this.client = undefined;
     this.events = undefined;
-  }
-
-  private notifyDrained(): void {
-    const waiters = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const w of waiters) w();
   }
 }

@@ -89,9 +89,10 @@ class ShimContainer {
     readonly init: ShimProcess,
     readonly kind: ContainerKind,
   ) {}
-  /** A TaskOOM was published for this container (by the long-poll or the exit path). */
-  oomReported = false;
-  /** Resolves once that TaskOOM reached containerd: the init's exit waits for it. */
+  /**
+   * Set once a TaskOOM was published for this container (by the long-poll or
+   * the exit path); resolves when containerd has it: the init's exit waits.
+   */
   oomDelivered: Promise<void> | undefined;
 }
 
@@ -262,8 +263,7 @@ export class ShimRuntime {
   }
 
   private reportOom(c: ShimContainer): void {
-    if (c.oomReported && c.init.status === "stopped") return; // the exit path already told
-    c.oomReported = true;
+    if (c.oomDelivered && c.init.status === "stopped") return; // the exit path already told
     this.log.info({ sandbox: c.sandbox.id, container: c.id }, "container OOM-killed in the guest");
     c.oomDelivered = this.events.oom(c.id);
   }
@@ -331,7 +331,7 @@ export class ShimRuntime {
       .then((w) => {
         // TaskOOM before TaskExit, whichever the agent noticed first: CRI
         // reads the reason "OOMKilled" from it once the container has exited.
-        if (w.oomKilled && !c.oomReported) this.reportOom(c);
+        if (w.oomKilled && !c.oomDelivered) this.reportOom(c);
         return this.finish(c, p, w.status, drain);
       })
       .catch((err: unknown) => this.log.debug({ err, container: id, execId }, "WaitProcess ended"));
