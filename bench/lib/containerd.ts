@@ -5,7 +5,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { existsSync, readdirSync, rmSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { importBusybox, startContainerd, type Containerd } from "../../test/helpers/containerd.js";
-import { commandLine, processTable } from "../../test/helpers/processes.js";
+import { commandLine, isSpareShim, processTable } from "../../test/helpers/processes.js";
 import { shimSocketAddress, socketPathOf } from "../../src/shim/address.js";
 import { stopAfterWindDown, track, untrack } from "./children.js";
 import type { KernelEnv } from "./env.js";
@@ -96,10 +96,10 @@ function taskStatus(c: Containerd, id: string): Promise<string> {
   return ctrOk(c, ["task", "ls"]).then((out) => out.split("\n").find((l) => l.startsWith(`${id} `))?.trim().split(/\s+/)[2] ?? "");
 }
 
-/** Shim processes serving `c` whose command line names `binary` (containerd-shim-hako-v2 / -runc-v2). */
+/** Shim processes serving `c` whose command line names `binary` (containerd-shim-hako-v2 / -runc-v2); a spare waiting for the next task is none. */
 function shimPids(c: Containerd, binary: string): number[] {
   return processTable()
-    .filter((p) => p.argv.includes(c.address) && p.argv.some((a) => a.includes(binary)))
+    .filter((p) => p.argv.includes(c.address) && p.argv.some((a) => a.includes(binary)) && !isSpareShim(p))
     .map((p) => p.pid);
 }
 

@@ -45,6 +45,8 @@ export interface RuntimeConfig {
   internetworking_model: "tcfilter" | "none";
   /** Sandboxes that start their VM at once on this host (start slots): 0 = one per host CPU, -1 = no limit. */
   start_concurrency: number;
+  /** Shim daemons kept started, per containerd namespace, for the next pods (src/shim/spare.ts): 0 = none. */
+  shim_spares: number;
 }
 
 export interface FactoryConfig {
@@ -102,6 +104,7 @@ const RUNTIME_FIELDS: Record<keyof RuntimeConfig, FieldSpec> = {
   log_level: { kind: "string", oneOf: ["trace", "debug", "info", "warn", "error", "fatal"] },
   internetworking_model: { kind: "string", oneOf: ["tcfilter", "none"] },
   start_concurrency: { kind: "int", min: -1, max: 4096 },
+  shim_spares: { kind: "int", min: 0, max: 64 },
 };
 const FACTORY_FIELDS: Record<keyof FactoryConfig, FieldSpec> = {
   enable_template: { kind: "bool" },
@@ -137,7 +140,7 @@ export function defaultConfig(): HakoConfig {
       },
     },
     agent: { dial_timeout: 60, debug: false },
-    runtime: { state_dir: "/run/hako", log_level: "warn", internetworking_model: "tcfilter", start_concurrency: 0 },
+    runtime: { state_dir: "/run/hako", log_level: "warn", internetworking_model: "tcfilter", start_concurrency: 0, shim_spares: 1 },
     factory: { enable_template: false, template_path: "/run/hako/template", clone_tb_size: 64, vm_cache_number: 0, auto_rebuild: true },
     source: "",
   };

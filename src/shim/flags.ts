@@ -5,11 +5,12 @@
 // Flags take one or two dashes, `-flag value` or `-flag=value`; boolean flags
 // never consume the next argument (`-debug=false` to unset). Parsing stops at
 // the first non-flag argument or at `--`; that argument is the action.
-// `serve` is hako's own action: the long-running daemon `start` spawns.
+// `serve` is hako's own action: the long-running daemon `start` spawns;
+// `spare` another: a daemon waiting for the next pod (spare.ts).
 import { Code } from "../protocols/ttrpc/status.js";
 import { RuntimeError } from "../runtime/errors.js";
 
-export type ShimAction = "start" | "delete" | "serve" | "version";
+export type ShimAction = "start" | "delete" | "serve" | "spare" | "version";
 
 export interface ShimFlags {
   action: ShimAction;
@@ -41,7 +42,7 @@ const STRING_FLAGS: Record<string, StringKey> = {
   socket: "socket",
 };
 const BOOL_FLAGS = new Set(["debug", "v", "version"]);
-const ACTIONS = new Set<string>(["start", "delete", "serve"]);
+const ACTIONS = new Set<string>(["start", "delete", "serve", "spare"]);
 
 function usageError(message: string): RuntimeError {
   return new RuntimeError(Code.INVALID_ARGUMENT, "", message, {

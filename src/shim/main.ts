@@ -1,6 +1,7 @@
 // Entry point of containerd-shim-hako-v2 (bundled into
 // build/lib/hako/containerd-shim-hako-v2.mjs). Actions: `start` and `delete`
-// (called by containerd), `serve` (the daemon that `start` spawns), `-v`.
+// (called by containerd), `serve` (the daemon that `start` spawns), `spare`
+// (a daemon waiting for the next pod, spare.ts), `-v`.
 import { AGENT_VERSION } from "../agent/version.js";
 import { parseShimFlags } from "./flags.js";
 
@@ -32,6 +33,9 @@ async function main(argv: readonly string[]): Promise<number> {
       await serveShim(flags);
       return SERVING;
     }
+    case "spare":
+      // Resolves only if it never gets a pod; else it serves that pod.
+      return (await import("./spare.js")).runSpare(flags);
   }
 }
 

@@ -21,28 +21,47 @@ import { createLogger } from "../runtime/logger.js";
 import { shimSocketAddress, socketPathOf } from "./address.js";
 import { EventPublisher, TaskTopic } from "./events.js";
 import type { ShimFlags } from "./flags.js";
-import { decodeRuntimeOptions, readStdinBytes } from "./start.js";
+import { daemonExecArgv, decodeRuntimeOptions, readStdinBytes } from "./start.js";
+import { spawnSpare } from "./spare.js";
 import { ShimRuntime, type TaskEvents } from "./shim-runtime.js";
 import { taskService } from "./task-service.js";
 
 /**
- * A daemon the launcher spawned (src/shim/start-fast-path.sh) gets
- * containerd's runtime options on its stdin, to decode here: their
- * ConfigPath selects the configuration, as start.ts does for the daemons it
- * spawns itself.
+ * The runtime options containerd gave the pod's `start`: a spare has them
+ * from its claimer's request; a daemon the launcher spawned
+ * (src/shim/start-fast-path.sh) on its stdin. Their ConfigPath selects the
+ * configuration, as start.ts does for the daemons it spawns itself.
  */
-async function adoptRuntimeOptionsFromStdin(): Promise<void> {
-  if (process.env.HAKO_SHIM_OPTIONS_ON_STDIN !== "1") return;
+async function adoptRuntimeOptions(given: Uint8Array | undefined): Promise<void> {
+  let bytes = given;
+  if (bytes === undefined) {
+    if (process.env.HAKO_SHIM_OPTIONS_ON_STDIN !== "1") return;
+    bytes = readStdinBytes();
+  }
   delete process.env.HAKO_SHIM_OPTIONS_ON_STDIN;
-  const opts = await decodeRuntimeOptions(readStdinBytes());
+  const opts = await decodeRuntimeOptions(bytes);
   if (opts !== undefined && opts.configPath !== "") process.env.HAKO_CONFIG = opts.configPath;
 }
 
-export async function serveShim(flags: ShimFlags): Promise<void> {
-  await adoptRuntimeOptionsFromStdin();
+export interface ServeOptions {
+  /** containerd's runtime options (protobuf Any), when not on stdin. */
+  runtimeOptions?: Uint8Array;
+  /** Where the logs go (the bundle's `log` fifo); default stderr. */
+  logFd?: number;
+}
+
+export async function serveShim(flags: ShimFlags, options: ServeOptions = {}): Promise<void> {
+  // The environment containerd gave this shim, for the spare it leaves.
+  const containerdEnv = { ...process.env };
+  delete containerdEnv.HAKO_SHIM_OPTIONS_ON_STDIN;
+  await adoptRuntimeOptions(options.runtimeOptions);
   const cfg = loadConfig();
   // stderr is containerd's non-blocking `log` fifo: write asynchronously, never spin on EAGAIN.
-  const log = createLogger("containerd-shim-hako-v2", { level: flags.debug ? "debug" : cfg.runtime.log_level, sync: false }).child({ namespace: flags.namespace, group: flags.id });
+  const log = createLogger("containerd-shim-hako-v2", {
+    level: flags.debug ? "debug" : cfg.runtime.log_level,
+    sync: false,
+    ...(options.logFd === undefined ? {} : { destination: options.logFd }),
+  }).child({ namespace: flags.namespace, group: flags.id });
   const publisher = new EventPublisher({ logger: log });
   const ns = flags.namespace;
   const events: TaskEvents = {
@@ -68,10 +87,19 @@ export async function serveShim(flags: ShimFlags): Promise<void> {
   const socketPath = socketPathOf(flags.socket || shimSocketAddress(flags.address, flags.namespace, flags.id));
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o711 });
 
+  let spareTimer: NodeJS.Timeout | undefined;
+  let spared = false;
+  const leaveSpare = (): void => {
+    clearTimeout(spareTimer);
+    if (spared) return;
+    spared = true;
+    spawnSpare(flags, cfg.runtime.shim_spares, containerdEnv, daemonExecArgv(), log);
+  };
   let stopping = false;
   const stop = async (reason: string): Promise<void> => {
     if (stopping) return;
     stopping = true;
+    if (reason === "shutdown") leaveSpare();
     log.info({ reason }, "shim exiting");
     await rt.destroyAll().catch((err: unknown) => log.error({ err }, "teardown failed"));
     await publisher.close(2000).catch(() => undefined);
@@ -86,4 +114,12 @@ export async function serveShim(flags: ShimFlags): Promise<void> {
   await server.listen(socketPath);
   chmodSync(socketPath, 0o600);
   log.info({ socket: socketPath, pid: process.pid }, "shim serving");
+  // The spare starts once this pod's own start has had the CPU (a warm pod
+  // starts in ~0.5 s), or when this shim exits if that comes first: node's
+  // start-up would compete with the pod's on a small host.
+  spareTimer = setTimeout(leaveSpare, SPARE_DELAY_MS);
+  spareTimer.unref();
 }
+
+/** How long after it starts serving a shim starts the spare for the next pod. */
+const SPARE_DELAY_MS = 1000;

@@ -10,8 +10,9 @@
 # io.containerd.runc.v2.group or io.kubernetes.cri.sandbox-id annotation of
 # <bundle>/config.json, else the task id; address =
 # unix://<socket dir>/hex(sha256("<-address>/<namespace>/<group>")). If a
-# socket listens there (/proc/net/unix), the pod's shim runs. Otherwise it
-# spawns the daemon (`... -socket ADDRESS serve`, its own session, cwd the
+# socket listens there (/proc/net/unix), the pod's shim runs. Otherwise a
+# spare daemon waiting for this containerd and namespace (src/shim/spare.ts)
+# takes the pod, or it spawns the daemon (`... -socket ADDRESS serve`, its own session, cwd the
 # bundle, output on the bundle's `log` fifo, containerd's runtime options on
 # its stdin for it to decode) and waits until it listens. Then it writes
 # <bundle>/address and prints the address. Anything it does not recognise
@@ -40,7 +41,7 @@ hako_fast_start() {
     esac
   done
   [ "$hako_action" = start ] || return 1
-  for hako_tool in grep sha256sum mv setsid; do
+  for hako_tool in grep sha256sum mv setsid cat rm rmdir sleep; do
     command -v "$hako_tool" > /dev/null || return 1
   done
   hako_dir=${HAKO_SHIM_SOCKET_DIR:-/run/containerd/s}
@@ -74,37 +75,42 @@ hako_fast_start() {
   hako_sock=$hako_dir/${hako_sum%% *}
   [ ${#hako_sock} -le 106 ] || return 1
   if ! hako_listening; then
-    # No shim serves the group yet: spawn the daemon, as start.ts does (its
-    # own session, cwd the bundle, output on containerd's `log` fifo), and
-    # hand it containerd's runtime options: it reads them from its stdin
-    # (HAKO_SHIM_OPTIONS_ON_STDIN), node decodes protobuf, sh does not.
+    # No shim serves the group yet. A spare (src/shim/spare.ts) takes the
+    # pod if one waits; else, or if it fails, spawn the daemon, as start.ts
+    # does (its own session, cwd the bundle, output on containerd's `log`
+    # fifo), and hand it containerd's runtime options: it reads them from its
+    # stdin (HAKO_SHIM_OPTIONS_ON_STDIN), node decodes protobuf, sh does not.
     [ -p "$hako_bundle/log" ] || return 1
-    exec 3<&0
-    (cd "$hako_bundle" && export HAKO_SHIM_OPTIONS_ON_STDIN=1 && exec setsid node "$hako_here/../lib/hako/containerd-shim-hako-v2.mjs" \
-      -namespace "$hako_ns" -address "$hako_addr" ${hako_publish:+-publish-binary "$hako_publish"} -id "$hako_id" -bundle "$hako_bundle" \
-      -socket "unix://$hako_sock" $hako_debug serve <&3 3<&- > "$hako_bundle/log" 2>&1) &
-    hako_pid=$!
-    exec 3<&-
-    hako_waited=0
-    until hako_listening; do
-      hako_stat=
-      read -r hako_stat 2> /dev/null < "/proc/$hako_pid/stat"
-      case $hako_stat in
-        "" | *") Z "*)
-          # A daemon that lost the race against another start exits; the winner serves.
-          hako_listening && break
+    hako_req=
+    hako_claim_spare || return 1
+    if [ -n "$hako_req" ]; then
+      if hako_wait_listening 200 0.01; then
+        rm -f "$hako_req" "$hako_req.opts"
+        rmdir "$hako_spares" 2> /dev/null # if that was the last spare; the next one makes it again
+      else
+        [ -n "$hako_gone" ] || kill -9 "$hako_pid" 2> /dev/null
+        exec 0< "$hako_req.opts"
+        rm -f "$hako_req" "$hako_req.opts" "$hako_spares/claimed-$hako_pid"
+        hako_req=
+      fi
+    fi
+    if [ -z "$hako_req" ]; then
+      exec 3<&0
+      (cd "$hako_bundle" && export HAKO_SHIM_OPTIONS_ON_STDIN=1 && exec setsid node "$hako_here/../lib/hako/containerd-shim-hako-v2.mjs" \
+        -namespace "$hako_ns" -address "$hako_addr" ${hako_publish:+-publish-binary "$hako_publish"} -id "$hako_id" -bundle "$hako_bundle" \
+        -socket "unix://$hako_sock" $hako_debug serve <&3 3<&- > "$hako_bundle/log" 2>&1) &
+      hako_pid=$!
+      exec 3<&-
+      if ! hako_wait_listening 500 0.02; then
+        if [ -n "$hako_gone" ]; then
           echo "containerd-shim-hako-v2 start: shim daemon for $hako_id failed to start (its messages are in the shim log)" >&2
-          exit 1
-          ;;
-      esac
-      hako_waited=$((hako_waited + 1))
-      if [ $hako_waited -gt 500 ]; then
-        kill -9 "$hako_pid" 2> /dev/null
-        echo "containerd-shim-hako-v2 start: shim daemon for $hako_id did not listen on unix://$hako_sock within 10000 ms" >&2
+        else
+          kill -9 "$hako_pid" 2> /dev/null
+          echo "containerd-shim-hako-v2 start: shim daemon for $hako_id did not listen on unix://$hako_sock within 10000 ms" >&2
+        fi
         exit 1
       fi
-      sleep 0.02
-    done
+    fi
   fi
   printf '%s' "unix://$hako_sock" > "$hako_bundle/.address.$$.tmp" || return 1
   mv -f "$hako_bundle/.address.$$.tmp" "$hako_bundle/address" || return 1
@@ -113,4 +119,48 @@ hako_fast_start() {
 }
 # A listening unix socket is listed with its path, flags 00010000 and state 01.
 hako_listening() { grep -q " 00010000 0001 01 [0-9]* $hako_sock\$" /proc/net/unix; }
+# Waits until the group's socket listens: at most $1 polls, $2 s apart, while
+# process $hako_pid lives. Fails with hako_gone set if it died first (a
+# daemon that lost the race against another start exits: the winner serves).
+hako_wait_listening() {
+  hako_gone= hako_polls=0
+  until hako_listening; do
+    hako_stat=
+    read -r hako_stat 2> /dev/null < "/proc/$hako_pid/stat"
+    case $hako_stat in
+      "" | *") Z "*)
+        hako_listening && return 0
+        hako_gone=1
+        return 1
+        ;;
+    esac
+    hako_polls=$((hako_polls + 1))
+    [ $hako_polls -le "$1" ] || return 1
+    sleep "$2"
+  done
+}
+# Claims a waiting spare of this containerd and namespace, if there is one:
+# renames its fifo (one claimer wins), writes the request (the argv a spawned
+# daemon would get, NUL-separated, and the runtime options from stdin) and
+# wakes it. Sets hako_req and hako_pid; leaves hako_req empty if none waits.
+hako_claim_spare() {
+  hako_spares=$(printf '%s' "$hako_addr/$hako_ns" | sha256sum) || return 1
+  hako_spares=$hako_dir/hako-spare-${hako_spares%% *}
+  [ -d "$hako_spares" ] || return 0
+  for hako_ready in "$hako_spares"/ready-*; do
+    [ -p "$hako_ready" ] || continue
+    hako_pid=${hako_ready##*/ready-}
+    case $hako_pid in "" | *[!0-9]*) continue ;; esac
+    [ -d "/proc/$hako_pid" ] || continue # a spare that was killed: the next one takes its slot
+    mv "$hako_ready" "$hako_spares/claimed-$hako_pid" 2> /dev/null || continue
+    # From here on stdin is in the .opts file: a spare that does not take
+    # the request is waited for, then the daemon spawned reads that file.
+    hako_req=$hako_spares/req-$hako_pid
+    cat > "$hako_req.opts"
+    printf '%s\0' -namespace "$hako_ns" -address "$hako_addr" ${hako_publish:+-publish-binary "$hako_publish"} -id "$hako_id" \
+      -bundle "$hako_bundle" -socket "unix://$hako_sock" $hako_debug serve > "$hako_req" &&
+      printf '%s\n' "$hako_req" 1<> "$hako_spares/claimed-$hako_pid"
+    return 0
+  done
+}
 case $* in *start) hako_fast_start "$@" ;; esac

@@ -83,7 +83,7 @@ export function readStdinBytes(): Uint8Array {
 }
 
 /** Opens the bundle's `log` fifo for the daemon without blocking; undefined if absent or unreadable. */
-function openLogFd(bundle: string): number | undefined {
+export function openLogFd(bundle: string): number | undefined {
   try {
     return openSync(path.join(bundle, "log"), constants.O_WRONLY | constants.O_NONBLOCK);
   } catch {

@@ -9,9 +9,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { BUSYBOX_REF, busyboxImageTar } from "./oci-image.js";
 import { pidAlive as alive } from "../../src/runtime/state.js";
 import { mountsUnder } from "../../src/resource/mounts.js";
-import { pidsMatching, runToEnd, type RunResult } from "./processes.js";
+import { pidsMatching, podShimPids, runToEnd, type RunResult } from "./processes.js";
 
-export { mountsUnder, pidsMatching };
+export { mountsUnder, pidsMatching, podShimPids };
 
 export const REPO = resolve(import.meta.dirname, "..", "..");
 export const CONTAINERD_TMP_PREFIX = "hako-test-containerd-";
@@ -256,7 +256,9 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
         }
         await terminate();
         // Shims serving our daemon (started with `-address <our socket>`): normally
-        // gone after their tasks were deleted; kill stragglers by PID.
+        // gone after their tasks were deleted, and a spare shim exits when
+        // containerd does (give it 3 s); kill stragglers by PID.
+        for (let i = 0; i < 150 && pidsMatching(address).some(alive); i++) await sleep(20);
         for (const pid of pidsMatching(address)) {
           note(`killing leftover shim ${pid}`);
           try {

@@ -13,7 +13,10 @@ export interface ProcessEntry {
 
 export function readProcess(pid: number): ProcessEntry | undefined {
   try {
-    const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter((a) => a !== "");
+    let argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter((a) => a !== "");
+    // A process that set its title (a spare shim that took a pod) shows one
+    // string: its words are the arguments.
+    if (argv.length === 1 && argv[0]!.includes(" ")) argv = argv[0]!.split(" ").filter((a) => a !== "");
     // comm may hold spaces and parentheses: the fields after it start at the last ") ".
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     const ppid = Number(stat.slice(stat.lastIndexOf(") ") + 2).split(" ")[1]);
@@ -42,6 +45,23 @@ export const commandLine = (p: ProcessEntry): string => p.argv.join(" ");
 export function pidsMatching(needle: string): number[] {
   return processTable()
     .filter((p) => p.argv.includes(needle))
+    .map((p) => p.pid);
+}
+
+/**
+ * A spare shim daemon (src/shim/spare.ts: `... -id hako-spare ... spare N`):
+ * it waits for the next pod of its containerd, so it is no pod's shim, and
+ * it exits when its containerd does.
+ */
+export function isSpareShim(p: ProcessEntry): boolean {
+  const id = p.argv.indexOf("-id");
+  return id >= 0 && p.argv[id + 1] === "hako-spare" && p.argv.includes("spare");
+}
+
+/** PIDs of the pod shims (not spares) serving the containerd at `address`. */
+export function podShimPids(address: string): number[] {
+  return processTable()
+    .filter((p) => p.argv.includes(address) && !isSpareShim(p))
     .map((p) => p.pid);
 }
 

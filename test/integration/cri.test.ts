@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CriClient } from "../../src/cli/cri/cri-client.js";
 import { cniNetns, startCriContainerd, CNI_BRIDGE, type CriContainerd } from "../helpers/cri-containerd.js";
-import { mountsUnder, pidsMatching } from "../helpers/containerd.js";
+import { mountsUnder, podShimPids } from "../helpers/containerd.js";
 import { memAvailableMiB } from "../helpers/processes.js";
 import { TEMPLATE_MODE, TEST_STATE_DIR, VM_CACHE_MODE, hako, startVmCache, type VmCacheDaemon } from "../helpers/hako.js";
 import { readState, sandboxDir } from "../../src/runtime/state.js";
@@ -95,7 +95,7 @@ function podNetnsPath(pod: string): string {
 /** After RemovePodSandbox: no QEMU, shim, tap, netns, mount or state of ours left. */
 function assertPodGone(netnsPath: string): void {
   assert.deepEqual(qemuPids(), [], "no QEMU after RemovePodSandbox");
-  assert.deepEqual(pidsMatching(c.address), [], "no shim after RemovePodSandbox");
+  assert.deepEqual(podShimPids(c.address), [], "no pod shim after RemovePodSandbox (a spare waits for the next pod)");
   assert.ok(netnsPath.startsWith("/var/run/netns/cni-"), `pod netns ${netnsPath}`);
   assert.equal(existsSync(netnsPath), false, `pod netns ${netnsPath} removed`);
   assert.deepEqual(readdirSync("/sys/class/net").filter((n) => /^tap\d+_hako$/.test(n)), [], "no tap in the host netns");

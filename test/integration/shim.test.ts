@@ -7,9 +7,10 @@ import { existsSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { shimSocketAddress, socketPathOf } from "../../src/shim/address.js";
 import { join } from "node:path";
 import * as pty from "node-pty";
-import { startContainerd, importBusybox, pidsMatching, type Containerd } from "../helpers/containerd.js";
+import { startContainerd, importBusybox, podShimPids, type Containerd } from "../helpers/containerd.js";
 import { ensureTestConfig, TEST_STATE_DIR } from "../helpers/hako.js";
 import { describeLeaks, findLeaks, hasLeaks } from "../helpers/leaks.js";
+import { isSpareShim, processTable } from "../helpers/processes.js";
 import { TtrpcClient, createServiceClient, Code, TtrpcError } from "../../src/protocols/ttrpc/index.js";
 import { Task } from "../../src/protocols/gen/containerd/runtime/task/v2/shim_pb.js";
 
@@ -53,9 +54,9 @@ after(async () => {
   assert.deepEqual(left, [], "no fifo directory left by the tests' ctr runs");
 });
 
-/** Shim processes of our containerd (its socket is in their argv; so it is in `ctr events`'). */
+/** Pod shim processes of our containerd (its socket is in their argv; so it is in `ctr events`'), spares left out. */
 function shimPids(): number[] {
-  return pidsMatching(c.address).filter((p) => p !== eventsProc?.pid);
+  return podShimPids(c.address).filter((p) => p !== eventsProc?.pid);
 }
 
 /** The /tasks/ topics published for a container, in arrival order. */
@@ -113,6 +114,26 @@ test("stdin reaches the task: echo hello | ctr run cat", async () => {
   // ctr 1.6 attaches stdin without a flag.
   const out = await ctrOk(["run", "--rm", ...RT, image, "s3", "cat"], "hello\n");
   assert.equal(out, "hello\n");
+});
+
+test("a shim leaves a spare behind: the next task's shim is that process, and ps names its task", async () => {
+  // The tasks before left one (src/shim/spare.ts): node and the shim's modules already loaded.
+  const spares = (): number[] => processTable().filter((p) => p.argv.includes(c.address) && isSpareShim(p)).map((p) => p.pid);
+  for (let i = 0; i < 50 && spares().length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+  const [spare] = spares();
+  assert.ok(spare !== undefined, "a spare waits for the next task");
+  await ctrOk(["run", "-d", ...RT, image, "sp1", "sleep", "600"]);
+  try {
+    await waitForStatus("sp1", "RUNNING");
+    assert.deepEqual(shimPids(), [spare], "the spare serves the new task");
+    assert.match(readFileSync(`/proc/${spare}/cmdline`, "utf8"), / -namespace default -address \S+ -id sp1 serve\0/);
+    assert.equal((await ctrOk(["task", "exec", "--exec-id", "e1", "sp1", "hostname"])).trim(), "sp1");
+  } finally {
+    await c.ctr(["task", "kill", "-s", "KILL", "sp1"]);
+    await waitForStatus("sp1", "STOPPED").catch(() => undefined);
+    await c.ctr(["task", "delete", "-f", "sp1"]);
+    await c.ctr(["container", "delete", "sp1"]);
+  }
 });
 
 test("detached task: exec, ps, metrics, pause/resume, TERM → 143, delete", async () => {

@@ -4,12 +4,14 @@
 // does not recognise goes to node.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
-import { chmodSync, closeSync, constants, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { chmodSync, closeSync, constants, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { shimSocketAddress, socketPathOf } from "../../src/shim/address.js";
+import { readySpares, spareDir } from "../../src/shim/spare.js";
 
 const root = mkdtempSync(join(tmpdir(), "hako-test-fast-start-"));
 const socketDir = join(root, "s");
@@ -47,7 +49,13 @@ before(() => {
 });
 after(() => {
   for (const s of servers) s.close();
-  for (const pid of daemons) process.kill(pid, "SIGKILL");
+  for (const pid of daemons) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      /* exited */
+    }
+  }
   rmSync(root, { recursive: true, force: true });
 });
 
@@ -155,4 +163,86 @@ test("anything else is node's: no listener, other flag forms, odd annotation val
   assert.match(start(bundle("escaped", '{"annotations":{"io.kubernetes.cri.sandbox-id":"sb\\"1"}}')), /^NODE /);
   assert.match(start(bundle("empty", annotations({ "io.kubernetes.cri.sandbox-id": "" }))), /^NODE /);
   assert.match(start(join(root, "bundles")), /^NODE /, "no config.json");
+});
+
+/**
+ * A spare's stand-in (src/shim/spare.ts): makes ready-<its pid> in the spare
+ * directory, and on a request records it (argv, options, its pid) in
+ * <bundle>/spare.json and listens on its -socket, or exits 3 if the bundle
+ * has a file named `spare-die`.
+ */
+const SPARE_STAND_IN = `
+import { execFileSync } from "node:child_process";
+import { constants, existsSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import net from "node:net";
+const ready = process.argv[2] + "/ready-" + process.pid;
+execFileSync("mkfifo", [ready]);
+const fifo = new net.Socket({ fd: openSync(ready, constants.O_RDWR | constants.O_NONBLOCK), readable: true, writable: false });
+let line = "";
+fifo.on("data", (d) => {
+  line += d;
+  if (!line.includes("\\n")) return;
+  const req = line.split("\\n")[0];
+  const argv = readFileSync(req, "utf8").split("\\0").slice(0, -1);
+  const bundle = argv[argv.indexOf("-bundle") + 1];
+  writeFileSync(bundle + "/spare.json", JSON.stringify({ pid: process.pid, req, argv, opts: readFileSync(req + ".opts", "utf8") }));
+  if (existsSync(bundle + "/spare-die")) process.exit(3);
+  fifo.destroy();
+  rmSync(process.argv[2] + "/claimed-" + process.pid, { force: true });
+  net.createServer((c) => c.destroy()).listen(argv[argv.indexOf("-socket") + 1].slice("unix://".length));
+});
+`;
+
+/** Starts a spare stand-in for our containerd's k8s.io namespace; resolves with its pid once it waits. */
+async function startSpare(): Promise<number> {
+  const dir = spareDir(CONTAINERD, "k8s.io", socketDir);
+  mkdirSync(dir, { recursive: true });
+  const script = join(root, "spare.mjs");
+  writeFileSync(script, SPARE_STAND_IN);
+  const child = spawn(process.execPath, [script, dir], { stdio: "ignore", detached: true });
+  child.unref();
+  const pid = child.pid!;
+  daemons.push(pid);
+  for (let i = 0; i < 200 && !readySpares(dir).includes(pid); i++) await sleep(10);
+  assert.ok(readySpares(dir).includes(pid), "the spare stand-in waits");
+  return pid;
+}
+
+test("a waiting spare takes the pod: it gets the daemon's flags and containerd's options, and nothing is spawned", async () => {
+  const pid = await startSpare();
+  const b = bundleWithLog("spare", annotations({ "io.kubernetes.cri.sandbox-id": "sb-spare" }));
+  try {
+    const r = runLauncher(b.dir, ["-namespace", "k8s.io", "-address", CONTAINERD, "-publish-binary", "/usr/bin/containerd", "-id", "sb-spare", "start"], "spare-options");
+    const address = shimSocketAddress(CONTAINERD, "k8s.io", "sb-spare", socketDir);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, address);
+    assert.equal(readFileSync(join(b.dir, "address"), "utf8"), address);
+    const s = JSON.parse(readFileSync(join(b.dir, "spare.json"), "utf8")) as { pid: number; req: string; argv: string[]; opts: string };
+    assert.equal(s.pid, pid);
+    assert.deepEqual(s.argv, ["-namespace", "k8s.io", "-address", CONTAINERD, "-publish-binary", "/usr/bin/containerd", "-id", "sb-spare", "-bundle", b.dir, "-socket", address, "serve"]);
+    assert.equal(s.opts, "spare-options");
+    assert.equal(existsSync(join(b.dir, "daemon.json")), false, "no daemon spawned");
+    assert.equal(existsSync(s.req), false, "the request is removed once the spare serves");
+    assert.equal(existsSync(spareDir(CONTAINERD, "k8s.io", socketDir)), false, "the last spare's directory goes with it");
+  } finally {
+    b.close();
+  }
+});
+
+test("a spare that fails the request: the launcher spawns the daemon, with containerd's options on its stdin", async () => {
+  const pid = await startSpare();
+  const b = bundleWithLog("spare-dies", annotations({ "io.kubernetes.cri.sandbox-id": "sb-spare-dies" }));
+  try {
+    writeFileSync(join(b.dir, "spare-die"), "");
+    const r = runLauncher(b.dir, ["-namespace", "k8s.io", "-address", CONTAINERD, "-id", "sb-spare-dies", "start"], "options-again");
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, shimSocketAddress(CONTAINERD, "k8s.io", "sb-spare-dies", socketDir));
+    assert.equal((JSON.parse(readFileSync(join(b.dir, "spare.json"), "utf8")) as { pid: number }).pid, pid, "the spare was asked first");
+    const d = JSON.parse(readFileSync(join(b.dir, "daemon.json"), "utf8")) as { pid: number; stdin: string };
+    daemons.push(d.pid);
+    assert.equal(d.stdin, "options-again", "the options the spare did not use reach the daemon");
+    assert.deepEqual(readdirSync(spareDir(CONTAINERD, "k8s.io", socketDir)), [], "no request or claimed fifo left");
+  } finally {
+    b.close();
+  }
 });
