@@ -231,7 +231,7 @@ const TITLE_ROOM = 256;
 /**
  * Starts a spare for the next pod of this shim's containerd and namespace
  * unless `slots` spares already wait. Detached, at the lowest CPU priority
- * (it starts while this shim's pod starts), with the environment containerd
+ * (this shim's pod may still be starting), with the environment containerd
  * gave the shim.
  */
 export function spawnSpare(flags: ShimFlags, slots: number, env: NodeJS.ProcessEnv, execArgv: readonly string[], log: Logger): void {
@@ -244,13 +244,15 @@ export function spawnSpare(flags: ShimFlags, slots: number, env: NodeJS.ProcessE
     String(slots),
     " ".repeat(TITLE_ROOM), // room for the command line it shows once it serves a pod
   ];
-  const run = (command: string, argv: string[]): void => {
-    const child = spawn(command, argv, { cwd: "/", env, detached: true, stdio: "ignore" });
-    child.once("error", (err) => {
-      if (command === "nice") run(process.execPath, args);
-      else log.warn({ err }, "could not start a spare shim");
-    });
-    child.unref();
-  };
-  run("nice", ["-n", "19", process.execPath, ...args]);
+  // Through sh, which exits at once: the spare is no child of this shim (nor
+  // of its pod), but an orphan like every shim daemon, adopted by
+  // containerd's subreaper or init. Without `nice`, at normal priority.
+  const child = spawn("/bin/sh", ["-c", 'if command -v nice >/dev/null; then nice -n 19 "$@" & else "$@" & fi', "sh", process.execPath, ...args], {
+    cwd: "/",
+    env,
+    detached: true,
+    stdio: "ignore",
+  });
+  child.once("error", (err) => log.warn({ err }, "could not start a spare shim"));
+  child.unref();
 }

@@ -55,21 +55,7 @@ export interface StartResult {
  */
 export async function decodeRuntimeOptions(bytes: Uint8Array): Promise<RuntimeOptions | undefined> {
   if (bytes.length === 0) return undefined;
-  const [{ fromBinary }, { AnySchema }, { OptionsSchema }] = await Promise.all([
-    import("@bufbuild/protobuf"),
-    import("@bufbuild/protobuf/wkt"),
-    import("../protocols/gen/runtimeoptions/v1/api_pb.js"),
-  ]);
-  try {
-    const any = fromBinary(AnySchema, bytes);
-    const url = any.typeUrl;
-    // "runtimeoptions.v1.Options", with or without a type URL prefix.
-    if (url !== OptionsSchema.typeName && !url.endsWith(`/${OptionsSchema.typeName}`)) return undefined;
-    const opts = fromBinary(OptionsSchema, any.value);
-    return { typeUrl: opts.typeUrl, configPath: opts.configPath };
-  } catch {
-    return undefined;
-  }
+  return (await import("./runtime-options.js")).decodeOptionsAny(bytes);
 }
 
 /** Reads all of stdin (containerd: a pipe or /dev/null); a terminal or an error yields nothing. */

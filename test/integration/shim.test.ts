@@ -10,7 +10,7 @@ import * as pty from "node-pty";
 import { startContainerd, importBusybox, podShimPids, type Containerd } from "../helpers/containerd.js";
 import { ensureTestConfig, TEST_STATE_DIR } from "../helpers/hako.js";
 import { describeLeaks, findLeaks, hasLeaks } from "../helpers/leaks.js";
-import { isSpareShim, processTable } from "../helpers/processes.js";
+import { isSpareShim, processTable, readProcess } from "../helpers/processes.js";
 import { TtrpcClient, createServiceClient, Code, TtrpcError } from "../../src/protocols/ttrpc/index.js";
 import { Task } from "../../src/protocols/gen/containerd/runtime/task/v2/shim_pb.js";
 
@@ -128,6 +128,12 @@ test("a shim leaves a spare behind: the next task's shim is that process, and ps
     assert.deepEqual(shimPids(), [spare], "the spare serves the new task");
     assert.match(readFileSync(`/proc/${spare}/cmdline`, "utf8"), / -namespace default -address \S+ -id sp1 serve\0/);
     assert.equal((await ctrOk(["task", "exec", "--exec-id", "e1", "sp1", "hostname"])).trim(), "sp1");
+    // It leaves the next spare in turn (after 1 s): not its child, or every pod's
+    // shim would hang below the one before it.
+    for (let i = 0; i < 50 && spares().length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    const [next] = spares();
+    assert.ok(next !== undefined, "the serving spare left a spare");
+    assert.notEqual(readProcess(next)?.ppid, spare, "the new spare is no child of the shim that started it");
   } finally {
     await c.ctr(["task", "kill", "-s", "KILL", "sp1"]);
     await waitForStatus("sp1", "STOPPED").catch(() => undefined);
