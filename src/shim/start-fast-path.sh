@@ -162,5 +162,6 @@ hako_claim_spare() {
       printf '%s\n' "$hako_req" 1<> "$hako_spares/claimed-$hako_pid"
     return 0
   done
+  return 0
 }
 case $* in *start) hako_fast_start "$@" ;; esac
