@@ -31,7 +31,7 @@ import type { KernelEnv } from "./env.js";
 import { CACHE_FILL_TIMEOUT_MS, cacheIdleMemory, destroyTemplates, initTemplates, startCache, stopCache, templateLeaks, vmCacheProcesses } from "./template.js";
 import type { VmCacheDaemon } from "../../test/helpers/hako.js";
 import { memAvailableMiB, podMemory, podProcesses, processesInCgroupsOf, processTable, qemusOf, shimsServing, type PodMemory } from "./pod-processes.js";
-import { isSpareShim } from "../../test/helpers/processes.js";
+import { isWaitingSpare } from "../../test/helpers/processes.js";
 import { HAKO } from "../../test/helpers/hako.js";
 import { readState, sandboxDir } from "../../src/runtime/state.js";
 import { KSM_AGGRESSIVE, waitKsmSettled, type KsmSettings, type KsmStats } from "../../src/resource/ksm.js";
@@ -488,7 +488,7 @@ export function criLeaks(): { paths: string[]; processes: string[]; qemuNames: s
   const table = processTable();
   // A spare shim waits for the next pod while its containerd runs, and exits with it.
   const shims = criMade.addresses
-    .flatMap((a) => shimsServing(table, a).filter((p) => !(isSpareShim(p) && existsSync(a))))
+    .flatMap((a) => shimsServing(table, a).filter((p) => !isWaitingSpare(p)))
     .map((p) => `${p.pid} ${p.argv.join(" ").slice(0, 160)}`);
   return { paths, processes: [...shims, ...processesInCgroupsOf(ids), ...vmCacheProcesses()], qemuNames: criMade.podIds.map((id) => `hako-${id}`) };
 }

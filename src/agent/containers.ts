@@ -265,13 +265,12 @@ export class ContainerManager {
   }
 
   /**
-   * True if the kernel OOM-killed a process of this container. Reads the
-   * counters now too: the inotify event can come after the exit under a slow
-   * guest, and the answer must not depend on which the agent saw first.
+   * True if the kernel OOM-killed a process of this container. A running
+   * container's counter is read now (the inotify event can come late under a
+   * slow guest); a stopped one's kills were settled when its init exited.
    */
   oomKilled(id: string): boolean {
-    if (this.containers.get(id)?.status === "stopped") return this.oom.settleExit(id);
-    this.oom.check(id);
+    if (this.containers.get(id)?.status !== "stopped") this.oom.check(id);
     return this.oom.sawKill(id);
   }
 

@@ -4,8 +4,7 @@ import { existsSync, statfsSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { probeBoot } from "../hypervisor/accel-probe.js";
 import { chooseAccel } from "../runtime/accel.js";
-import { guestBoot } from "../runtime/factory.js";
-import { setup, type GlobalOptions } from "./common.js";
+import { guestAssets, setup, type GlobalOptions } from "./common.js";
 import { commandErrorText, execFileAsync as run } from "../runtime/command.js";
 import { KSM_DIR, ksmAvailable, readKsmSettings, readKsmStats } from "../resource/ksm.js";
 
@@ -65,13 +64,10 @@ export async function collectChecks(opts: GlobalOptions): Promise<CheckItem[]> {
   const items: CheckItem[] = [];
   const qv = await cmd(q.path, ["--version"]);
   items.push({ name: "qemu", ok: qv.ok, required: true, detail: qv.ok ? `${q.path}: ${qv.out.split("\n")[0]}` : `${q.path}: ${qv.out}` });
-  items.push({ name: "guest kernel", ok: existsSync(q.kernel), required: true, detail: existsSync(q.kernel) ? q.kernel : `${q.kernel} missing: run \`hako image build\`` });
-  const boot = guestBoot(q);
-  const rootfs = boot.image ?? boot.initrd ?? "";
-  items.push({ name: "guest rootfs", ok: existsSync(rootfs), required: true, detail: existsSync(rootfs) ? `${rootfs} (${q.rootfs_type})` : `${rootfs} missing: run \`hako image build\`` });
-  if (boot.nodeImage) {
-    const have = existsSync(boot.nodeImage);
-    items.push({ name: "guest node", ok: have, required: true, detail: have ? `${boot.nodeImage} (erofs, virtio-blk)` : `${boot.nodeImage} missing: run \`hako image build\`` });
+  for (const a of guestAssets(q)) {
+    const have = existsSync(a.path);
+    const detail = have ? `${a.path}${a.kind ? ` (${a.kind})` : ""}` : `${a.path} missing: ${a.hint}`;
+    items.push({ name: a.check, ok: have, required: true, detail });
   }
 
   const devices = qv.ok ? (await cmd(q.path, ["-device", "help"])).out : "";

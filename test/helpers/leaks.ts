@@ -3,7 +3,7 @@ import { readdirSync, readFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { TMP_PREFIX } from "./bundle.js";
-import { commandLine, isSpareShim, processTable, type ProcessEntry } from "./processes.js";
+import { commandLine, isWaitingSpare, processTable, type ProcessEntry } from "./processes.js";
 
 export interface Leaks {
   qemu: string[];
@@ -47,12 +47,6 @@ export function idleCachedVms(stateDir: string, table: readonly ProcessEntry[] =
   return table.filter((p) => p.comm.startsWith("qemu") && commandLine(p).includes(cacheDir) && !taken.has(p.pid));
 }
 
-/** The containerd a shim serves (its `-address` socket) is still there. */
-function containerdRuns(p: ProcessEntry): boolean {
-  const at = p.argv.indexOf("-address");
-  return at >= 0 && existsSync(p.argv[at + 1] ?? "");
-}
-
 /**
  * Everything under `stateDir` (the test config's runtime.state_dir) that still
  * exists. `vmCacheRunning`: the VM cache daemon runs, and the VMs it keeps
@@ -66,7 +60,7 @@ export function findLeaks(stateDir: string, netnsBefore?: readonly string[], opt
   // Shims of this checkout (another checkout's runs are not ours to judge);
   // a spare is one only once its containerd is gone (it exits with it).
   const shims = table
-    .filter((p) => commandLine(p).includes(SHIM_BUNDLE) && p.pid !== process.pid && !(isSpareShim(p) && containerdRuns(p)))
+    .filter((p) => commandLine(p).includes(SHIM_BUNDLE) && p.pid !== process.pid && !isWaitingSpare(p))
     .map((p) => `${p.pid} ${commandLine(p).slice(0, 160)}`);
   const netns = netnsBefore ? listNetns().filter((n) => !netnsBefore.includes(n)) : [];
   const links = existsSync("/sys/class/net") ? readdirSync("/sys/class/net").filter((n) => /^tap\d+_hako$/.test(n)) : [];

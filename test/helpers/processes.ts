@@ -1,7 +1,7 @@
 // The host's process table from /proc, for tests and benchmarks that look for
 // the QEMUs, shims and daemons they started (and must not leave behind).
 import { spawn } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 
 export interface ProcessEntry {
   pid: number;
@@ -56,6 +56,12 @@ export function pidsMatching(needle: string): number[] {
 export function isSpareShim(p: ProcessEntry): boolean {
   const id = p.argv.indexOf("-id");
   return id >= 0 && p.argv[id + 1] === "hako-spare" && p.argv.includes("spare");
+}
+
+/** A spare that still waits for its containerd (its `-address` socket is there): no leak; once that containerd is gone, one. */
+export function isWaitingSpare(p: ProcessEntry): boolean {
+  const at = p.argv.indexOf("-address");
+  return isSpareShim(p) && at >= 0 && existsSync(p.argv[at + 1] ?? "");
 }
 
 /** PIDs of the pod shims (not spares) serving the containerd at `address`. */

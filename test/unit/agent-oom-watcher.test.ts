@@ -5,6 +5,18 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { OomWatcher, oomKillCount } from "../../src/agent/oom-watcher.js";
 
+/** A stand-in cgroup directory and a fresh watcher for `fn`; both are undone after it. */
+async function withCgroupDir(ids: readonly string[], fn: (dir: string, w: OomWatcher) => Promise<void> | void): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "hako-test-oom-"));
+  const w = new OomWatcher();
+  try {
+    await fn(dir, w);
+  } finally {
+    for (const id of ids) w.unwatch(id);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 const events = (kills: number): string => `low 0\nhigh 0\nmax 3\noom ${kills}\noom_kill ${kills}\noom_group_kill 0\n`;
 
 test("oomKillCount reads the oom_kill line, not oom or oom_group_kill", () => {
@@ -12,10 +24,8 @@ test("oomKillCount reads the oom_kill line, not oom or oom_group_kill", () => {
   assert.equal(oomKillCount("oom 1\n"), undefined);
 });
 
-test("a rising oom_kill in memory.events is reported once, to a waiting GetOOMEvent", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "hako-test-oom-"));
-  const w = new OomWatcher();
-  try {
+test("a rising oom_kill in memory.events is reported once, to a waiting GetOOMEvent", () =>
+  withCgroupDir(["c1"], async (dir, w) => {
     writeFileSync(join(dir, "memory.events"), events(0));
     w.watch("c1", dir);
     assert.equal(w.sawKill("c1"), false);
@@ -32,11 +42,7 @@ test("a rising oom_kill in memory.events is reported once, to a waiting GetOOMEv
     const pending = w.next(ac.signal);
     ac.abort(new Error("connection closed"));
     await assert.rejects(pending, /connection closed/);
-  } finally {
-    w.unwatch("c1");
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
 test("a container without memory.events is simply not watched", () => {
   const w = new OomWatcher();
@@ -45,10 +51,8 @@ test("a container without memory.events is simply not watched", () => {
   w.unwatch("c2");
 });
 
-test("a kill counted before watch() (the process outran the agent) is reported at once, and once", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "hako-test-oom-"));
-  const w = new OomWatcher();
-  try {
+test("a kill counted before watch() (the process outran the agent) is reported at once, and once", () =>
+  withCgroupDir(["c3"], async (dir, w) => {
     // crun made the cgroup for this container: its counter started at 0.
     writeFileSync(join(dir, "memory.events"), events(1));
     w.watch("c3", dir);
@@ -58,16 +62,10 @@ test("a kill counted before watch() (the process outran the agent) is reported a
     w.watch("c3", dir);
     assert.equal(w.check("c3"), false, "not reported again");
     assert.equal(w.sawKill("c3"), true);
-  } finally {
-    w.unwatch("c3");
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test("an init whose cgroup crun already removed: the parent's unclaimed kill is its own, not a sibling's", async () => {
-  const parent = mkdtempSync(join(tmpdir(), "hako-test-oom-"));
-  const w = new OomWatcher();
-  try {
+test("an init whose cgroup crun already removed: the parent's unclaimed kill is its own, not a sibling's", () =>
+  withCgroupDir(["c1", "c2", "c3"], async (parent, w) => {
     const dir = (id: string): string => join(parent, id);
     writeFileSync(join(parent, "memory.events"), events(4)); // kills from before: not ours
     for (const id of ["c1", "c2", "c3"]) {
@@ -89,8 +87,4 @@ test("an init whose cgroup crun already removed: the parent's unclaimed kill is 
     assert.equal(w.settleExit("c3"), false);
     const reported = [await w.next(), await w.next()].sort();
     assert.deepEqual(reported, ["c1", "c2"]);
-  } finally {
-    for (const id of ["c1", "c2", "c3"]) w.unwatch(id);
-    rmSync(parent, { recursive: true, force: true });
-  }
-});
+  }));
