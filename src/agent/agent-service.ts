@@ -11,7 +11,7 @@ import { ContainerManager } from "./containers.js";
 import { addNeighbors, updateInterface, updateRoutes } from "./guest-network.js";
 import { agentLaunchMs, guestDetails, mixEntropy, mountStorage, setClock, setDns, setHostname, unmount } from "./guest-system.js";
 import type { GuestStorage } from "../resource/sharefs/share-fs.js";
-import { WARM_UP_CONTAINER, warmUp, warmUpNetworkTools, warmUpSpec } from "./warm-up.js";
+import { WARM_UP_CONTAINER, warmUp, warmUpNetworkTools, warmUpNics, warmUpSpec } from "./warm-up.js";
 import { AGENT_PROTOCOL_VERSION, AGENT_VERSION } from "./version.js";
 
 const MAX_READ = 1024 * 1024;
@@ -150,6 +150,7 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
       if (req.runContainer) {
         // A template or a cached VM: the network tools, and a container the way a pod's first one runs.
         await warmUpNetworkTools();
+        await warmUpNics();
         containers.create(WARM_UP_CONTAINER, JSON.stringify(warmUpSpec()), false);
         try {
           await containers.start(WARM_UP_CONTAINER);

@@ -291,6 +291,27 @@ export async function updateInterface(req: InterfaceUpdate): Promise<InterfaceUp
   return { ...req, device, hwAddr: mac };
 }
 
+/**
+ * Puts a link back the way a fresh NIC is (down, no addresses or routes, MAC
+ * `mac`) and forgets that it was configured, so that the next UpdateInterface
+ * treats it as never set up (no extra down/flush). For the warm-up only.
+ */
+export async function resetInterface(name: string, mac: string): Promise<void> {
+  checkIfName("reset", "interface name", name);
+  if (!MAC_RE.test(mac)) throw invalid("reset", `hardware address ${JSON.stringify(mac)} is not a MAC address`);
+  await runCommands(
+    `reset ${name}`,
+    [
+      ["ip", "link", "set", "dev", name, "down"],
+      ["ip", "addr", "flush", "dev", name],
+      ["ip", "route", "flush", "dev", name],
+      ["ip", "link", "set", "dev", name, "address", mac],
+    ],
+    "",
+  );
+  configured.delete(name);
+}
+
 export async function updateRoutes(routes: readonly RouteUpdate[]): Promise<void> {
   await runCommands("UpdateRoutes", routeCommands(routes, deviceExists), "the routes must fit the interfaces' addresses; check them with `ip route` in the guest");
 }

@@ -77,7 +77,15 @@ interface CacheFile {
 /** The QEMU argv for a probe VM: serial on stdout, 256 MiB, no other devices. */
 export function buildProbeArgs(accel: Accelerator, opts: Pick<ProbeBootOptions, "qemu" | "kernel" | "initrd" | "hostTscKhz">): string[] {
   const machine = machineTypeOf(opts.qemu);
-  const cmdline = kernelCommandLine({ accel, machine, hostTscKhz: opts.hostTscKhz, extraParams: [PROBE_PARAM] });
+  // The guest options real VMs boot with under TCG, so that a probe (and the benchmark's floor, which boots this argv) times the same kernel work.
+  const cmdline = kernelCommandLine({
+    accel,
+    machine,
+    hostTscKhz: opts.hostTscKhz,
+    extraParams: [PROBE_PARAM],
+    tcgNorandmaps: opts.qemu.tcg_norandmaps,
+    tcgMitigationsOff: opts.qemu.tcg_mitigations_off,
+  });
   return [
     ...machineArgs(machine, machine === "q35" ? "pci" : "mmio", accel, opts.qemu, kernelWantsAcpi(opts.kernel)),
     "-m", "256M",

@@ -32,6 +32,8 @@ export interface QemuConfig {
   free_page_reporting: boolean;
   /** Under TCG, boot guests with `norandmaps` (no ASLR) so that QEMU reuses its translations across guest processes. */
   tcg_norandmaps: boolean;
+  /** Under TCG, boot guests with `mitigations=off`: the guest's speculation barriers guard no real CPU there. */
+  tcg_mitigations_off: boolean;
 }
 
 export interface AgentConfig {
@@ -94,6 +96,7 @@ const QEMU_FIELDS: Record<keyof QemuConfig, FieldSpec> = {
   msize_9p: { kind: "int", min: 4096, max: 1048576 },
   free_page_reporting: { kind: "bool" },
   tcg_norandmaps: { kind: "bool" },
+  tcg_mitigations_off: { kind: "bool" },
 };
 const AGENT_FIELDS: Record<keyof AgentConfig, FieldSpec> = {
   dial_timeout: { kind: "int", min: 1, max: 600 },
@@ -137,6 +140,7 @@ export function defaultConfig(): HakoConfig {
         msize_9p: 524288,
         free_page_reporting: true,
         tcg_norandmaps: true,
+        tcg_mitigations_off: true,
       },
     },
     agent: { dial_timeout: 60, debug: false },

@@ -87,6 +87,7 @@ export function templateKey(cfg: HakoConfig, shape: TemplateShape): string {
     String(q.msize_9p),
     q.kernel_params,
     String(q.tcg_norandmaps),
+    String(q.tcg_mitigations_off),
     JSON.stringify(shape),
   ];
   return createHash("sha256").update(parts.join("\n")).digest("hex").slice(0, 16);

@@ -4,6 +4,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
 import { get } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -225,6 +226,28 @@ describe("a hako pod: two containers in one VM", () => {
     const r = await httpGet(`http://${ip}:8080/`);
     assert.equal(r.status, 200);
     assert.equal(r.body.trim(), "hello-from-hako");
+  });
+
+  test("the guest's eth0 is the pod's interface: its MAC, its one address, its routes (nothing left by a template's or cached VM's warm-up)", async () => {
+    const ip = (await cri.podSandboxStatus(pod)).status?.network?.ip ?? "";
+    const net = readState(sandboxDir(TEST_STATE_DIR, pod))?.network;
+    assert.ok(net && net.endpoints.length === 1, "one pod interface in the sandbox state");
+    const veth = net.endpoints[0]!;
+    // Not /sys: nsenter --net keeps the host's mount of sysfs, which shows the host's links.
+    const link = execFileSync("nsenter", [`--net=${net.netnsPath}`, "ip", "-o", "link", "show", "dev", veth.veth], { encoding: "utf8" });
+    const hostSide = / link\/ether (\S+)/.exec(link)?.[1] ?? link;
+    assert.equal(veth.mac, hostSide, `the state's MAC is the CNI interface's (${veth.veth} in ${net.netnsPath})`);
+    const podMac = veth.mac;
+    const r = await exec(client, ["sh", "-c", "cat /sys/class/net/eth0/address /sys/class/net/eth0/operstate; ip -o -4 addr show dev eth0; ip -4 route"]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    const [mac, operstate, ...rest] = r.stdout.trim().split("\n");
+    assert.equal(mac, podMac, "the guest NIC carries the CNI interface's MAC");
+    assert.equal(operstate, "up");
+    const addrs = rest.filter((l) => / inet /.test(l)).map((l) => / inet (\S+)/.exec(l)?.[1]);
+    assert.deepEqual(addrs, [`${ip}/24`], `eth0's only IPv4 address is the pod's:\n${r.stdout}`);
+    const routes = rest.filter((l) => !/ inet /.test(l));
+    assert.ok(routes.some((l) => /^default via 10\.217\.0\.1 dev eth0/.test(l)), `default route via the CNI gateway:\n${r.stdout}`);
+    assert.ok(!r.stdout.includes("169.254.253."), `no warm-up address or route:\n${r.stdout}`);
   });
 
   test("hostname, resolv.conf and hosts from CRI reach the containers", async () => {

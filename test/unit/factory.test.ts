@@ -50,6 +50,10 @@ test("a template is found only for its exact shape, with templating on, and neve
     assert.equal(findTemplate(cfg, { ...shape, nics: 0 }), undefined, "another NIC count is another template");
     assert.equal(findTemplate(cfg, { ...shape, memoryMiB: 768 }), undefined, "another size is another template");
     assert.equal(findTemplate({ ...cfg, factory: { ...cfg.factory, enable_template: false } }, shape), undefined, "templating off");
+    // The guest kernel's command line is part of the key: a template booted with other options is not used.
+    const q0 = cfg.hypervisor.qemu;
+    for (const over of [{ tcg_norandmaps: !q0.tcg_norandmaps }, { tcg_mitigations_off: !q0.tcg_mitigations_off }, { kernel_params: "debug" }])
+      assert.equal(findTemplate({ ...cfg, hypervisor: { ...cfg.hypervisor, qemu: { ...q0, ...over } } }, shape), undefined, JSON.stringify(over));
     // A new kernel (other mtime) makes the template stale: not used, listed as invalid.
     utimesSync(kernel, new Date(2000, 1, 1), new Date(2000, 1, 1));
     assert.equal(findTemplate(cfg, shape), undefined);

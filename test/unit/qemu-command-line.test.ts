@@ -49,7 +49,7 @@ test("microvm + tcg: exact argv with virtio-mmio devices", () => {
     "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none",
     "-kernel", "/g/vmlinux",
     "-initrd", "/g/rootfs.initrd",
-    "-append", `${BASE} quiet tsc_early_khz=2596148 norandmaps`,
+    "-append", `${BASE} quiet tsc_early_khz=2596148 norandmaps mitigations=off`,
     "-chardev", "file,id=console,path=/run/vm/console.log",
     "-serial", "chardev:console",
     "-qmp", "unix:/run/vm/qmp.sock,server=on,wait=off",
@@ -132,14 +132,20 @@ test("free_page_reporting = false: no balloon device", () => {
   assert.ok(!args.some((a) => a.includes("balloon")));
 });
 
-test("tcg_norandmaps: norandmaps under TCG only, and only when on", () => {
-  const append = (accel: "tcg" | "kvm", on: boolean): string[] => {
-    const args = buildQemuArgs(spec({ accel }), qemuCfg({ tcg_norandmaps: on }), paths, { hostTscKhz: 1000 });
-    return args[args.indexOf("-append") + 1]!.split(" ");
-  };
-  assert.ok(append("tcg", true).includes("norandmaps"));
-  assert.ok(!append("tcg", false).includes("norandmaps"));
-  assert.ok(!append("kvm", true).includes("norandmaps"), "KVM has no translation cache: keep ASLR");
+test("TCG-only guest options (tcg_norandmaps, tcg_mitigations_off): under TCG only, and only when on", () => {
+  const options = [
+    ["tcg_norandmaps", "norandmaps", "KVM has no translation cache: keep ASLR"],
+    ["tcg_mitigations_off", "mitigations=off", "under KVM the guest's mitigations guard a real CPU: they stay"],
+  ] as const;
+  for (const [key, word, kvmWhy] of options) {
+    const append = (accel: "tcg" | "kvm", on: boolean): string[] => {
+      const args = buildQemuArgs(spec({ accel }), qemuCfg({ [key]: on }), paths, { hostTscKhz: 1000 });
+      return args[args.indexOf("-append") + 1]!.split(" ");
+    };
+    assert.ok(append("tcg", true).includes(word), key);
+    assert.ok(!append("tcg", false).includes(word), key);
+    assert.ok(!append("kvm", true).includes(word), kvmWhy);
+  }
 });
 
 test("transport follows the machine type; q35 has no mmio", () => {

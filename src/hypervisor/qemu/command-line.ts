@@ -100,6 +100,8 @@ export interface CmdlineInput {
   hostTscKhz?: number;
   /** Under TCG: boot with `norandmaps` (hypervisor.qemu.tcg_norandmaps). */
   tcgNorandmaps?: boolean;
+  /** Under TCG: boot with `mitigations=off` (hypervisor.qemu.tcg_mitigations_off). */
+  tcgMitigationsOff?: boolean;
 }
 
 /** The guest kernel command line as a word list. */
@@ -114,6 +116,14 @@ export function kernelCommandLine(input: CmdlineInput): string[] {
   // is translated again. Fixed addresses let a VM reuse its translations
   // (a warm crun start 160-400 → 80-120 ms; docs/configuration.md).
   if (input.accel === "tcg" && input.tcgNorandmaps) words.push("norandmaps");
+  // The guest kernel's Spectre/Meltdown mitigations (retpolines, swapgs
+  // barriers, RSB filling) guard against a CPU speculating through the
+  // guest's own code. Under TCG no CPU runs that code: QEMU translates it,
+  // and a retpoline becomes two more translated indirect jumps. They cost
+  // every guest syscall and interrupt (crun run ~10 % slower) and protect
+  // nothing; the host's own mitigations still guard QEMU. Under KVM they do
+  // protect the guest kernel from the pod's processes, so they stay.
+  if (input.accel === "tcg" && input.tcgMitigationsOff) words.push("mitigations=off");
   if (input.configParams) words.push(...input.configParams.split(/\s+/).filter((w) => w !== ""));
   if (input.extraParams) words.push(...input.extraParams);
   return words;
@@ -192,6 +202,7 @@ export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, 
     extraParams: spec.kernelParams,
     hostTscKhz: opts.hostTscKhz,
     tcgNorandmaps: qemu.tcg_norandmaps,
+    tcgMitigationsOff: qemu.tcg_mitigations_off,
   });
   args.push("-append", cmdline.join(" "));
 
