@@ -42,7 +42,7 @@ export interface BuildGuestImageOptions {
 
 export const DEFAULT_CACHE_DIR = '/var/cache/hako';
 // 3: node stripped in the guest. 4: node on its own image beside the initrd.
-const LAYOUT_VERSION = '4';
+const LAYOUT_VERSION = '5';
 export const OUT_NAMES = {
   generic: 'vmlinux-generic',
   minimal: 'vmlinux-minimal',

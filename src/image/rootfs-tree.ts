@@ -5,6 +5,7 @@ import { chmod, copyFile, cp, mkdir, readdir, rm, stat, symlink, writeFile, lsta
 import path from 'node:path';
 import { run, runRaw } from './exec.js';
 import { stageModules } from './modules.js';
+import { LIBSYSTEMD_SONAME, buildLibsystemdStub } from './libsystemd-stub.js';
 import { HELPER_DIR, HELPER_FDS_ENV, HELPER_SH } from '../agent/helper-shell.js';
 
 export interface StageOptions {
@@ -195,17 +196,55 @@ async function stageBinary(stage: string, src: string, dst: string, opts: { stri
 async function stageLibs(stage: string, binary: string): Promise<void> {
   if (await isStaticBinary(binary)) return;
   const out = await run('ldd', [binary], { what: `ldd ${binary}`, hint: 'is libc-bin installed?' });
-  for (const lib of parseLdd(out)) {
-    const dst = path.join(stage, lib);
-    const have = await lstat(dst).then(
-      () => true,
-      () => false,
-    );
-    if (have) continue;
-    await mkdir(path.dirname(dst), { recursive: true });
-    await copyFile(lib, dst); // follows symlinks: the guest gets the real file under the soname
-    await chmod(dst, 0o755);
+  for (const lib of parseLdd(out)) await stageLib(stage, lib);
+}
+
+/** Copies one library to its own path inside `stage` (once). */
+async function stageLib(stage: string, lib: string): Promise<void> {
+  const dst = path.join(stage, lib);
+  const have = await lstat(dst).then(
+    () => true,
+    () => false,
+  );
+  if (have) return;
+  await mkdir(path.dirname(dst), { recursive: true });
+  await copyFile(lib, dst); // follows symlinks: the guest gets the real file under the soname
+  await chmod(dst, 0o755);
+}
+
+/** The sonames `binary` links against directly (its DT_NEEDED entries). */
+async function neededSonames(binary: string): Promise<string[]> {
+  const out = await run('readelf', ['-d', binary], { what: `readelf -d ${binary}`, hint: 'install binutils (apt-get install binutils)' });
+  return [...out.matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)].map((m) => m[1]!);
+}
+
+/**
+ * crun with libsystemd replaced by a stub (libsystemd-stub.ts): the stub
+ * under libsystemd's path, and only the libraries crun's other direct
+ * dependencies need, so libsystemd's own (libgcrypt, the compressors) stay
+ * out of the guest. A crun that does not link libsystemd is staged as is.
+ */
+async function stageCrun(stage: string, crun: string, workDir: string): Promise<void> {
+  await placeExecutable(stage, crun, '/usr/bin/crun');
+  if (await isStaticBinary(crun)) return;
+  const lddOut = await run('ldd', [crun], { what: `ldd ${crun}`, hint: 'is libc-bin installed?' });
+  const pathOf = new Map([...lddOut.matchAll(/^\s*(\S+)\s+=>\s+(\/\S+)\s+\(/gm)].map((m) => [m[1]!, m[2]!]));
+  const systemd = pathOf.get(LIBSYSTEMD_SONAME);
+  const stub = systemd ? await buildLibsystemdStub(crun, workDir) : undefined;
+  if (!systemd || !stub) {
+    await stageLibs(stage, crun);
+    return;
   }
+  for (const soname of await neededSonames(crun)) {
+    if (soname === LIBSYSTEMD_SONAME) continue;
+    const lib = pathOf.get(soname);
+    if (!lib) throw new Error(`ldd ${crun} does not resolve ${soname}`);
+    await stageLib(stage, lib);
+    await stageLibs(stage, lib);
+  }
+  await mkdir(path.dirname(path.join(stage, systemd)), { recursive: true });
+  await copyFile(stub, path.join(stage, systemd));
+  await chmod(path.join(stage, systemd), 0o755);
 }
 
 async function stageBusybox(stage: string, busybox: string): Promise<void> {
@@ -274,7 +313,8 @@ export async function buildStagingTree(opts: StageOptions): Promise<void> {
   } else {
     await stageBinary(stage, opts.nodeBinary, '/usr/bin/node', { strip: true });
   }
-  await stageBinary(stage, opts.crunBinary, '/usr/bin/crun');
+  await stageCrun(stage, opts.crunBinary, `${stage}.libsystemd-stub`);
+  await rm(`${stage}.libsystemd-stub`, { recursive: true, force: true });
   await copyFile(opts.agentBundle, path.join(stage, 'opt/hako/hako-agent.js'));
   await stageNodePty(stage, opts.nodePtyDir);
   if (opts.modules) await stageModules(opts.modules.kernelRoot, opts.modules.release, stage);
