@@ -8,7 +8,7 @@ import type { Hypervisor, VirtualMachine, VmNetwork } from "../hypervisor/hyperv
 import { PodNetwork } from "../resource/network/pod-network.js";
 import { VirtioNinePShare } from "../resource/sharefs/virtio-9p.js";
 import { removeTree } from "../resource/mounts.js";
-import type { ShareFs } from "../resource/sharefs/share-fs.js";
+import type { ShareFs, SharedPath } from "../resource/sharefs/share-fs.js";
 import type { HakoConfig } from "./config.js";
 import { connectAgentWhenReady, type AgentClient } from "./agent-client.js";
 import { RuntimeError } from "./errors.js";
@@ -307,13 +307,20 @@ export class Sandbox {
   private async createGuestContainer(cid: string, bundle: Bundle, terminal: boolean): Promise<void> {
     const agent = this.requireAgent();
     const share = this.share!;
-    const root = await share.share(cid, "rootfs", bundle.rootfs, { readonly: false });
-    const guestMounts = new Map<number, string>();
-    for (const m of bindMountsToShare(bundle.spec)) {
-      const shared = await share.share(cid, join("mounts", String(m.index)), m.source, { readonly: m.readonly });
-      guestMounts.set(m.index, shared.guestPath);
-    }
-    const spec = guestSpec(cid, bundle.spec, root.guestPath, guestMounts);
+    // The rootfs and each bind mount go to a directory of their own, so their
+    // `mount` spawns run side by side (a CRI container has 3-4: ~8 ms less on
+    // an idle host). All are waited for before a failure is passed on: the
+    // caller's cleanup must not run while a mount is still being made.
+    const binds = bindMountsToShare(bundle.spec);
+    const shared = await Promise.allSettled([
+      share.share(cid, "rootfs", bundle.rootfs, { readonly: false }),
+      ...binds.map((m) => share.share(cid, join("mounts", String(m.index)), m.source, { readonly: m.readonly })),
+    ]);
+    const failed = shared.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed) throw failed.reason;
+    const [root, ...boundPaths] = shared.map((r) => (r as PromiseFulfilledResult<SharedPath>).value);
+    const guestMounts = new Map(binds.map((m, i) => [m.index, boundPaths[i]!.guestPath]));
+    const spec = guestSpec(cid, bundle.spec, root!.guestPath, guestMounts);
     const ownUts = (spec.linux?.namespaces ?? []).some((n) => n.type === "uts");
     if (bundle.spec.hostname === undefined && ownUts) spec.hostname = cid.slice(0, 63);
     await agent.agent.createContainer({ containerId: cid, ociSpecJson: JSON.stringify(spec), terminal });
