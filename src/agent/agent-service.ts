@@ -8,7 +8,7 @@ import { AgentService } from "../protocols/gen/hako/agent/v1/agent_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../protocols/gen/hako/agent/v1/health_pb.js";
 import type { TtrpcServer } from "../protocols/ttrpc/server.js";
 import { ContainerManager } from "./containers.js";
-import { addNeighbors, updateInterface, updateRoutes } from "./guest-network.js";
+import { addNeighbors, inArrivalOrder, updateInterface, updateRoutes } from "./guest-network.js";
 import { agentLaunchMs, guestDetails, mixEntropy, mountStorage, setClock, setDns, setHostname, unmount } from "./guest-system.js";
 import type { GuestStorage } from "../resource/sharefs/share-fs.js";
 import { WARM_UP_CONTAINER, warmUp, warmUpNetworkTools, warmUpNics, warmUpSpec } from "./warm-up.js";
@@ -34,6 +34,12 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
     }
     return done;
   };
+
+  // The network RPCs run one at a time, in the order they arrived (the
+  // server calls handlers in arrival order): a host may send UpdateRoutes and
+  // AddARPNeighbors right behind UpdateInterface without waiting for its
+  // answer, and they need the interface configured.
+  const networkStep = inArrivalOrder();
 
   server.register(AgentService, {
     async createSandbox(req) {
@@ -120,22 +126,28 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
       await containers.resume(req.containerId);
       return {};
     },
-    async updateInterface(req) {
-      const i = req.interface;
-      if (!i) throw new AgentError("", "UpdateInterface: the request has no interface", { code: Code.INVALID_ARGUMENT });
-      if (i.mtu > 65535n) throw new AgentError("", `UpdateInterface ${i.name}: MTU ${i.mtu} is outside 68..65535`, { code: Code.INVALID_ARGUMENT });
-      const done = await updateInterface({ device: i.device, name: i.name, hwAddr: i.hwAddr, mtu: Number(i.mtu), addresses: i.addresses });
-      log.info({ device: done.device, mac: done.hwAddr }, "interface configured");
-      return { device: done.device, name: done.name, hwAddr: done.hwAddr, mtu: BigInt(done.mtu), addresses: done.addresses };
+    updateInterface(req) {
+      return networkStep(async () => {
+        const i = req.interface;
+        if (!i) throw new AgentError("", "UpdateInterface: the request has no interface", { code: Code.INVALID_ARGUMENT });
+        if (i.mtu > 65535n) throw new AgentError("", `UpdateInterface ${i.name}: MTU ${i.mtu} is outside 68..65535`, { code: Code.INVALID_ARGUMENT });
+        const done = await updateInterface({ device: i.device, name: i.name, hwAddr: i.hwAddr, mtu: Number(i.mtu), addresses: i.addresses });
+        log.info({ device: done.device, mac: done.hwAddr }, "interface configured");
+        return { device: done.device, name: done.name, hwAddr: done.hwAddr, mtu: BigInt(done.mtu), addresses: done.addresses };
+      });
     },
-    async updateRoutes(req) {
-      const routes = req.routes?.routes ?? [];
-      await updateRoutes(routes);
-      return { routes };
+    updateRoutes(req) {
+      return networkStep(async () => {
+        const routes = req.routes?.routes ?? [];
+        await updateRoutes(routes);
+        return { routes };
+      });
     },
-    async addARPNeighbors(req) {
-      await addNeighbors(req.neighbors);
-      return {};
+    addARPNeighbors(req) {
+      return networkStep(async () => {
+        await addNeighbors(req.neighbors);
+        return {};
+      });
     },
     async getGuestDetails() {
       return guestDetails(AGENT_VERSION, readyMs());

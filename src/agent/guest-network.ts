@@ -274,6 +274,20 @@ export async function runCommands(rpc: string, commands: readonly string[][], hi
   }
 }
 
+/**
+ * A runner that starts each piece of work only when the one passed before it
+ * has settled, in the order they were passed. One that fails does not stop
+ * the next; each caller gets its own result.
+ */
+export function inArrivalOrder(): <T>(work: () => Promise<T>) => Promise<T> {
+  let chain: Promise<unknown> = Promise.resolve();
+  return <T>(work: () => Promise<T>): Promise<T> => {
+    const step = chain.then(work, work);
+    chain = step.catch(() => undefined);
+    return step;
+  };
+}
+
 export const deviceExists = (name: string): boolean => existsSync(`${SYS_CLASS_NET}/${name}`);
 
 /** Links this agent has given addresses (a down link not in here has none: the guest kernel assigns no IPv4 by itself). */

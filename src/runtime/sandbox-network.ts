@@ -107,21 +107,28 @@ function wrap(id: string, step: string, err: unknown): AgentError {
   });
 }
 
-/** Sends UpdateInterface per interface, UpdateRoutes, and AddARPNeighbors when there are static neighbours. */
+/**
+ * Sends UpdateInterface per interface, UpdateRoutes, and AddARPNeighbors
+ * when there are static neighbours, in that order, all at once: the agent
+ * runs its network RPCs one at a time in arrival order (agent-service.ts),
+ * so no call waits for the previous answer's round trip. The first failure
+ * in that order is the one reported.
+ */
 export async function configureGuestNetwork(id: string, agent: AgentApi, scan: NetnsScan, log: Logger, guestDevices?: readonly string[]): Promise<void> {
-  const step = async (what: string, call: () => Promise<unknown>): Promise<void> => {
-    const t0 = Date.now();
-    try {
-      await call();
-    } catch (err) {
-      throw wrap(id, what, err);
-    }
-    log.debug({ sandbox: id, ms: Date.now() - t0 }, `guest network: ${what}`);
+  const t0 = Date.now();
+  const steps: Array<{ what: string; done: Promise<unknown> }> = [];
+  const send = (what: string, call: () => Promise<unknown>): void => {
+    const done = call();
+    done.then(() => log.debug({ sandbox: id, ms: Date.now() - t0 }, `guest network: ${what} done`)).catch(() => undefined);
+    steps.push({ what, done });
   };
-  for (const [i, iface] of scan.interfaces.entries()) await step(`UpdateInterface ${iface.name} (${iface.mac})`, () => agent.updateInterface(interfaceRequest(iface, guestDevices?.[i])));
+  for (const [i, iface] of scan.interfaces.entries()) send(`UpdateInterface ${iface.name} (${iface.mac})`, () => agent.updateInterface(interfaceRequest(iface, guestDevices?.[i])));
   const routes = guestRoutes(scan);
-  if (routes.length > 0) await step("UpdateRoutes", () => agent.updateRoutes(routesRequest(routes)));
+  if (routes.length > 0) send("UpdateRoutes", () => agent.updateRoutes(routesRequest(routes)));
   const { request, skipped } = neighborsRequest(scan.neighbors);
   if (skipped.length > 0) log.warn({ sandbox: id, neighbors: skipped }, "static IPv6 neighbours are not copied into the guest (it resolves them with NDP)");
-  if (request.neighbors !== undefined && request.neighbors.length > 0) await step("AddARPNeighbors", () => agent.addARPNeighbors(request));
+  if (request.neighbors !== undefined && request.neighbors.length > 0) send("AddARPNeighbors", () => agent.addARPNeighbors(request));
+  const settled = await Promise.allSettled(steps.map((s) => s.done));
+  const failed = settled.findIndex((r) => r.status === "rejected");
+  if (failed >= 0) throw wrap(id, steps[failed]!.what, (settled[failed] as PromiseRejectedResult).reason);
 }

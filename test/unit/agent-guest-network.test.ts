@@ -9,6 +9,7 @@ import { join } from "node:path";
 import {
   buildScript,
   failedCommand,
+  inArrivalOrder,
   interfaceCommands,
   listLinks,
   neighborCommands,
@@ -211,4 +212,22 @@ test("UpdateInterface by device (a VM cloned from a template): the NIC gets the 
   // Already the pod's MAC: no address change.
   const same = interfaceCommands(iface({ device: "eth0", addresses: [] }), [{ name: "eth0", mac: POD_MAC, up: false }], () => false);
   assert.deepEqual(same.commands, [["ip", "link", "set", "dev", "eth0", "mtu", "1400", "up"]]);
+});
+
+test("inArrivalOrder (the agent's network RPCs): each starts after the one before settled, failed or not", async () => {
+  const step = inArrivalOrder();
+  const log: string[] = [];
+  const slow = step(async () => {
+    log.push("a start");
+    await new Promise((r) => setTimeout(r, 20));
+    log.push("a end");
+    throw new Error("a failed");
+  });
+  const fast = step(async () => {
+    log.push("b");
+    return 2;
+  });
+  await assert.rejects(slow, /a failed/);
+  assert.equal(await fast, 2);
+  assert.deepEqual(log, ["a start", "a end", "b"]);
 });

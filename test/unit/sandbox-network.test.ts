@@ -112,7 +112,26 @@ test("configureGuestNetwork: an agent failure names the sandbox and the step and
     assert.match(e.message, /network of sandbox sb1 in the guest failed at UpdateInterface eth0 \(0a:58:0a:d5:07:02\): UpdateInterface eth0: no guest interface/);
     return true;
   });
-  assert.equal(a.calls.length, 1, "stops at the first failure");
+  // All were sent at once; the first failure in sending order is the one reported.
+  assert.deepEqual(a.calls.map(([m]) => m), ["updateInterface", "updateInterface", "updateRoutes", "addARPNeighbors"]);
   const b = fakeAgent({ method: "updateRoutes", err: new TtrpcError(Code.INTERNAL, "UpdateRoutes: `ip route replace …` failed: Network is unreachable") });
   await assert.rejects(configureGuestNetwork("sb1", b.agent, SCAN, quiet), /failed at UpdateRoutes: .*Network is unreachable/);
+});
+
+test("configureGuestNetwork sends every call without waiting for the one before (the agent orders them)", async () => {
+  const calls: string[] = [];
+  let releaseInterfaces: () => void = () => undefined;
+  const interfacesHeld = new Promise<void>((r) => (releaseInterfaces = r));
+  const agent = new Proxy({} as AgentApi, {
+    get: (_t, method: string) => async () => {
+      calls.push(method);
+      if (method === "updateInterface") await interfacesHeld;
+      return {};
+    },
+  });
+  const done = configureGuestNetwork("sb1", agent, SCAN, quiet);
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(calls, ["updateInterface", "updateInterface", "updateRoutes", "addARPNeighbors"], "all sent while the interfaces are not answered yet");
+  releaseInterfaces();
+  await done;
 });
