@@ -60,9 +60,9 @@ export const WARM_UP_NIC = { address: "169.254.253.2", prefixLength: 30, gateway
 /**
  * The set-up a pod's first UpdateInterface and UpdateRoutes do, on the VM's
  * own NICs, undone after: a warm clone's pod then finds the virtio-net open,
- * MAC change (its control queue), address and route code translated. Alone,
- * the `ip` tools on lo (above) left a clone's guest network at ~100 ms,
- * against ~27 ms for the same commands once translated (docs/benchmarks.md).
+ * MAC change (its control queue), address and route code translated: with
+ * the `ip` tools warmed on lo only (above), a cached VM's pod took 27-40 ms
+ * for its `ip link set … address … up`, 16-21 ms with this (docs/templating.md).
  * Only a fresh NIC (down, never configured) is used; it is left down, without
  * addresses or routes, with its own MAC. Its packets (IPv6 DAD, router
  * solicitation) go to a tap nobody reads: a cached VM's is in the VM cache's
