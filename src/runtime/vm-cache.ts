@@ -45,6 +45,20 @@ const ENTRY = "entry.json";
 const NETNS_DIR = "/var/run/netns";
 /** A refill waits until no sandbox has taken a cached VM for this long. */
 const REFILL_QUIET_MS = 1500;
+/** A template whose fill failed is tried again after this, doubled per failure in a row, up to FILL_RETRY_MAX_MS. */
+const FILL_RETRY_MS = 5_000;
+const FILL_RETRY_MAX_MS = 300_000;
+
+/**
+ * How long a template waits after its n-th failed fill in a row: each try is
+ * a restore and a warm-up (most of a host core for a second or two), so a
+ * template that cannot fill (a broken image, a host without room) must not
+ * take the host's CPU for ever. 5, 10, 20 s … up to 5 min; a fill that works
+ * starts over.
+ */
+export function fillRetryDelayMs(failuresInARow: number): number {
+  return Math.min(FILL_RETRY_MS * 2 ** Math.max(0, failuresInARow - 1), FILL_RETRY_MAX_MS);
+}
 const DAEMON_PID = "daemon.pid";
 
 /** A cached VM's entry.json, undefined if missing or unreadable (a fill that died before writing it). */
@@ -138,6 +152,8 @@ export class VmCacheDaemon {
   private filling: Promise<unknown> = Promise.resolve();
   private wake: (() => void) | undefined;
   private readonly lastCount = new Map<string, number>();
+  /** Per template: failed fills in a row, and when it may be tried again. */
+  private readonly failedFills = new Map<string, { inARow: number; retryAt: number }>();
   /** inotify on each template's cache directory: a claim (rename away) releases that VM's agent at once. */
   private readonly watchers = new Map<string, FSWatcher>();
   private lastTake = 0;
@@ -167,17 +183,21 @@ export class VmCacheDaemon {
       }
       // Refill after a quiet spell: on two cores a restore next to a starting pod slows that pod down.
       const quiet = Date.now() - this.lastTake >= REFILL_QUIET_MS;
-      const short = quiet ? templates.find((t) => counts.get(t.key)! < this.perTemplate) : undefined;
+      const now = Date.now();
+      const short = quiet ? templates.find((t) => counts.get(t.key)! < this.perTemplate && (this.failedFills.get(t.key)?.retryAt ?? 0) <= now) : undefined;
       if (short) {
         try {
           const fill = this.fill(short);
           this.filling = fill.catch(() => undefined);
           const rec = await fill;
+          this.failedFills.delete(short.key);
           onFilled?.(short.key, rec);
         } catch (err) {
           if (this.stopping) break;
-          this.log.error({ err, template: short.key }, "filling the VM cache failed; retrying in 5 s");
-          await this.sleep(5000);
+          const inARow = (this.failedFills.get(short.key)?.inARow ?? 0) + 1;
+          const delay = fillRetryDelayMs(inARow);
+          this.failedFills.set(short.key, { inARow, retryAt: Date.now() + delay });
+          this.log.error({ err, template: short.key, failuresInARow: inARow }, `filling the VM cache failed; this template is tried again in ${Math.round(delay / 1000)} s`);
         }
         continue;
       }

@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defaultConfig, type HakoConfig } from "../../src/runtime/config.js";
-import { cachedVmCounts, claimCachedVm, vmCacheRoot, type CachedVmRecord } from "../../src/runtime/vm-cache.js";
+import { cachedVmCounts, claimCachedVm, fillRetryDelayMs, vmCacheRoot, type CachedVmRecord } from "../../src/runtime/vm-cache.js";
 import { AdoptedQemuProcess, procState } from "../../src/hypervisor/qemu/vmm-process.js";
 
 function fixture(): { dir: string; cfg: HakoConfig } {
@@ -64,4 +64,9 @@ test("an adopted QEMU's exit is seen through /proc; a kill is reported as the si
   assert.deepEqual(await proc.exited, { code: null, signal: "SIGTERM" });
   assert.equal(procState(pid) === "alive", false);
   assert.equal(await proc.outputText(), "", "its output went to the process that spawned it");
+});
+
+test("a template whose fills keep failing is tried again after 5 s, then twice as long each time, at most every 5 min", () => {
+  assert.deepEqual([1, 2, 3, 4, 5, 6, 7, 8, 20].map(fillRetryDelayMs), [5_000, 10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000, 300_000]);
+  assert.equal(fillRetryDelayMs(0), 5_000, "no failure yet: the first delay");
 });
