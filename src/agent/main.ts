@@ -65,6 +65,9 @@ async function waitForHost(fd: number): Promise<Buffer | "error"> {
   }
 }
 
+/** The most one read of the port takes. */
+const PORT_READ_SIZE = 256 * 1024;
+
 /**
  * One host connection on the open port, as the Duplex the ttRPC server
  * reads and writes: fs.read on the port (EOF: the host hung up) and
@@ -77,6 +80,9 @@ class PortConnection extends Duplex {
   /** The port itself failed (not a hang-up): reopen it. */
   failed = false;
   private reading = false;
+  /** One read buffer for the connection; what a read returns is copied out to its size, so a
+   * 100-byte request does not hold 256 KiB until it is collected. */
+  private readonly buf = Buffer.allocUnsafe(PORT_READ_SIZE);
 
   constructor(
     private readonly fd: number,
@@ -89,7 +95,7 @@ class PortConnection extends Duplex {
   override _read(): void {
     if (this.reading) return;
     this.reading = true;
-    const buf = Buffer.allocUnsafe(PORT_READ_SIZE);
+    const buf = this.buf;
     read(this.fd, buf, 0, buf.length, null, (err, n) => {
       this.reading = false;
       if (this.destroyed) return;
@@ -97,7 +103,7 @@ class PortConnection extends Duplex {
         this.failed = true;
         this.destroy(err);
       } else if (n === 0) this.push(null);
-      else this.push(buf.subarray(0, n));
+      else this.push(Buffer.from(buf.subarray(0, n)));
     });
   }
 
@@ -118,8 +124,6 @@ class PortConnection extends Duplex {
     done(); // the port stays open for the next host
   }
 }
-
-const PORT_READ_SIZE = 256 * 1024;
 
 /**
  * Serves one host connection on the open port, starting with the bytes
