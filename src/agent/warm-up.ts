@@ -55,7 +55,7 @@ export async function warmUpNetworkTools(): Promise<void> {
 }
 
 /** What the warm-up gives a NIC for a moment: a link-local /30 and a locally administered MAC. */
-export const WARM_UP_NIC = { address: "169.254.253.2", prefixLength: 30, gateway: "169.254.253.1", mac: "02:68:61:6b:6f:01" } as const;
+const WARM_UP_NIC = { address: "169.254.253.2", prefixLength: 30, gateway: "169.254.253.1", mac: "02:68:61:6b:6f:01" } as const;
 
 /**
  * The set-up a pod's first UpdateInterface and UpdateRoutes do, on the VM's
@@ -68,8 +68,7 @@ export const WARM_UP_NIC = { address: "169.254.253.2", prefixLength: 30, gateway
  * solicitation) go to a tap nobody reads: a cached VM's is in the VM cache's
  * netns, a template's in factory init's scratch netns.
  */
-export async function warmUpNics(): Promise<number> {
-  let warmed = 0;
+export async function warmUpNics(): Promise<void> {
   for (const link of listLinks()) {
     if (link.name === "lo" || link.up || !/^eth\d+$/.test(link.name)) continue;
     try {
@@ -81,9 +80,7 @@ export async function warmUpNics(): Promise<number> {
     } finally {
       await resetInterface(link.name, link.mac);
     }
-    warmed++;
   }
-  return warmed;
 }
 
 /** Id of the throwaway container of a cached VM's warm-up (no pod container can have it: CRI ids are hex). */

@@ -12,7 +12,7 @@ import { HypervisorError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import type { Accelerator } from "./hypervisor.js";
 import { kernelWantsAcpi } from "./guest-kernel.js";
-import { kernelCommandLine, machineArgs, machineTypeOf } from "./qemu/command-line.js";
+import { kernelCommandLine, machineArgs, machineTypeOf, tcgGuestOptions } from "./qemu/command-line.js";
 import { TailBuffer } from "./qemu/qemu-hypervisor.js";
 
 export const KVM_DEVICE = "/dev/kvm";
@@ -83,8 +83,7 @@ export function buildProbeArgs(accel: Accelerator, opts: Pick<ProbeBootOptions, 
     machine,
     hostTscKhz: opts.hostTscKhz,
     extraParams: [PROBE_PARAM],
-    tcgNorandmaps: opts.qemu.tcg_norandmaps,
-    tcgMitigationsOff: opts.qemu.tcg_mitigations_off,
+    ...tcgGuestOptions(opts.qemu),
   });
   return [
     ...machineArgs(machine, machine === "q35" ? "pci" : "mmio", accel, opts.qemu, kernelWantsAcpi(opts.kernel)),

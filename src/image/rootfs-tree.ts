@@ -154,21 +154,31 @@ const ETC_FILES: Record<string, string> = {
 
 const EMPTY_DIRS = ['proc', 'sys', 'dev', 'run', 'tmp', 'root', 'mnt', 'var', 'var/tmp', 'etc/hako', 'opt/hako', 'usr/bin', 'usr/sbin', 'bin', 'sbin'];
 
-/** Parses `ldd` output into the absolute paths of the libraries and the dynamic loader. */
-export function parseLdd(out: string): string[] {
-  const libs: string[] = [];
+/** Parses `ldd` output: each library by its soname and path, and the dynamic loader (its path only). */
+function parseLddEntries(out: string): Array<{ soname?: string; path: string }> {
+  const entries: Array<{ soname?: string; path: string }> = [];
   for (const raw of out.split('\n')) {
     const line = raw.trim();
-    let m = /^\S+\s+=>\s+(\/\S+)\s+\(/.exec(line);
-    if (!m) m = /^(\/\S+)\s+\(/.exec(line);
-    if (m && !libs.includes(m[1]!)) libs.push(m[1]!);
+    const lib = /^(\S+)\s+=>\s+(\/\S+)\s+\(/.exec(line);
+    const loader = lib ? null : /^(\/\S+)\s+\(/.exec(line);
+    const entry = lib ? { soname: lib[1]!, path: lib[2]! } : loader ? { path: loader[1]! } : undefined;
+    if (entry && !entries.some((e) => e.path === entry.path)) entries.push(entry);
   }
-  return libs;
+  return entries;
 }
 
-async function isStaticBinary(bin: string): Promise<boolean> {
-  const r = await runRaw('ldd', [bin]);
-  return /not a dynamic executable|statically linked/.test(r.stdout.toString() + r.stderr);
+/** Parses `ldd` output into the absolute paths of the libraries and the dynamic loader. */
+export function parseLdd(out: string): string[] {
+  return parseLddEntries(out).map((e) => e.path);
+}
+
+/** `ldd binary`'s output, or undefined for a static binary (one run of ldd for both answers). */
+async function lddOf(binary: string): Promise<string | undefined> {
+  const r = await runRaw('ldd', [binary]);
+  const text = r.stdout.toString();
+  if (/not a dynamic executable|statically linked/.test(text + r.stderr)) return undefined;
+  if (r.code !== 0) throw new Error(`ldd ${binary} failed: ${r.stderr.trim() || `status ${r.code}`}; is libc-bin installed?`);
+  return text;
 }
 
 /**
@@ -194,9 +204,8 @@ async function stageBinary(stage: string, src: string, dst: string, opts: { stri
 }
 
 async function stageLibs(stage: string, binary: string): Promise<void> {
-  if (await isStaticBinary(binary)) return;
-  const out = await run('ldd', [binary], { what: `ldd ${binary}`, hint: 'is libc-bin installed?' });
-  for (const lib of parseLdd(out)) await stageLib(stage, lib);
+  const out = await lddOf(binary);
+  for (const lib of out === undefined ? [] : parseLdd(out)) await stageLib(stage, lib);
 }
 
 /** Copies one library to its own path inside `stage` (once). */
@@ -226,9 +235,9 @@ async function neededSonames(binary: string): Promise<string[]> {
  */
 async function stageCrun(stage: string, crun: string, workDir: string): Promise<void> {
   await placeExecutable(stage, crun, '/usr/bin/crun');
-  if (await isStaticBinary(crun)) return;
-  const lddOut = await run('ldd', [crun], { what: `ldd ${crun}`, hint: 'is libc-bin installed?' });
-  const pathOf = new Map([...lddOut.matchAll(/^\s*(\S+)\s+=>\s+(\/\S+)\s+\(/gm)].map((m) => [m[1]!, m[2]!]));
+  const lddOut = await lddOf(crun);
+  if (lddOut === undefined) return;
+  const pathOf = new Map(parseLddEntries(lddOut).flatMap((e) => (e.soname ? [[e.soname, e.path] as const] : [])));
   const systemd = pathOf.get(LIBSYSTEMD_SONAME);
   const stub = systemd ? await buildLibsystemdStub(crun, workDir) : undefined;
   if (!systemd || !stub) {
@@ -248,7 +257,7 @@ async function stageCrun(stage: string, crun: string, workDir: string): Promise<
 }
 
 async function stageBusybox(stage: string, busybox: string): Promise<void> {
-  if (!(await isStaticBinary(busybox))) {
+  if ((await lddOf(busybox)) !== undefined) {
     throw new Error(`${busybox} is not statically linked; install busybox-static (apt-get install busybox-static)`);
   }
   await copyFile(busybox, path.join(stage, 'bin/busybox'));

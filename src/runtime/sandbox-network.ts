@@ -10,6 +10,7 @@ import type { GuestInterface, GuestNeighbor, GuestRoute, GuestRouteScope, NetnsS
 import type { AgentApi } from "./agent-client.js";
 import { AgentError, HakoError } from "./errors.js";
 import type { Logger } from "./logger.js";
+import { allSettledThenThrow } from "./settled.js";
 
 /** Netlink route scopes (rtnetlink.h), as the agent's Route.scope carries them. */
 export const ROUTE_SCOPE: Readonly<Record<GuestRouteScope, number>> = { global: 0, site: 200, link: 253, host: 254, nowhere: 255 };
@@ -116,11 +117,16 @@ function wrap(id: string, step: string, err: unknown): AgentError {
  */
 export async function configureGuestNetwork(id: string, agent: AgentApi, scan: NetnsScan, log: Logger, guestDevices?: readonly string[]): Promise<void> {
   const t0 = Date.now();
-  const steps: Array<{ what: string; done: Promise<unknown> }> = [];
+  const steps: Array<Promise<void>> = [];
   const send = (what: string, call: () => Promise<unknown>): void => {
-    const done = call();
-    done.then(() => log.debug({ sandbox: id, ms: Date.now() - t0 }, `guest network: ${what} done`)).catch(() => undefined);
-    steps.push({ what, done });
+    steps.push(
+      call().then(
+        () => log.debug({ sandbox: id, ms: Date.now() - t0 }, `guest network: ${what} done`),
+        (err: unknown) => {
+          throw wrap(id, what, err);
+        },
+      ),
+    );
   };
   for (const [i, iface] of scan.interfaces.entries()) send(`UpdateInterface ${iface.name} (${iface.mac})`, () => agent.updateInterface(interfaceRequest(iface, guestDevices?.[i])));
   const routes = guestRoutes(scan);
@@ -128,7 +134,5 @@ export async function configureGuestNetwork(id: string, agent: AgentApi, scan: N
   const { request, skipped } = neighborsRequest(scan.neighbors);
   if (skipped.length > 0) log.warn({ sandbox: id, neighbors: skipped }, "static IPv6 neighbours are not copied into the guest (it resolves them with NDP)");
   if (request.neighbors !== undefined && request.neighbors.length > 0) send("AddARPNeighbors", () => agent.addARPNeighbors(request));
-  const settled = await Promise.allSettled(steps.map((s) => s.done));
-  const failed = settled.findIndex((r) => r.status === "rejected");
-  if (failed >= 0) throw wrap(id, steps[failed]!.what, (settled[failed] as PromiseRejectedResult).reason);
+  await allSettledThenThrow(steps);
 }

@@ -8,7 +8,8 @@ import type { Hypervisor, VirtualMachine, VmNetwork } from "../hypervisor/hyperv
 import { PodNetwork } from "../resource/network/pod-network.js";
 import { VirtioNinePShare } from "../resource/sharefs/virtio-9p.js";
 import { removeTree } from "../resource/mounts.js";
-import type { ShareFs, SharedPath } from "../resource/sharefs/share-fs.js";
+import type { ShareFs } from "../resource/sharefs/share-fs.js";
+import { allSettledThenThrow } from "./settled.js";
 import type { HakoConfig } from "./config.js";
 import { connectAgentWhenReady, type AgentClient } from "./agent-client.js";
 import { RuntimeError } from "./errors.js";
@@ -30,14 +31,6 @@ import { killRecordedVmm, pidMatches, readState, sandboxDir, writeState, type Sa
  * first, which can take minutes, and the slot is not the pull's.
  */
 const START_SLOT_GRACE_MS = 3_000;
-
-/**
- * Waits for every step, then throws the first one's failure (in list order):
- * nothing may still run when a sandbox start fails and its teardown begins.
- */
-async function allSettledThenThrow(steps: ReadonlyArray<Promise<unknown>>): Promise<void> {
-  for (const r of await Promise.allSettled(steps)) if (r.status === "rejected") throw r.reason;
-}
 
 export interface SandboxOptions {
   config: HakoConfig;
@@ -194,7 +187,7 @@ export class Sandbox {
         await this.connectAgent(signal);
         await this.configureGuest(podNet, true);
       })();
-      await allSettledThenThrow([plumbing, adopting]);
+      await allSettledThenThrow<unknown>([plumbing, adopting]);
     } else {
       const network = podNet ? await this.attachNetwork(podNet, []) : undefined;
       this.vm = await hypervisor.start(
@@ -243,7 +236,7 @@ export class Sandbox {
       hostTimeUnixNano: BigInt(Date.now()) * 1_000_000n,
       entropy: randomBytes(64),
     }).then(() => this.mark("sandbox_created"));
-    await allSettledThenThrow([guestNetwork, sandbox]);
+    await allSettledThenThrow<unknown>([guestNetwork, sandbox]);
   }
 
   /** Records the VM's QEMU, then waits for its agent's health check. */
@@ -312,13 +305,10 @@ export class Sandbox {
     // an idle host). All are waited for before a failure is passed on: the
     // caller's cleanup must not run while a mount is still being made.
     const binds = bindMountsToShare(bundle.spec);
-    const shared = await Promise.allSettled([
+    const [root, ...boundPaths] = await allSettledThenThrow([
       share.share(cid, "rootfs", bundle.rootfs, { readonly: false }),
       ...binds.map((m) => share.share(cid, join("mounts", String(m.index)), m.source, { readonly: m.readonly })),
     ]);
-    const failed = shared.find((r): r is PromiseRejectedResult => r.status === "rejected");
-    if (failed) throw failed.reason;
-    const [root, ...boundPaths] = shared.map((r) => (r as PromiseFulfilledResult<SharedPath>).value);
     const guestMounts = new Map(binds.map((m, i) => [m.index, boundPaths[i]!.guestPath]));
     const spec = guestSpec(cid, bundle.spec, root!.guestPath, guestMounts);
     const ownUts = (spec.linux?.namespaces ?? []).some((n) => n.type === "uts");

@@ -182,8 +182,8 @@ export class VmCacheDaemon {
         this.lastCount.set(key, n);
       }
       // Refill after a quiet spell: on two cores a restore next to a starting pod slows that pod down.
-      const quiet = Date.now() - this.lastTake >= REFILL_QUIET_MS;
       const now = Date.now();
+      const quiet = now - this.lastTake >= REFILL_QUIET_MS;
       const short = quiet ? templates.find((t) => counts.get(t.key)! < this.perTemplate && (this.failedFills.get(t.key)?.retryAt ?? 0) <= now) : undefined;
       if (short) {
         try {

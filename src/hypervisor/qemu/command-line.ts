@@ -104,6 +104,11 @@ export interface CmdlineInput {
   tcgMitigationsOff?: boolean;
 }
 
+/** The TCG-only guest options of a configuration, as kernelCommandLine takes them (real VMs and the accelerator probe alike). */
+export function tcgGuestOptions(qemu: Pick<QemuConfig, "tcg_norandmaps" | "tcg_mitigations_off">): Pick<CmdlineInput, "tcgNorandmaps" | "tcgMitigationsOff"> {
+  return { tcgNorandmaps: qemu.tcg_norandmaps, tcgMitigationsOff: qemu.tcg_mitigations_off };
+}
+
 /** The guest kernel command line as a word list. */
 export function kernelCommandLine(input: CmdlineInput): string[] {
   const words = [...BASE_KERNEL_PARAMS];
@@ -201,8 +206,7 @@ export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, 
     configParams: qemu.kernel_params,
     extraParams: spec.kernelParams,
     hostTscKhz: opts.hostTscKhz,
-    tcgNorandmaps: qemu.tcg_norandmaps,
-    tcgMitigationsOff: qemu.tcg_mitigations_off,
+    ...tcgGuestOptions(qemu),
   });
   args.push("-append", cmdline.join(" "));
 
