@@ -32,7 +32,7 @@ import { KERNELS, setupEnv, teardownEnv, type BenchEnv, type KernelEnv, type Ker
 import { describeLeaks, findLeaks, hasLeaks, removeEmptyStateDir } from "./lib/leaks.js";
 import { KSM_DIR, ksmAvailable, readKsmSettings } from "../src/resource/ksm.js";
 import { KSM_JOURNAL, recoverKsm } from "./lib/ksm-journal.js";
-import { measureCliStartup, measureFloor, measureHakoRun, measureSandbox } from "./lib/measure.js";
+import { measureCliStartup, measureFloor, measureHakoRun, measureSandbox, PRIME_MIB, primeHostMemory } from "./lib/measure.js";
 import {
   comparisonTable,
   containerdTable,
@@ -183,7 +183,7 @@ try {
   for (const k of env.kernels) log(`bench: kernel ${k.kernel}: accel ${k.probe.accel} (${k.probe.reason})`);
   const bootKernels = doBoot ? env.kernels.filter((k) => kernels.includes(k.kernel)) : [];
   log(`bench: sections: ${[...sections].join(", ")}`);
-  if (doBoot) log(`bench: ${runs} runs + ${warmup} warm-up per kernel; each iteration: floor, hako run, in-process sandbox, hako --version`);
+  if (doBoot) log(`bench: ${runs} runs + ${warmup} warm-up per kernel; each iteration: floor, hako run, in-process sandbox (each after ${PRIME_MIB} MiB of host memory were touched and freed), hako --version`);
 
   const samples = new Map<KernelName, KernelSamples>(bootKernels.map((k) => [k.kernel, emptySamples()]));
   let seq = 0;
@@ -191,8 +191,12 @@ try {
     for (const k of bootKernels) {
       const tag = i < 0 ? `warm-up ${i + warmup + 1}/${warmup}` : `run ${i + 1}/${runs}`;
       const id = `bench-${process.pid}-${seq++}`;
+      // Each VM starts right after the same priming (primeHostMemory: the host's free memory, not the order, decides).
+      await primeHostMemory();
       const floor = await measureFloor(k);
+      await primeHostMemory();
       const run = await measureHakoRun(k, env.bundleDir, `${id}-run`);
+      await primeHostMemory();
       const sb = await measureSandbox(k, env.bundleDir, `${id}-sb`);
       const cli = await measureCliStartup();
       log(
