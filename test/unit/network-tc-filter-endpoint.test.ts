@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { HAKO_FILTER_PREF, TcFilterEndpoint } from "../../src/resource/network/tc-filter-endpoint.js";
-import { NetnsCommandError, type NetnsRunner } from "../../src/resource/network/netns-exec.js";
+import { HAKO_FILTER_PREF, parseBatchFailure, TcFilterEndpoint } from "../../src/resource/network/tc-filter-endpoint.js";
+import { NetnsCommandError, namedNetns, type NetnsRunner } from "../../src/resource/network/netns-exec.js";
 import { ResourceError } from "../../src/runtime/errors.js";
 
 const NS = "/var/run/netns/fake";
@@ -13,11 +13,16 @@ const LINKS = JSON.stringify([
 
 type Rule = (cmd: string) => string | NetnsCommandError | undefined;
 
-/** A fake netns: records commands; the first rule that answers decides the result, default "". */
-function fakeRunner(rules: Rule[] = []): { runner: NetnsRunner; calls: string[] } {
+/**
+ * A fake netns: records commands; the first rule that answers decides the
+ * result, default "". `tc -batch -` runs its input's lines as commands of
+ * their own, in order, and stops at the first failure with tc's report
+ * ("Command failed -:N"); `spawns` counts the processes a real netns would run.
+ */
+function fakeRunner(rules: Rule[] = []): { runner: NetnsRunner; calls: string[]; spawns: string[] } {
   const calls: string[] = [];
-  const runner: NetnsRunner = async (tool, args) => {
-    const cmd = `${tool} ${args.join(" ")}`;
+  const spawns: string[] = [];
+  const one = (cmd: string): string => {
     calls.push(cmd);
     if (cmd === "ip -j link show") return LINKS;
     for (const r of rules) {
@@ -27,7 +32,22 @@ function fakeRunner(rules: Rule[] = []): { runner: NetnsRunner; calls: string[] 
     }
     return "";
   };
-  return { runner, calls };
+  const runner: NetnsRunner = async (tool, args, input) => {
+    spawns.push(`${tool} ${args.join(" ")}`);
+    if (tool !== "tc" || args.join(" ") !== "-batch -") return one(`${tool} ${args.join(" ")}`);
+    const lines = (input ?? "").split("\n").filter((l) => l !== "");
+    let out = "";
+    for (const [i, line] of lines.entries()) {
+      try {
+        out += one(`tc ${line}`);
+      } catch (err) {
+        if (!(err instanceof NetnsCommandError)) throw err;
+        throw new NetnsCommandError(NS, "tc -batch -", `${err.stderr}\nCommand failed -:${i + 1}\n`, 1);
+      }
+    }
+    return out;
+  };
+  return { runner, calls, spawns };
 }
 
 const fail = (cmd: string, stderr: string): NetnsCommandError => new NetnsCommandError(NS, cmd, stderr, 2);
@@ -51,9 +71,10 @@ test("create refuses a missing interface and a hako tap", async () => {
 });
 
 test("attach creates tap, two ingress qdiscs and both redirects; detach removes only those", async () => {
-  const { runner, calls } = fakeRunner();
+  const { runner, calls, spawns } = fakeRunner();
   const ep = await TcFilterEndpoint.create({ netnsPath: NS, veth: "eth0", runner, tapIndex: 0 });
   calls.length = 0;
+  spawns.length = 0;
   await ep.attach();
   await ep.attach(); // no-op
   assert.deepEqual(calls, [
@@ -64,6 +85,8 @@ test("attach creates tap, two ingress qdiscs and both redirects; detach removes 
     `tc filter add dev eth0 parent ffff: protocol all pref ${P} u32 match u32 0 0 action mirred egress redirect dev tap0_hako`,
     `tc filter add dev tap0_hako parent ffff: protocol all pref ${P} u32 match u32 0 0 action mirred egress redirect dev eth0`,
   ]);
+  // The four tc commands are one process.
+  assert.deepEqual(spawns, ["ip tuntap add dev tap0_hako mode tap", "ip link set dev tap0_hako mtu 1450 up", "tc -batch -"]);
   calls.length = 0;
   await ep.detach();
   await ep.detach(); // idempotent: nothing left to remove
@@ -101,6 +124,35 @@ test("an existing ingress qdisc on the veth is shared: only our filter is remove
   calls.length = 0;
   await ep.detach();
   assert.deepEqual(calls, [`tc filter del dev eth0 parent ffff: protocol all pref ${P} u32`, "ip link del dev tap0_hako"]);
+});
+
+test("a redirect that fails in the batch is thrown; what the batch did before it is undone", async () => {
+  const bad = `tc filter add dev tap0_hako parent ffff: protocol all pref ${P} u32 match u32 0 0 action mirred egress redirect dev eth0`;
+  const { runner, calls } = fakeRunner([(c) => (c === bad ? fail(c, "Error: Filter with specified priority/protocol not found.") : undefined)]);
+  const ep = await TcFilterEndpoint.create({ netnsPath: NS, veth: "eth0", runner, tapIndex: 0 });
+  await assert.rejects(ep.attach(), (e: unknown) => {
+    assert.ok(e instanceof ResourceError);
+    assert.match(e.message, /adding the redirect filter to eth0 on tap0_hako in netns \/var\/run\/netns\/fake failed: Error: Filter with specified priority\/protocol not found\./);
+    assert.doesNotMatch(e.message, /Command failed/);
+    return true;
+  });
+  // The veth's qdisc (ours: it took effect before the failed line) and the tap are removed.
+  assert.deepEqual(calls.slice(-2), ["tc qdisc del dev eth0 ingress", "ip link del dev tap0_hako"]);
+});
+
+test("parseBatchFailure reads tc's report of the line it stopped at", () => {
+  assert.deepEqual(parseBatchFailure("Error: Exclusivity flag on, cannot modify.\nCommand failed -:2\n"), { line: 2, message: "Error: Exclusivity flag on, cannot modify." });
+  assert.deepEqual(parseBatchFailure('Cannot find device "v9"\nCommand failed -:3'), { line: 3, message: 'Cannot find device "v9"' });
+  assert.equal(parseBatchFailure('Cannot open network namespace "x": No such file or directory\n'), undefined);
+});
+
+test("namedNetns: a netns under /run/netns is entered by name (ip -n), any other path through nsenter", () => {
+  assert.equal(namedNetns("/var/run/netns/cni-1234"), "cni-1234");
+  assert.equal(namedNetns("/run/netns/hako-test"), "hako-test");
+  assert.equal(namedNetns("/proc/42/ns/net"), undefined);
+  assert.equal(namedNetns("/run/netns/a/b"), undefined);
+  assert.equal(namedNetns("/run/netns/.."), undefined);
+  assert.ok(new NetnsCommandError(NS, "tc qdisc show", 'Cannot open network namespace "fake": No such file or directory', 1).netnsMissing);
 });
 
 test("a stale tap is not adopted; the error says how to remove it", async () => {

@@ -154,10 +154,7 @@ export class TcFilterEndpoint implements NetworkEndpoint {
     try {
       if (handedOverTap === undefined) await this.createTap();
       else await this.takeTap(handedOverTap);
-      await this.addIngress(this.name, this.veth);
-      await this.addIngress(this.tapName, this.tap);
-      await this.addRedirect(this.name, this.tapName, this.veth);
-      await this.addRedirect(this.tapName, this.name, this.tap);
+      await this.addQdiscsAndRedirects();
       this.attached = true;
     } catch (err) {
       await this.detach().catch(() => undefined);
@@ -241,24 +238,45 @@ export class TcFilterEndpoint implements NetworkEndpoint {
     this.tapCreated = true;
   }
 
-  private async addIngress(dev: string, side: SideState): Promise<void> {
-    try {
-      await this.withBusyRetry(() => this.run("tc", ["qdisc", "add", "dev", dev, "ingress"]));
-      side.ownQdisc = true;
-    } catch (err) {
-      // Another component (e.g. a CNI plugin) already has an ingress qdisc here: share it, never delete it.
-      if (err instanceof NetnsCommandError && err.exists) return;
-      throw wrap(this.netnsPath, dev, "adding the ingress qdisc", err, "the sch_ingress module is required; check `tc qdisc add dev <dev> ingress` works in a test netns");
-    }
-  }
-
-  private async addRedirect(from: string, to: string, side: SideState): Promise<void> {
-    const argv = ["filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "pref", String(HAKO_FILTER_PREF), "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", to];
-    try {
-      await this.withBusyRetry(() => this.run("tc", argv));
-      side.filter = true;
-    } catch (err) {
-      throw wrap(this.netnsPath, from, `adding the redirect filter to ${to}`, err, "the cls_u32 and act_mirred modules are required; a filter at pref " + HAKO_FILTER_PREF + " may already exist on the device");
+  /**
+   * An ingress qdisc on both devices, then a redirect filter on each to the
+   * other, in that order, as one `tc -batch` (one process instead of four: a
+   * pod start's guest competes with them for the host's CPU). tc stops at the
+   * first failing line and names it; the lines before it took effect. A qdisc
+   * that exists already (another component's, e.g. a CNI plugin's) is shared
+   * and never deleted; a busy one is retried; any other failure is thrown.
+   * The batch then goes on from the line after (or at) the failed one.
+   */
+  private async addQdiscsAndRedirects(): Promise<void> {
+    const qdisc = (dev: string, side: SideState): TcStep => ({
+      argv: ["qdisc", "add", "dev", dev, "ingress"],
+      done: () => (side.ownQdisc = true),
+      fail: (err) => {
+        if (err.exists) return "skip";
+        return wrap(this.netnsPath, dev, "adding the ingress qdisc", err, "the sch_ingress module is required; check `tc qdisc add dev <dev> ingress` works in a test netns");
+      },
+    });
+    const redirect = (from: string, to: string, side: SideState): TcStep => ({
+      argv: ["filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "pref", String(HAKO_FILTER_PREF), "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", to],
+      done: () => (side.filter = true),
+      fail: (err) => wrap(this.netnsPath, from, `adding the redirect filter to ${to}`, err, "the cls_u32 and act_mirred modules are required; a filter at pref " + HAKO_FILTER_PREF + " may already exist on the device"),
+    });
+    let steps = [qdisc(this.name, this.veth), qdisc(this.tapName, this.tap), redirect(this.name, this.tapName, this.veth), redirect(this.tapName, this.name, this.tap)];
+    let busyTries = 0;
+    while (steps.length > 0) {
+      const failed = await this.tcBatch(steps.map((st) => st.argv));
+      const upTo = failed === undefined ? steps.length : failed.line;
+      for (const st of steps.slice(0, upTo)) st.done();
+      if (failed === undefined) return;
+      const step = steps[failed.line]!;
+      if (failed.error.busy && ++busyTries < this.retries.attempts) {
+        await sleep(this.retries.backoffMs);
+        steps = steps.slice(failed.line);
+        continue;
+      }
+      const outcome = step.fail(failed.error);
+      if (outcome !== "skip") throw outcome;
+      steps = steps.slice(failed.line + 1);
     }
   }
 
@@ -272,6 +290,41 @@ export class TcFilterEndpoint implements NetworkEndpoint {
       }
     }
   }
+
+  /** Runs the commands as one `tc -batch -`; undefined if all took effect, else the failed one (0-based) and its error. */
+  private async tcBatch(lines: readonly string[][]): Promise<{ line: number; error: NetnsCommandError } | undefined> {
+    try {
+      await this.run("tc", ["-batch", "-"], lines.map((l) => `${l.join(" ")}\n`).join(""));
+      return undefined;
+    } catch (err) {
+      if (!(err instanceof NetnsCommandError)) throw err;
+      const where = parseBatchFailure(err.stderr);
+      // No line named (tc did not start, or the netns is gone): the first command carries the error.
+      const line = where !== undefined && where.line >= 1 && where.line <= lines.length ? where.line - 1 : 0;
+      const text = where?.message ?? err.stderr;
+      return { line, error: new NetnsCommandError(err.netnsPath, `tc ${lines[line]!.join(" ")}`, text, err.exitCode, err) };
+    }
+  }
+}
+
+interface TcStep {
+  argv: string[];
+  /** Records that the step took effect. */
+  done: () => void;
+  /** What its failure means: "skip" (fine, go on) or the error to throw. */
+  fail: (err: NetnsCommandError) => "skip" | Error;
+}
+
+/**
+ * `tc -batch`'s report of the line it stopped at: "Command failed -:N" after
+ * the failed command's own messages. Undefined when there is no such line.
+ */
+export function parseBatchFailure(stderr: string): { line: number; message: string } | undefined {
+  const lines = stderr.split("\n");
+  const at = lines.findIndex((l) => /^Command failed .*:\d+$/.test(l.trim()));
+  if (at < 0) return undefined;
+  const line = Number(/:(\d+)$/.exec(lines[at]!.trim())![1]);
+  return { line, message: lines.slice(0, at).join("\n").trim() };
 }
 
 function wrap(netnsPath: string, device: string, what: string, err: unknown, hint: string): ResourceError {
