@@ -67,6 +67,14 @@ async function waitForHost(fd: number): Promise<Buffer | "error"> {
 
 /** The most one read of the port takes. */
 const PORT_READ_SIZE = 256 * 1024;
+/**
+ * How long a hung-up connection's teardown waits. A cached VM's hand-over
+ * (the cache daemon hangs up, the pod's shim has sent its first request) is
+ * on the pod start's path, and under TCG closing the old connection's ttRPC
+ * server side took ~7 ms of the guest's one vCPU before the new host was
+ * read; a second later the pod has started.
+ */
+const TEARDOWN_DELAY_MS = 1_000;
 
 /**
  * One host connection on the open port, as the Duplex the ttRPC server
@@ -79,6 +87,11 @@ const PORT_READ_SIZE = 256 * 1024;
 class PortConnection extends Duplex {
   /** The port itself failed (not a hang-up): reopen it. */
   failed = false;
+  /** Resolves when the host hung up or the port failed: the port is free for the next host. */
+  readonly over: Promise<void>;
+  private endOver!: () => void;
+  /** The host hung up: nothing more is read or written on its behalf. */
+  private gone = false;
   private reading = false;
   /** One read buffer for the connection; what a read returns is copied out to its size, so a
    * 100-byte request does not hold 256 KiB until it is collected. */
@@ -89,11 +102,12 @@ class PortConnection extends Duplex {
     first: Buffer,
   ) {
     super({ allowHalfOpen: false });
+    this.over = new Promise((resolve) => (this.endOver = resolve));
     if (first.length > 0) this.push(first);
   }
 
   override _read(): void {
-    if (this.reading) return;
+    if (this.reading || this.gone) return;
     this.reading = true;
     const buf = this.buf;
     read(this.fd, buf, 0, buf.length, null, (err, n) => {
@@ -101,13 +115,23 @@ class PortConnection extends Duplex {
       if (this.destroyed) return;
       if (err) {
         this.failed = true;
+        this.endOver();
         this.destroy(err);
-      } else if (n === 0) this.push(null);
-      else this.push(Buffer.from(buf.subarray(0, n)));
+      } else if (n === 0) {
+        // The port is the next host's at once; this connection's end (the
+        // server closing it, aborting what it still runs) comes later.
+        this.gone = true;
+        this.endOver();
+        setTimeout(() => {
+          if (!this.destroyed) this.push(null);
+        }, TEARDOWN_DELAY_MS);
+      } else this.push(Buffer.from(buf.subarray(0, n)));
     });
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
+    // An answer for a host that hung up must not reach the next one.
+    if (this.gone) return done();
     const writeFrom = (off: number): void => {
       write(this.fd, chunk, off, chunk.length - off, null, (err, n) => {
         if (err) {
@@ -129,13 +153,13 @@ class PortConnection extends Duplex {
  * Serves one host connection on the open port, starting with the bytes
  * waitForHost read; resolves when the host side closes ("closed": reads
  * return EOF until a host connects again), or with "error" when the port
- * itself failed.
+ * itself failed. The connection's own teardown may still be to come.
  */
 async function serveOnce(server: TtrpcServer, fd: number, first: Buffer): Promise<"closed" | "error"> {
   const conn = new PortConnection(fd, first);
   conn.on("error", () => undefined); // the server closes on it; `failed` tells a port error from a hang-up
   const handle = server.serve(conn);
-  await handle.closed;
+  await Promise.race([conn.over, handle.closed]);
   return conn.failed ? "error" : "closed";
 }
 
