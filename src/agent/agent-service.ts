@@ -9,7 +9,7 @@ import { Health, HealthCheckResponse_ServingStatus } from "../protocols/gen/hako
 import type { TtrpcServer } from "../protocols/ttrpc/server.js";
 import { ContainerManager } from "./containers.js";
 import { addNeighbors, inArrivalOrder, updateInterface, updateRoutes } from "./guest-network.js";
-import { agentLaunchMs, guestDetails, mixEntropy, mountStorage, setClock, setDns, setHostname, unmount } from "./guest-system.js";
+import { agentLaunchMs, guestDetails, mixEntropy, mountStorage, setClock, setDns, setHostname, syncClock, unmount } from "./guest-system.js";
 import type { GuestStorage } from "../resource/sharefs/share-fs.js";
 import { WARM_UP_CONTAINER, warmUp, warmUpNetworkTools, warmUpNics, warmUpSpec } from "./warm-up.js";
 import { AGENT_PROTOCOL_VERSION, AGENT_VERSION } from "./version.js";
@@ -46,12 +46,9 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
       setHostname(req.hostname);
       mkdirSync(GUEST_POD_SHM_DIR, { recursive: true, mode: 0o1777 });
       setDns(req.dns);
-      // The guest reads the (host-synced) RTC at boot; only a clock that is
-      // off by more than a second is set (a process spawn costs ~0.1 s under TCG).
       if (req.entropy.length > 0) mixEntropy(req.entropy);
-      const hostMs = Number(req.hostTimeUnixNano / 1_000_000n);
       // A VM cloned from a template needs both (stale clock, share not mounted): the two spawns overlap.
-      const clock = hostMs > 0 && Math.abs(Date.now() - hostMs) > 1000 ? setClock(req.hostTimeUnixNano / 1_000_000_000n) : Promise.resolve();
+      const clock = syncClock(Number(req.hostTimeUnixNano / 1_000_000n));
       const [, mounted] = await Promise.all([clock, mountAll(req.storages)]);
       sandboxMounts.push(...mounted);
       log.info({ sandbox: req.sandboxId }, "sandbox created");

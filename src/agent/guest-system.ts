@@ -87,6 +87,62 @@ export function mixEntropy(bytes: Uint8Array): void {
   }
 }
 
+/**
+ * The whole second (since the epoch) to step the guest clock to at once, or
+ * undefined when it is within a second of the host's (ms since the epoch,
+ * the host's from the request). busybox `date -s` sets whole seconds, so a
+ * step leaves the guest behind by the host's fraction of a second, as does
+ * a cold VM's boot (it reads the host's RTC); clockAlignment() then sets it
+ * exactly, later.
+ */
+export function clockStep(hostMs: number, guestMs: number): bigint | undefined {
+  if (!(hostMs > 0) || Math.abs(guestMs - hostMs) <= 1000) return undefined;
+  return BigInt(Math.floor(hostMs / 1000));
+}
+
+/**
+ * When a guest clock `offMs` away from the host's (after any step) is set
+ * again, and to what: the first whole second of the host's clock at least
+ * ALIGN_AFTER_MS ahead, and how long until the host reaches it. Setting the
+ * guest to that second then leaves it behind by the spawn's latency only
+ * (and only moves it forward). ALIGN_AFTER_MS keeps that spawn (~0.1 s of a
+ * cold guest's CPU under TCG) out of the pod's start. Undefined when the
+ * clock is already within ALIGN_SLACK_MS.
+ */
+export function clockAlignment(hostMs: number, offMs: number): { toSec: bigint; inMs: number } | undefined {
+  if (!(hostMs > 0) || Math.abs(offMs) <= ALIGN_SLACK_MS) return undefined;
+  const sec = Math.ceil((hostMs + ALIGN_AFTER_MS) / 1000);
+  return { toSec: BigInt(sec), inMs: sec * 1000 - hostMs };
+}
+
+/** How far behind the host a guest clock may stay (a request's own latency is about this). */
+export const ALIGN_SLACK_MS = 50;
+/** How long after CreateSandbox the exact setting waits, at least. */
+export const ALIGN_AFTER_MS = 3_000;
+
+/**
+ * Brings the guest clock to the host's, given in a request that arrived just
+ * now (ms since the epoch; 0: none): a step at once if it is more than a
+ * second off (clockStep), then the exact setting a few seconds later on its
+ * own (clockAlignment; skipped if the clock was stepped again meanwhile, by
+ * another CreateSandbox or SetGuestDateTime). Resolves once the step is done.
+ */
+export function syncClock(hostMs: number): Promise<void> {
+  const arrived = performance.now();
+  const step = clockStep(hostMs, Date.now());
+  const stepped = step !== undefined ? setClock(step) : Promise.resolve();
+  void stepped.then(() => {
+    const hostNow = hostMs + (performance.now() - arrived);
+    const next = clockAlignment(hostNow, Date.now() - hostNow);
+    if (next === undefined) return;
+    const due = Number(next.toSec) * 1000;
+    setTimeout(() => {
+      if (Math.abs(Date.now() - due) < 1500) void setClock(next.toSec);
+    }, next.inMs).unref();
+  });
+  return stepped;
+}
+
 export async function setClock(sec: bigint): Promise<void> {
   if (sec <= 0n) return;
   const d = new Date(Number(sec) * 1000);

@@ -14,6 +14,7 @@ import { mountsUnder, podShimPids } from "../helpers/containerd.js";
 import { memAvailableMiB } from "../helpers/processes.js";
 import { TEMPLATE_MODE, TEST_STATE_DIR, VM_CACHE_MODE, hako, startVmCache, type VmCacheDaemon } from "../helpers/hako.js";
 import { readState, sandboxDir } from "../../src/runtime/state.js";
+import { ALIGN_AFTER_MS } from "../../src/agent/guest-system.js";
 import { startSlotAddress, startSlotLimit } from "../../src/runtime/start-slots.js";
 import { createServer } from "node:net";
 import { findLeaks, describeLeaks, hasLeaks } from "../helpers/leaks.js";
@@ -144,6 +145,8 @@ describe("a hako pod: two containers in one VM", () => {
   let client = "";
   let rwDir = "";
   let roDir = "";
+  /** When RunPodSandbox returned (the guest clock is set exactly a few seconds after its CreateSandbox). */
+  let podStartedAt = 0;
 
   before(async () => {
     spec.logDir = join(work, "logs-a");
@@ -152,6 +155,7 @@ describe("a hako pod: two containers in one VM", () => {
     for (const d of [spec.logDir, rwDir, roDir]) mkdirSync(d, { recursive: true });
     writeFileSync(join(roDir, "seed"), "seed\n");
     pod = await startPod(spec, "hako");
+    podStartedAt = Date.now();
     web = await startContainer(pod, spec, "web", ["sh", "-c", "mkdir -p /www && echo hello-from-hako > /www/index.html && echo web-started && exec httpd -f -p 8080 -h /www"], {
       logPath: "web.log",
       mounts: [
@@ -248,6 +252,42 @@ describe("a hako pod: two containers in one VM", () => {
     const routes = rest.filter((l) => !/ inet /.test(l));
     assert.ok(routes.some((l) => /^default via 10\.217\.0\.1 dev eth0/.test(l)), `default route via the CNI gateway:\n${r.stdout}`);
     assert.ok(!r.stdout.includes("169.254.253."), `no warm-up address or route:\n${r.stdout}`);
+  });
+
+  test("the guest clock is the host's to within a quarter of a second (a clone's and a cold VM's alike)", async (t) => {
+    // The agent sets it exactly ALIGN_AFTER_MS after CreateSandbox; before that, busybox
+    // `date -s` (whole seconds) or a cold VM's RTC leave it up to a second behind.
+    await new Promise((r) => setTimeout(r, Math.max(0, podStartedAt + ALIGN_AFTER_MS + 1_500 - Date.now())));
+    // A container prints the guest's `date +%s` every ~0.1 s; containerd stamps each line
+    // with the host's time when it reached the log (after the guest printed it). Where the
+    // printed second goes from S to S+1, the guest had reached S+1 by the host time
+    // stamped on the first S+1 line, and had not yet when it printed the last S line.
+    const loop = ["sh", "-c", "i=0; while [ $i -lt 40 ]; do date +%s; sleep 0.05; i=$((i+1)); done"];
+    const cid = await startContainer(pod, spec, "clock", loop, { logPath: "clock.log" });
+    await waitExited(cid);
+    const lines = readFileSync(join(spec.logDir, "clock.log"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => /^(\S+) stdout F (\d+)$/.exec(l))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => ({ hostMs: Date.parse(m[1]!), sec: Number(m[2]) }));
+    assert.ok(lines.length >= 20, `${lines.length} clock lines`);
+    // host − guest (ms): at most the first S+1 line's stamp − (S+1)·1000; at least the last S
+    // line's stamp, less its way out of the guest (RELAY_MS at most), − (S+1)·1000.
+    const RELAY_MS = 100;
+    let behind = Infinity;
+    let ahead = -Infinity;
+    for (let k = 1; k < lines.length; k++) {
+      const [a, b] = [lines[k - 1]!, lines[k]!];
+      if (b.sec !== a.sec + 1) continue;
+      behind = Math.min(behind, b.hostMs - b.sec * 1000);
+      ahead = Math.max(ahead, a.hostMs - RELAY_MS - b.sec * 1000);
+    }
+    t.diagnostic(`host − guest clock: at least ${ahead} ms, at most ${behind} ms (${lines.length} lines)`);
+    assert.ok(Number.isFinite(behind), "the printed second never changed");
+    assert.ok(behind < 250, `the guest clock is behind the host's by up to ${behind} ms`);
+    assert.ok(ahead > -250, `the guest clock is ahead of the host's by at least ${-ahead} ms`);
+    await cri.removeContainer(cid);
   });
 
   test("hostname, resolv.conf and hosts from CRI reach the containers", async () => {
