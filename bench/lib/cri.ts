@@ -17,7 +17,7 @@
 // covers what the section made.
 import { NETNS_DIR } from "../../test/helpers/leaks.js";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, watch } from "node:fs";
+import { existsSync, mkdirSync, readdirSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -37,6 +37,7 @@ import { readState, sandboxDir } from "../../src/runtime/state.js";
 import { KSM_AGGRESSIVE, waitKsmSettled, type KsmSettings, type KsmStats } from "../../src/resource/ksm.js";
 import { restoreKsm, setKsmPace } from "./ksm-journal.js";
 import { measureFloor, measureSandbox, primeHostMemory } from "./measure.js";
+import { untilSeen } from "../../src/runtime/watch-poll.js";
 
 /** Not the tests' network (hakotest0, 10.217.0.0/24): a `make test` may run beside the benchmark. */
 export const CRI_NETWORK: CniNetwork = { name: "hako-bench-pods", bridge: "hakobench0", subnet: "10.218.0.0/24", gateway: "10.218.0.1" };
@@ -211,32 +212,16 @@ async function netnsOf(cri: CriClient, podId: string): Promise<string | undefine
  */
 async function waitForStartedLine(path: string, timeoutMs: number, pollMs: number): Promise<void> {
   const deadline = performance.now() + timeoutMs;
-  let wake: (() => void) | undefined;
-  let changed = false;
-  const watcher = watch(dirname(path), () => {
-    changed = true;
-    wake?.();
-  });
-  watcher.on("error", () => undefined);
-  try {
-    for (;;) {
-      changed = false;
+  await untilSeen(
+    dirname(path),
+    async () => {
       const text = await readFile(path, "utf8").catch(() => "");
-      if (STARTED_LINE.test(text)) return;
+      if (STARTED_LINE.test(text)) return true;
       if (performance.now() > deadline) throw new Error(`no "${STARTED_MARKER}" line in ${path} after ${timeoutMs} ms (has: ${JSON.stringify(text.slice(-300))})`);
-      if (changed) continue; // written while it was read
-      await new Promise<void>((r) => {
-        const timer = setTimeout(r, pollMs);
-        wake = () => {
-          clearTimeout(timer);
-          r();
-        };
-      });
-      wake = undefined;
-    }
-  } finally {
-    watcher.close();
-  }
+      return undefined;
+    },
+    pollMs,
+  );
 }
 
 /** Stops and removes the pod, then waits until its shim and QEMU are gone; returns the ms it took. */

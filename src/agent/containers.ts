@@ -2,7 +2,7 @@
 // `crun run` stays in the foreground as the parent of the container's init,
 // so the agent learns the exit status from crun's own exit; `crun exec` does
 // the same for extra processes.
-import { mkdirSync, writeFileSync, readFileSync, rmSync, existsSync, watch, type FSWatcher } from "node:fs";
+import { mkdirSync, writeFileSync, readFileSync, rmSync, existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { Code } from "../protocols/ttrpc/status.js";
 import { AgentError } from "../runtime/errors.js";
@@ -11,6 +11,7 @@ import { readCgroupStats, type CgroupStats } from "./cgroup-stats.js";
 import { OomWatcher } from "./oom-watcher.js";
 import type { Logger } from "../runtime/logger.js";
 import { commandErrorText } from "../runtime/command.js";
+import { untilSeen } from "../runtime/watch-poll.js";
 import { runCommand as run } from "./helper-shell.js";
 
 export const CRUN = process.env.HAKO_CRUN ?? "/usr/bin/crun";
@@ -76,43 +77,16 @@ function readPidFile(path: string): number {
  */
 async function waitForPidFile(path: string, proc: GuestProcess, timeoutMs: number): Promise<number> {
   const deadline = Date.now() + timeoutMs;
-  let wake: (() => void) | undefined;
-  // An event between a check and the wait must not be lost.
-  let changed = false;
-  const poke = (): void => {
-    changed = true;
-    wake?.();
-  };
-  let watcher: FSWatcher | undefined;
-  try {
-    watcher = watch(dirname(path), poke);
-    watcher.on("error", () => undefined);
-  } catch {
-    /* no inotify: the poll below still finds it */
-  }
-  void proc.exited.then(poke);
-  try {
-    for (;;) {
+  return untilSeen(
+    dirname(path),
+    () => {
       const pid = readPidFile(path);
       if (pid > 0) return pid;
-      if (proc.exitInfo || Date.now() > deadline) return 0;
-      if (changed) {
-        changed = false;
-        continue;
-      }
-      await new Promise<void>((r) => {
-        const timer = setTimeout(r, 100);
-        wake = () => {
-          clearTimeout(timer);
-          r();
-        };
-      });
-      wake = undefined;
-      changed = false;
-    }
-  } finally {
-    watcher?.close();
-  }
+      return proc.exitInfo || Date.now() > deadline ? 0 : undefined;
+    },
+    100,
+    proc.exited,
+  );
 }
 
 export class ContainerManager {

@@ -26,6 +26,7 @@ import type { Logger } from "./logger.js";
 import { cloneSpec, listTemplates, templateTaps, type TemplateManifest } from "./factory.js";
 import { killRecordedVmm, pidMatches, tryPidFileLock } from "./state.js";
 import { VirtioNinePShare } from "../resource/sharefs/virtio-9p.js";
+import { nsenterRunner } from "../resource/network/netns-exec.js";
 
 /** What a cached VM's entry.json says. */
 export interface CachedVmRecord {
@@ -114,7 +115,7 @@ export function cachedVmCounts(cfg: HakoConfig): Record<string, number> {
 export async function moveCachedTaps(rec: CachedVmRecord, podNetnsPath: string): Promise<string[]> {
   for (const tap of rec.taps) {
     try {
-      await execFileAsync("ip", ["-n", rec.netnsPath.replace(/^\/var\/run\/netns\//, ""), "link", "set", "dev", tap, "netns", podNetnsPath]);
+      await nsenterRunner(rec.netnsPath)("ip", ["link", "set", "dev", tap, "netns", podNetnsPath]);
     } catch (err) {
       throw new RuntimeError(Code.INTERNAL, tap, `moving cached VM tap ${tap} from ${rec.netnsPath} into ${podNetnsPath} failed: ${(err as Error).message}`, { cause: err });
     }
