@@ -2,12 +2,12 @@
 // initrd or erofs, and manifest.json.
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { copyFile, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { runRaw } from './exec.js';
 import { fetchDebianKernel, resolveKernelPackage, type DebianKernel } from './debian-kernel.js';
 import { ensureMinimalKernel, linuxSourceVersion, minimalKernelKey, MINIMAL_FRAGMENT } from './minimal-kernel.js';
-import { extractVmlinux } from './vmlinux-extract.js';
+import { extractVmlinux, trimSegmentZeroTails } from './vmlinux-extract.js';
 import { AGENT_SH, INIT_SH, INITTAB, RC_SH, buildStagingTree, stageNodeImageTree } from './rootfs-tree.js';
 import { HELPER_SH } from '../agent/helper-shell.js';
 import { buildInitrd } from './initrd.js';
@@ -176,7 +176,9 @@ export async function buildGuestImage(opts: BuildGuestImageOptions): Promise<Gue
     const mk = await ensureMinimalKernel(cacheDir, reporter);
     const out = path.join(outDir, OUT_NAMES.minimal);
     const tmp = `${out}.tmp-${process.pid}`;
-    await copyFile(mk.vmlinux, tmp);
+    const elf = await readFile(mk.vmlinux);
+    trimSegmentZeroTails(elf);
+    await writeFile(tmp, elf, { mode: 0o644 });
     await rename(tmp, out);
     manifest.kernels.minimal = { path: out, release: mk.release };
   }

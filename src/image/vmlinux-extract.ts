@@ -41,9 +41,46 @@ export async function extractVmlinuxBuffer(vmlinuz: Buffer): Promise<Buffer> {
   );
 }
 
-/** Extracts `vmlinuzPath` into `outPath` (written to a temp file, then renamed). */
+const PT_LOAD = 1;
+const PAGE = 4096;
+
+/**
+ * Leaves the zero bytes that end a loadable segment out of its file size
+ * (p_filesz), in place, and returns how many bytes that was. A loader fills a
+ * segment's memory beyond p_filesz with zeros (the ELF rule for .bss), so the
+ * guest sees the same memory. Debian's vmlinux ends its last segment with
+ * .bss, .brk and .init.scratch (~21 MiB of zeros, in the file because the
+ * PROGBITS .init.scratch follows .bss): QEMU maps the kernel file for as long
+ * as the VM runs (its ROM copy for a reset) and read all of them, so every cold
+ * VM kept them in its PSS as page cache. Segments are shortened by whole pages
+ * only; anything that is not a little-endian ELF64 is left alone.
+ */
+export function trimSegmentZeroTails(elf: Buffer): number {
+  if (elf.length < 64 || !elf.subarray(0, 4).equals(ELF_MAGIC) || elf[4] !== 2 || elf[5] !== 1) return 0;
+  const phoff = Number(elf.readBigUInt64LE(0x20));
+  const phentsize = elf.readUInt16LE(0x36);
+  const phnum = elf.readUInt16LE(0x38);
+  let trimmed = 0;
+  for (let i = 0; i < phnum; i++) {
+    const ph = phoff + i * phentsize;
+    if (ph + 56 > elf.length || elf.readUInt32LE(ph) !== PT_LOAD) continue;
+    const offset = Number(elf.readBigUInt64LE(ph + 8));
+    const filesz = Number(elf.readBigUInt64LE(ph + 32));
+    if (offset + filesz > elf.length) continue;
+    let end = offset + filesz;
+    while (end > offset && elf[end - 1] === 0) end--;
+    const keep = Math.min(filesz, Math.ceil((end - offset) / PAGE) * PAGE);
+    if (keep >= filesz) continue;
+    elf.writeBigUInt64LE(BigInt(keep), ph + 32);
+    trimmed += filesz - keep;
+  }
+  return trimmed;
+}
+
+/** Extracts `vmlinuzPath` into `outPath` (written to a temp file, then renamed), its segments' zero tails trimmed. */
 export async function extractVmlinux(vmlinuzPath: string, outPath: string): Promise<void> {
   const elf = await extractVmlinuxBuffer(await readFile(vmlinuzPath));
+  trimSegmentZeroTails(elf);
   const tmp = `${outPath}.tmp-${process.pid}`;
   try {
     await writeFile(tmp, elf, { mode: 0o644 });

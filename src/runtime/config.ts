@@ -30,11 +30,17 @@ export interface QemuConfig {
   shared_fs: "virtio-9p";
   msize_9p: number;
   free_page_reporting: boolean;
+  /** GLIBC_TUNABLES in QEMU's environment ("" leaves it as inherited): malloc settings that bound QEMU's own heap. */
+  glibc_tunables: string;
   /** Under TCG, boot guests with `norandmaps` (no ASLR) so that QEMU reuses its translations across guest processes. */
   tcg_norandmaps: boolean;
   /** Under TCG, boot guests with `mitigations=off`: the guest's speculation barriers guard no real CPU there. */
   tcg_mitigations_off: boolean;
+  /** The guest kernel's lockdown level (`lockdown=`); "confidentiality" also keeps it from setting up tracefs. */
+  guest_lockdown: GuestLockdown;
 }
+
+export type GuestLockdown = "none" | "integrity" | "confidentiality";
 
 export interface AgentConfig {
   dial_timeout: number;
@@ -95,8 +101,10 @@ const QEMU_FIELDS: Record<keyof QemuConfig, FieldSpec> = {
   shared_fs: { kind: "string", oneOf: ["virtio-9p"] },
   msize_9p: { kind: "int", min: 4096, max: 1048576 },
   free_page_reporting: { kind: "bool" },
+  glibc_tunables: { kind: "string" },
   tcg_norandmaps: { kind: "bool" },
   tcg_mitigations_off: { kind: "bool" },
+  guest_lockdown: { kind: "string", oneOf: ["none", "integrity", "confidentiality"] },
 };
 const AGENT_FIELDS: Record<keyof AgentConfig, FieldSpec> = {
   dial_timeout: { kind: "int", min: 1, max: 600 },
@@ -116,6 +124,16 @@ const FACTORY_FIELDS: Record<keyof FactoryConfig, FieldSpec> = {
   vm_cache_number: { kind: "int", min: 0, max: 64 },
   auto_rebuild: { kind: "bool" },
 };
+
+/**
+ * QEMU's default malloc settings: blocks of 128 KiB and more get their own
+ * mapping, and free memory at the top of a heap above 128 KiB goes back to the
+ * host. Without them glibc raises its mmap threshold to the largest block freed
+ * (up to 32 MiB), so the softmmu TLBs and translation-block hash tables a TCG
+ * VM resizes again and again end up inside malloc arenas, whose freed pages it
+ * keeps: ~4 MiB more PSS per idle cold VM (docs/benchmarks.md, twelfth stop).
+ */
+export const QEMU_GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072";
 
 export function defaultConfig(): HakoConfig {
   return {
@@ -139,8 +157,10 @@ export function defaultConfig(): HakoConfig {
         shared_fs: "virtio-9p",
         msize_9p: 524288,
         free_page_reporting: true,
+        glibc_tunables: QEMU_GLIBC_TUNABLES,
         tcg_norandmaps: true,
         tcg_mitigations_off: true,
+        guest_lockdown: "confidentiality",
       },
     },
     agent: { dial_timeout: 60, debug: false },

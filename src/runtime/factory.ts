@@ -88,6 +88,7 @@ export function templateKey(cfg: HakoConfig, shape: TemplateShape): string {
     q.kernel_params,
     String(q.tcg_norandmaps),
     String(q.tcg_mitigations_off),
+    q.guest_lockdown,
     JSON.stringify(shape),
   ];
   return createHash("sha256").update(parts.join("\n")).digest("hex").slice(0, 16);

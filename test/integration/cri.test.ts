@@ -184,6 +184,16 @@ describe("a hako pod: two containers in one VM", () => {
     assert.equal(qemuPids().length, 1);
   });
 
+  test("the guest kernel runs locked down and without tracefs's ~10,000 inodes (guest_lockdown)", async () => {
+    const r = await exec(client, ["sh", "-c", "cat /proc/cmdline; grep -E '^(inode_cache|dentry) ' /proc/slabinfo"]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.match(r.stdout, /(^| )lockdown=confidentiality( |$)/m);
+    // Active objects: ~10,200 inodes and ~10,900 dentries when the Debian kernel sets up tracefs at boot; ~300 and ~1,000 without.
+    const active = (cache: string): number => Number(new RegExp(`^${cache}\\s+(\\d+)`, "m").exec(r.stdout)?.[1] ?? NaN);
+    assert.ok(active("inode_cache") < 3000, `guest inode_cache: ${active("inode_cache")} active objects`);
+    assert.ok(active("dentry") < 5000, `guest dentry cache: ${active("dentry")} active objects`);
+  });
+
   test(TEMPLATE_MODE ? "the VM is a clone of the template; container limits are guest cgroup limits" : "the VM is sized from the pod's resources; container limits are guest cgroup limits", async () => {
     const mem = (await exec(client, ["sh", "-c", "grep MemTotal /proc/meminfo"])).stdout;
     const kib = Number(/MemTotal:\s+(\d+)/.exec(mem)?.[1] ?? 0);

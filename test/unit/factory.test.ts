@@ -52,7 +52,7 @@ test("a template is found only for its exact shape, with templating on, and neve
     assert.equal(findTemplate({ ...cfg, factory: { ...cfg.factory, enable_template: false } }, shape), undefined, "templating off");
     // The guest kernel's command line is part of the key: a template booted with other options is not used.
     const q0 = cfg.hypervisor.qemu;
-    for (const over of [{ tcg_norandmaps: !q0.tcg_norandmaps }, { tcg_mitigations_off: !q0.tcg_mitigations_off }, { kernel_params: "debug" }])
+    for (const over of [{ tcg_norandmaps: !q0.tcg_norandmaps }, { tcg_mitigations_off: !q0.tcg_mitigations_off }, { kernel_params: "debug" }, { guest_lockdown: "none" as const }])
       assert.equal(findTemplate({ ...cfg, hypervisor: { ...cfg.hypervisor, qemu: { ...q0, ...over } } }, shape), undefined, JSON.stringify(over));
     // A new kernel (other mtime) makes the template stale: not used, listed as invalid.
     utimesSync(kernel, new Date(2000, 1, 1), new Date(2000, 1, 1));

@@ -49,7 +49,7 @@ test("microvm + tcg: exact argv with virtio-mmio devices", () => {
     "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none",
     "-kernel", "/g/vmlinux",
     "-initrd", "/g/rootfs.initrd",
-    "-append", `${BASE} quiet tsc_early_khz=2596148 norandmaps mitigations=off`,
+    "-append", `${BASE} quiet tsc_early_khz=2596148 norandmaps mitigations=off lockdown=confidentiality`,
     "-chardev", "file,id=console,path=/run/vm/console.log",
     "-serial", "chardev:console",
     "-qmp", "unix:/run/vm/qmp.sock,server=on,wait=off",
@@ -91,7 +91,7 @@ test("q35 + kvm: -cpu host, pci devices, no tsc_early_khz, erofs image and share
     "-smp", "2",
     "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none",
     "-kernel", "/g/vmlinux",
-    "-append", `${BASE} root=/dev/vda rootfstype=erofs ro init=/init loglevel=4 8250.nr_uarts=1 hako.debug=1`,
+    "-append", `${BASE} root=/dev/vda rootfstype=erofs ro init=/init lockdown=confidentiality loglevel=4 8250.nr_uarts=1 hako.debug=1`,
     "-chardev", "file,id=console,path=/run/vm/console.log",
     "-serial", "chardev:console",
     "-qmp", "unix:/run/vm/qmp.sock,server=on,wait=off",
@@ -146,6 +146,19 @@ test("TCG-only guest options (tcg_norandmaps, tcg_mitigations_off): under TCG on
     assert.ok(!append("tcg", false).includes(word), key);
     assert.ok(!append("kvm", true).includes(word), kvmWhy);
   }
+});
+
+test("guest_lockdown: lockdown=<level> under any accelerator, nothing for none", () => {
+  const append = (accel: "tcg" | "kvm", level: QemuConfig["guest_lockdown"]): string[] => {
+    const args = buildQemuArgs(spec({ accel }), qemuCfg({ guest_lockdown: level }), paths, { hostTscKhz: 1000 });
+    return args[args.indexOf("-append") + 1]!.split(" ");
+  };
+  for (const accel of ["tcg", "kvm"] as const) {
+    assert.ok(append(accel, "confidentiality").includes("lockdown=confidentiality"), accel);
+    assert.ok(append(accel, "integrity").includes("lockdown=integrity"), accel);
+    assert.ok(!append(accel, "none").some((w) => w.startsWith("lockdown")), accel);
+  }
+  assert.equal(defaultConfig().hypervisor.qemu.guest_lockdown, "confidentiality");
 });
 
 test("transport follows the machine type; q35 has no mmio", () => {

@@ -3,7 +3,7 @@
 // argument by argument.
 import { kernelWantsAcpi } from "../guest-kernel.js";
 import { readFileSync } from "node:fs";
-import type { QemuConfig } from "../../runtime/config.js";
+import type { GuestLockdown, QemuConfig } from "../../runtime/config.js";
 import { ConfigError } from "../../runtime/errors.js";
 import type { Accelerator, VmNic, VmSpec } from "../hypervisor.js";
 
@@ -102,6 +102,8 @@ export interface CmdlineInput {
   tcgNorandmaps?: boolean;
   /** Under TCG: boot with `mitigations=off` (hypervisor.qemu.tcg_mitigations_off). */
   tcgMitigationsOff?: boolean;
+  /** hypervisor.qemu.guest_lockdown: `lockdown=<level>` unless "none". */
+  lockdown?: GuestLockdown;
 }
 
 /** The TCG-only guest options of a configuration, as kernelCommandLine takes them (real VMs and the accelerator probe alike). */
@@ -129,6 +131,13 @@ export function kernelCommandLine(input: CmdlineInput): string[] {
   // nothing; the host's own mitigations still guard QEMU. Under KVM they do
   // protect the guest kernel from the pod's processes, so they stay.
   if (input.accel === "tcg" && input.tcgMitigationsOff) words.push("mitigations=off");
+  // Kernel lockdown keeps a pod's processes from reading or changing the guest
+  // kernel (kprobes, /dev/mem, BPF reading kernel memory, unsigned modules).
+  // At "confidentiality" it also keeps tracefs from being set up: the Debian
+  // 6.1 kernel creates the files of every trace event at boot (no eventfs
+  // before 6.6), ~10,000 pinned inodes and dentries, ~9 MiB of slab in every
+  // VM that nothing in a pod reads (docs/benchmarks.md, twelfth stop).
+  if (input.lockdown !== undefined && input.lockdown !== "none") words.push(`lockdown=${input.lockdown}`);
   if (input.configParams) words.push(...input.configParams.split(/\s+/).filter((w) => w !== ""));
   if (input.extraParams) words.push(...input.extraParams);
   return words;
@@ -207,6 +216,7 @@ export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, 
     extraParams: spec.kernelParams,
     hostTscKhz: opts.hostTscKhz,
     ...tcgGuestOptions(qemu),
+    lockdown: qemu.guest_lockdown,
   });
   args.push("-append", cmdline.join(" "));
 

@@ -236,7 +236,7 @@ export class QemuHypervisor implements Hypervisor {
 
     const t0 = Date.now();
     const netnsPath = spec.network?.netnsPath;
-    const proc = await QemuProcess.spawn(id, this.qemu.path, args, netnsPath);
+    const proc = await QemuProcess.spawn(id, this.qemu.path, args, netnsPath, this.qemu.glibc_tunables);
     log?.debug({ pid: proc.pid, qemu: this.qemu.path, netns: netnsPath, args }, "QEMU spawned");
 
     const bootMs = this.qemu.boot_timeout * 1000;

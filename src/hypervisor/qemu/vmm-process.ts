@@ -141,9 +141,11 @@ export class QemuProcess implements VmmProcess {
     this.closed = new Promise((resolve) => child.once("close", () => resolve()));
   }
 
-  static async spawn(id: string, path: string, args: string[], netnsPath?: string): Promise<QemuProcess> {
+  /** `glibcTunables`: GLIBC_TUNABLES for QEMU, before any it would inherit (a later setting of the same tunable wins). */
+  static async spawn(id: string, path: string, args: string[], netnsPath?: string, glibcTunables = ""): Promise<QemuProcess> {
     const cmd = launchCommand(path, args, netnsPath);
-    const child = spawn(cmd.file, cmd.argv, { stdio: ["ignore", "pipe", "pipe"] });
+    const env = glibcTunables === "" ? process.env : { ...process.env, GLIBC_TUNABLES: [glibcTunables, process.env.GLIBC_TUNABLES ?? ""].filter((t) => t !== "").join(":") };
+    const child = spawn(cmd.file, cmd.argv, { stdio: ["ignore", "pipe", "pipe"], env });
     if (child.pid === undefined) {
       const err = await new Promise<Error>((resolve) => child.once("error", resolve));
       throw new HypervisorError(id, `cannot run ${cmd.file === path ? `QEMU ${path}` : `${cmd.file} (to start QEMU in netns ${netnsPath})`} for sandbox ${id}: ${err.message}`, {
