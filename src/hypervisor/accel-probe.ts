@@ -77,13 +77,14 @@ interface CacheFile {
 /** The QEMU argv for a probe VM: serial on stdout, 256 MiB, no other devices. */
 export function buildProbeArgs(accel: Accelerator, opts: Pick<ProbeBootOptions, "qemu" | "kernel" | "initrd" | "hostTscKhz">): string[] {
   const machine = machineTypeOf(opts.qemu);
-  // The guest options real VMs boot with under TCG, so that a probe (and the benchmark's floor, which boots this argv) times the same kernel work.
+  // The guest options real VMs boot with, so that a probe (and the benchmark's floor, which boots this argv) times the same kernel work.
   const cmdline = kernelCommandLine({
     accel,
     machine,
     hostTscKhz: opts.hostTscKhz,
     extraParams: [PROBE_PARAM],
     ...tcgGuestOptions(opts.qemu),
+    lockdown: opts.qemu.guest_lockdown,
   });
   return [
     ...machineArgs(machine, machine === "q35" ? "pci" : "mmio", accel, opts.qemu, kernelWantsAcpi(opts.kernel)),

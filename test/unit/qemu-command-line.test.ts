@@ -12,6 +12,7 @@ import {
   transportFor,
 } from "../../src/hypervisor/qemu/command-line.js";
 import { launchCommand } from "../../src/hypervisor/qemu/qemu-hypervisor.js";
+import { buildProbeArgs } from "../../src/hypervisor/accel-probe.js";
 
 const paths = { qmpSocket: "/run/vm/qmp.sock", agentSocket: "/run/vm/agent.sock", pidFile: "/run/vm/qemu.pid" };
 
@@ -159,6 +160,13 @@ test("guest_lockdown: lockdown=<level> under any accelerator, nothing for none",
     assert.ok(!append(accel, "none").some((w) => w.startsWith("lockdown")), accel);
   }
   assert.equal(defaultConfig().hypervisor.qemu.guest_lockdown, "confidentiality");
+  // The probe (and the benchmark's floor, which boots its argv) does the same kernel work.
+  const probe = (level: QemuConfig["guest_lockdown"]): string[] => {
+    const args = buildProbeArgs("tcg", { qemu: qemuCfg({ guest_lockdown: level }), kernel: "/g/vmlinux", initrd: "/g/rootfs.initrd", hostTscKhz: 1000 });
+    return args[args.indexOf("-append") + 1]!.split(" ");
+  };
+  assert.ok(probe("confidentiality").includes("lockdown=confidentiality"));
+  assert.ok(!probe("none").some((w) => w.startsWith("lockdown")));
 });
 
 test("transport follows the machine type; q35 has no mmio", () => {
