@@ -2,9 +2,11 @@
 // (nested PVM hosts create VMs that never boot an ordinary guest), so with
 // accel = "auto" hako boots a probe VM under KVM: the guest init prints
 // HAKO_PROBE_OK on the serial console when the kernel command line has
-// hako.probe=1. The answer is cached per host boot.
+// hako.probe=1. The answer is cached per host boot, QEMU, guest files and
+// probe command line.
 import { spawn } from "node:child_process";
-import { accessSync, constants, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { Code } from "../protocols/ttrpc/status.js";
 import type { QemuConfig } from "../runtime/config.js";
@@ -67,6 +69,30 @@ interface CacheKey {
   qemu: string;
   kernel: string;
   initrd: string;
+  /** probeIdentity(): the probe's exact argv and the files it boots, as they are now. */
+  boot: string;
+}
+
+/** A file as it is now (a rebuilt kernel or an upgraded QEMU is another file at the same path). */
+function fileStamp(path: string): string {
+  try {
+    const st = statSync(path);
+    return `${path}:${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}`;
+  } catch {
+    return `${path}:absent`;
+  }
+}
+
+/**
+ * What a cached probe answer depends on besides the host's boot: the KVM
+ * probe's argv (machine, CPU, the guest kernel command line with its
+ * lockdown) and the QEMU binary, kernel and initrd files it boots, as they
+ * are now. Any change probes again.
+ */
+export function probeIdentity(opts: Pick<ProbeAcceleratorOptions, "qemu" | "kernel" | "initrd">): string {
+  const argv = buildProbeArgs("kvm", { qemu: opts.qemu, kernel: opts.kernel, initrd: opts.initrd });
+  const files = [opts.qemu.path, opts.kernel, opts.initrd].map(fileStamp);
+  return createHash("sha256").update(JSON.stringify([argv, files])).digest("hex").slice(0, 16);
 }
 
 interface CacheFile {
@@ -181,7 +207,7 @@ function readBootId(): string {
 }
 
 function sameKey(a: CacheKey, b: CacheKey): boolean {
-  return a.bootId === b.bootId && a.qemu === b.qemu && a.kernel === b.kernel && a.initrd === b.initrd;
+  return a.bootId === b.bootId && a.qemu === b.qemu && a.kernel === b.kernel && a.initrd === b.initrd && a.boot === b.boot;
 }
 
 function readCache(file: string, key: CacheKey): AccelProbeResult | undefined {
@@ -237,7 +263,7 @@ export async function probeAccelerator(opts: ProbeAcceleratorOptions): Promise<A
     };
   }
 
-  const key: CacheKey = { bootId, qemu: opts.qemu.path, kernel: opts.kernel, initrd: opts.initrd };
+  const key: CacheKey = { bootId, qemu: opts.qemu.path, kernel: opts.kernel, initrd: opts.initrd, boot: probeIdentity(opts) };
   const cached = readCache(opts.cacheFile, key);
   if (cached) return cached;
 
