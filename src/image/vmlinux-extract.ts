@@ -49,7 +49,7 @@ const PAGE = 4096;
  * (p_filesz), in place, and returns how many bytes that was. A loader fills a
  * segment's memory beyond p_filesz with zeros (the ELF rule for .bss), so the
  * guest sees the same memory. Debian's vmlinux ends its last segment with
- * .bss, .brk and .init.scratch (~21 MiB of zeros, in the file because the
+ * .bss, .brk and .init.scratch (~23 MiB of zeros, in the file because the
  * PROGBITS .init.scratch follows .bss): QEMU maps the kernel file for as long
  * as the VM runs (its ROM copy for a reset) and read all of them, so every cold
  * VM kept them in its PSS as page cache. Segments are shortened by whole pages
