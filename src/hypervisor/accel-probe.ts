@@ -14,7 +14,7 @@ import { HypervisorError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
 import type { Accelerator } from "./hypervisor.js";
 import { kernelWantsAcpi } from "./guest-kernel.js";
-import { kernelCommandLine, machineArgs, machineTypeOf, tcgGuestOptions } from "./qemu/command-line.js";
+import { configGuestOptions, kernelCommandLine, machineArgs, machineTypeOf } from "./qemu/command-line.js";
 import { TailBuffer } from "./qemu/qemu-hypervisor.js";
 
 export const KVM_DEVICE = "/dev/kvm";
@@ -66,10 +66,7 @@ export interface ProbeAcceleratorOptions {
 
 interface CacheKey {
   bootId: string;
-  qemu: string;
-  kernel: string;
-  initrd: string;
-  /** probeIdentity(): the probe's exact argv and the files it boots, as they are now. */
+  /** probeIdentity(): the probe's exact argv and the files it boots (paths included), as they are now. */
   boot: string;
 }
 
@@ -109,8 +106,7 @@ export function buildProbeArgs(accel: Accelerator, opts: Pick<ProbeBootOptions, 
     machine,
     hostTscKhz: opts.hostTscKhz,
     extraParams: [PROBE_PARAM],
-    ...tcgGuestOptions(opts.qemu),
-    lockdown: opts.qemu.guest_lockdown,
+    ...configGuestOptions(opts.qemu),
   });
   return [
     ...machineArgs(machine, machine === "q35" ? "pci" : "mmio", accel, opts.qemu, kernelWantsAcpi(opts.kernel)),
@@ -207,7 +203,7 @@ function readBootId(): string {
 }
 
 function sameKey(a: CacheKey, b: CacheKey): boolean {
-  return a.bootId === b.bootId && a.qemu === b.qemu && a.kernel === b.kernel && a.initrd === b.initrd && a.boot === b.boot;
+  return a.bootId === b.bootId && a.boot === b.boot;
 }
 
 function readCache(file: string, key: CacheKey): AccelProbeResult | undefined {
@@ -263,7 +259,7 @@ export async function probeAccelerator(opts: ProbeAcceleratorOptions): Promise<A
     };
   }
 
-  const key: CacheKey = { bootId, qemu: opts.qemu.path, kernel: opts.kernel, initrd: opts.initrd, boot: probeIdentity(opts) };
+  const key: CacheKey = { bootId, boot: probeIdentity(opts) };
   const cached = readCache(opts.cacheFile, key);
   if (cached) return cached;
 

@@ -2,12 +2,12 @@
 // initrd or erofs, and manifest.json.
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { runRaw } from './exec.js';
 import { fetchDebianKernel, resolveKernelPackage, type DebianKernel } from './debian-kernel.js';
 import { ensureMinimalKernel, linuxSourceVersion, minimalKernelKey, MINIMAL_FRAGMENT } from './minimal-kernel.js';
-import { extractVmlinux, trimSegmentZeroTails } from './vmlinux-extract.js';
+import { extractVmlinux, writeKernelImage } from './vmlinux-extract.js';
 import { AGENT_SH, INIT_SH, INITTAB, RC_SH, buildStagingTree, stageNodeImageTree } from './rootfs-tree.js';
 import { HELPER_SH } from '../agent/helper-shell.js';
 import { buildInitrd } from './initrd.js';
@@ -175,11 +175,7 @@ export async function buildGuestImage(opts: BuildGuestImageOptions): Promise<Gue
     step('minimal kernel', `key ${minimalKey}`);
     const mk = await ensureMinimalKernel(cacheDir, reporter);
     const out = path.join(outDir, OUT_NAMES.minimal);
-    const tmp = `${out}.tmp-${process.pid}`;
-    const elf = await readFile(mk.vmlinux);
-    trimSegmentZeroTails(elf);
-    await writeFile(tmp, elf, { mode: 0o644 });
-    await rename(tmp, out);
+    await writeKernelImage(await readFile(mk.vmlinux), out);
     manifest.kernels.minimal = { path: out, release: mk.release };
   }
 

@@ -77,9 +77,13 @@ export function trimSegmentZeroTails(elf: Buffer): number {
   return trimmed;
 }
 
-/** Extracts `vmlinuzPath` into `outPath` (written to a temp file, then renamed), its segments' zero tails trimmed. */
+/** Extracts `vmlinuzPath` into `outPath` (writeKernelImage). */
 export async function extractVmlinux(vmlinuzPath: string, outPath: string): Promise<void> {
-  const elf = await extractVmlinuxBuffer(await readFile(vmlinuzPath));
+  await writeKernelImage(await extractVmlinuxBuffer(await readFile(vmlinuzPath)), outPath);
+}
+
+/** Writes a guest kernel ELF to `outPath` (a temp file, then renamed), its segments' zero tails trimmed. */
+export async function writeKernelImage(elf: Buffer, outPath: string): Promise<void> {
   trimSegmentZeroTails(elf);
   const tmp = `${outPath}.tmp-${process.pid}`;
   try {

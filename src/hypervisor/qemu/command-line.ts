@@ -106,9 +106,11 @@ export interface CmdlineInput {
   lockdown?: GuestLockdown;
 }
 
-/** The TCG-only guest options of a configuration, as kernelCommandLine takes them (real VMs and the accelerator probe alike). */
-export function tcgGuestOptions(qemu: Pick<QemuConfig, "tcg_norandmaps" | "tcg_mitigations_off">): Pick<CmdlineInput, "tcgNorandmaps" | "tcgMitigationsOff"> {
-  return { tcgNorandmaps: qemu.tcg_norandmaps, tcgMitigationsOff: qemu.tcg_mitigations_off };
+/** The guest kernel options of a configuration, as kernelCommandLine takes them (real VMs and the accelerator probe alike). */
+export function configGuestOptions(
+  qemu: Pick<QemuConfig, "tcg_norandmaps" | "tcg_mitigations_off" | "guest_lockdown">,
+): Pick<CmdlineInput, "tcgNorandmaps" | "tcgMitigationsOff" | "lockdown"> {
+  return { tcgNorandmaps: qemu.tcg_norandmaps, tcgMitigationsOff: qemu.tcg_mitigations_off, lockdown: qemu.guest_lockdown };
 }
 
 /** The guest kernel command line as a word list. */
@@ -215,8 +217,7 @@ export function buildQemuArgs(spec: VmSpec, qemu: QemuConfig, paths: QemuPaths, 
     configParams: qemu.kernel_params,
     extraParams: spec.kernelParams,
     hostTscKhz: opts.hostTscKhz,
-    ...tcgGuestOptions(qemu),
-    lockdown: qemu.guest_lockdown,
+    ...configGuestOptions(qemu),
   });
   args.push("-append", cmdline.join(" "));
 
