@@ -41,8 +41,8 @@ export interface BuildGuestImageOptions {
 }
 
 export const DEFAULT_CACHE_DIR = '/var/cache/hako';
-// 3: node stripped in the guest. 4: node on its own image beside the initrd.
-const LAYOUT_VERSION = '5';
+// 3: node stripped in the guest. 4: node on its own image beside the initrd. 6: crun on that image too.
+const LAYOUT_VERSION = '6';
 export const OUT_NAMES = {
   generic: 'vmlinux-generic',
   minimal: 'vmlinux-minimal',
@@ -197,13 +197,13 @@ export async function buildGuestImage(opts: BuildGuestImageOptions): Promise<Gue
 
     // 4. Rootfs image.
     if (opts.rootfsFormat === 'initrd') {
-      step('rootfs initrd', 'cpio newc, uncompressed; node on its own erofs image');
+      step('rootfs initrd', 'cpio newc, uncompressed; node and crun on their own erofs image');
       const out = path.join(outDir, OUT_NAMES.initrd);
       await buildInitrd(stage, out);
       manifest.rootfs.initrd = out;
       const nodeStage = `${stage}-node`;
       try {
-        await stageNodeImageTree(nodeStage, process.execPath);
+        await stageNodeImageTree(nodeStage, process.execPath, crunBinary);
         const nodeOut = path.join(outDir, OUT_NAMES.nodeImage);
         await buildErofs(nodeStage, nodeOut);
         manifest.nodeImage = nodeOut;

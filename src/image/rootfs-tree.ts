@@ -19,9 +19,9 @@ export interface StageOptions {
   /** Modules for the generic kernel, if it is part of the image. */
   modules?: { kernelRoot: string; release: string };
   /**
-   * node lives on its own read-only image (NODE_IMAGE_MOUNT, see
-   * stageNodeImageTree) rather than in this tree: /usr/bin/node is a link
-   * to it. Its libraries stay in the tree.
+   * node and crun live on their own read-only image (NODE_IMAGE_MOUNT, see
+   * stageNodeImageTree) rather than in this tree: /usr/bin/node and
+   * /usr/bin/crun are links to it. Their libraries stay in the tree.
    */
   nodeOnImage?: boolean;
 }
@@ -233,8 +233,9 @@ async function neededSonames(binary: string): Promise<string[]> {
  * dependencies need, so libsystemd's own (libgcrypt, the compressors) stay
  * out of the guest. A crun that does not link libsystemd is staged as is.
  */
-async function stageCrun(stage: string, crun: string, workDir: string): Promise<void> {
-  await placeExecutable(stage, crun, '/usr/bin/crun');
+async function stageCrun(stage: string, crun: string, workDir: string, onImage: boolean): Promise<void> {
+  if (onImage) await symlink(`${NODE_IMAGE_MOUNT}/crun`, path.join(stage, 'usr/bin/crun'));
+  else await placeExecutable(stage, crun, '/usr/bin/crun');
   const lddOut = await lddOf(crun);
   if (lddOut === undefined) return;
   const pathOf = new Map(parseLddEntries(lddOut).flatMap((e) => (e.soname ? [[e.soname, e.path] as const] : [])));
@@ -322,17 +323,31 @@ export async function buildStagingTree(opts: StageOptions): Promise<void> {
   } else {
     await stageBinary(stage, opts.nodeBinary, '/usr/bin/node', { strip: true });
   }
-  await stageCrun(stage, opts.crunBinary, `${stage}.libsystemd-stub`);
+  await stageCrun(stage, opts.crunBinary, `${stage}.libsystemd-stub`, opts.nodeOnImage === true);
   await rm(`${stage}.libsystemd-stub`, { recursive: true, force: true });
   await copyFile(opts.agentBundle, path.join(stage, 'opt/hako/hako-agent.js'));
   await stageNodePty(stage, opts.nodePtyDir);
   if (opts.modules) await stageModules(opts.modules.kernelRoot, opts.modules.release, stage);
 }
 
-/** The node image's tree: node alone, stripped, as `<dir>/node` (mounted on NODE_IMAGE_MOUNT in the guest). */
-export async function stageNodeImageTree(dir: string, nodeBinary: string): Promise<void> {
+/**
+ * The node image's tree (mounted on NODE_IMAGE_MOUNT in the guest): node,
+ * stripped, as `<dir>/node`, and crun as `<dir>/crun`.
+ *
+ * crun is here, not in the tmpfs root, because of how it guards against
+ * CVE-2019-5736: unless its binary is on a read-only filesystem, every crun
+ * call copies the binary into a sealed memfd and re-executes itself from
+ * there (a tmpfs file even fails its read-only check first: tmpfs files
+ * answer F_GET_SEALS). Under TCG each copy is new guest code that QEMU
+ * translates again: ~2,400 of the ~11,700 blocks a warm VM translated for a
+ * pod start were crun's, already translated for its previous call
+ * (docs/benchmarks.md, thirteenth stop). On erofs the check passes and crun
+ * runs from the image's page cache, the same pages every time.
+ */
+export async function stageNodeImageTree(dir: string, nodeBinary: string, crunBinary: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
   await placeExecutable(dir, nodeBinary, '/node', { strip: true });
+  await placeExecutable(dir, crunBinary, '/crun');
 }
 
 /** All paths in the tree relative to it ("." first), sorted bytewise for a deterministic archive. */

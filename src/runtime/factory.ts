@@ -31,12 +31,19 @@ export const TCG_AGENT_PARAMS = [`hako.node_opts=${TCG_NODE_OPTS.join(",")}`];
  * (`--no-flush-bytecode`), so that a clone does not run V8's parser and
  * bytecode compiler on its pod-start path; `--expose-gc` lets PrepareTemplate
  * empty the young generation before the save, so that a clone's first
- * scavenge comes after its pod start, not in it. A clone must translate (TCG)
- * every guest code path it runs: these cut a pod start's translated blocks
- * from ~104k to ~91k and its QEMU's idle PSS by ~8 MiB (docs/benchmarks.md).
- * Cold VMs keep lazy compilation: it is their agent start that counts.
+ * scavenge comes after its pod start, not in it. `--no-node-snapshot`: node's
+ * own modules are compiled from source at start, so `--no-lazy` reaches them
+ * too (from node's startup snapshot their functions stay lazy, and a clone
+ * compiled the ones its pod start was first to call: ~3,500 translated blocks
+ * and ~6.5 MiB of PSS per clone, a start ~100 ms slower);
+ * `--no-enable-lazy-source-positions` keeps V8 from parsing a function again
+ * when a stack trace needs its line numbers. A clone must translate (TCG)
+ * every guest code path it runs: the first three cut a cloned pod start's
+ * translated blocks from ~104k to ~91k, the last two a warm clone's (VM
+ * cache) from ~14,300 to ~10,500 (docs/benchmarks.md). Cold VMs keep node's
+ * snapshot and lazy compilation: it is their agent start that counts.
  */
-export const TEMPLATE_TCG_AGENT_PARAMS = [`hako.node_opts=${[...TCG_NODE_OPTS, "--no-lazy", "--no-flush-bytecode", "--expose-gc"].join(",")}`];
+export const TEMPLATE_TCG_AGENT_PARAMS = [`hako.node_opts=${[...TCG_NODE_OPTS, "--no-lazy", "--no-flush-bytecode", "--expose-gc", "--no-enable-lazy-source-positions", "--no-node-snapshot"].join(",")}`];
 /** Bumped when what a template holds changes in a way its key does not see (QEMU's machine options, the agent's warm-up). */
 const TEMPLATE_FORMAT = "4";
 /** A template's NIC i has MAC 02:68:61:6b:6f:<i>; clones give the guest NIC the pod's (UpdateInterface by device). */

@@ -194,6 +194,28 @@ describe("a hako pod: two containers in one VM", () => {
     assert.ok(active("dentry") < 5000, `guest dentry cache: ${active("dentry")} active objects`);
   });
 
+  test("crun runs from the read-only node image, not from a copy of itself", async () => {
+    // The pod's containers share its pid namespace (CRI's POD mode, the
+    // default when namespace_options is unset): an exec's parent is the
+    // agent's `crun exec`. crun re-executes itself from a sealed memfd copy
+    // (its comm then is the memfd's name, "memfd:crun_clon") unless its binary
+    // is on a read-only filesystem; every copy was new guest code for TCG.
+    const r = await exec(client, ["sh", "-c", 'echo "$(cat /proc/$PPID/comm) $(tr "\\0" " " < /proc/$PPID/cmdline)"']);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.match(r.stdout, /^crun \/usr\/bin\/crun .*\bexec\b/, `the exec's parent: ${r.stdout.trim()}`);
+  });
+
+  test(TEMPLATE_MODE ? "the template's agent compiled all its code before the save (node flags)" : "a cold VM's agent starts from node's snapshot, compiling lazily (node flags)", async () => {
+    // The pod shares the guest's pid namespace (see above): the agent is visible.
+    const r = await exec(client, ["sh", "-c", 'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " < "$f"; echo; done | grep "hako-agent.js"']);
+    assert.equal(r.exitCode, 0, r.stderr);
+    const flags = r.stdout.trim().split(/\s+/);
+    // A clone translates (TCG) every guest code path it runs: V8 compiling
+    // node's own snapshotted functions lazily in a clone cost ~3,500 translated
+    // blocks and ~6.5 MiB of PSS per templated pod (docs/benchmarks.md).
+    for (const f of ["--no-lazy", "--no-node-snapshot", "--no-enable-lazy-source-positions"]) assert.equal(flags.includes(f), TEMPLATE_MODE, `${f} in ${r.stdout.trim()}`);
+  });
+
   test(TEMPLATE_MODE ? "the VM is a clone of the template; container limits are guest cgroup limits" : "the VM is sized from the pod's resources; container limits are guest cgroup limits", async () => {
     const mem = (await exec(client, ["sh", "-c", "grep MemTotal /proc/meminfo"])).stdout;
     const kib = Number(/MemTotal:\s+(\d+)/.exec(mem)?.[1] ?? 0);
