@@ -191,8 +191,9 @@ export async function buildGuestImage(opts: BuildGuestImageOptions): Promise<Gue
       crunBinary,
       busyboxBinary,
       ...(deb ? { modules: { kernelRoot: deb.root, release: deb.release } } : {}),
-      // With the initrd (a tmpfs root: all of it guest RAM), node gets its own image.
-      nodeOnImage: opts.rootfsFormat === 'initrd',
+      // With the initrd (a tmpfs root: all of it guest RAM), node gets its own image; crun goes there
+      // too, on a read-only filesystem (stageNodeImageTree).
+      nodeAndCrunOnImage: opts.rootfsFormat === 'initrd',
     });
 
     // 4. Rootfs image.

@@ -23,7 +23,7 @@ export interface StageOptions {
    * stageNodeImageTree) rather than in this tree: /usr/bin/node and
    * /usr/bin/crun are links to it. Their libraries stay in the tree.
    */
-  nodeOnImage?: boolean;
+  nodeAndCrunOnImage?: boolean;
 }
 
 /** Where rc.sh mounts the node image (`hako.node_image=<device>` on the kernel command line). */
@@ -316,14 +316,14 @@ export async function buildStagingTree(opts: StageOptions): Promise<void> {
   await writeFile(path.join(stage, 'etc/hako/helper.sh'), HELPER_SH, { mode: 0o755 });
   await stageBusybox(stage, opts.busyboxBinary);
   await makeDevNodes(stage);
-  if (opts.nodeOnImage) {
+  if (opts.nodeAndCrunOnImage) {
     await stageLibs(stage, opts.nodeBinary);
     await mkdir(path.join(stage, NODE_IMAGE_MOUNT), { recursive: true });
     await symlink(`${NODE_IMAGE_MOUNT}/node`, path.join(stage, 'usr/bin/node'));
   } else {
     await stageBinary(stage, opts.nodeBinary, '/usr/bin/node', { strip: true });
   }
-  await stageCrun(stage, opts.crunBinary, `${stage}.libsystemd-stub`, opts.nodeOnImage === true);
+  await stageCrun(stage, opts.crunBinary, `${stage}.libsystemd-stub`, opts.nodeAndCrunOnImage === true);
   await rm(`${stage}.libsystemd-stub`, { recursive: true, force: true });
   await copyFile(opts.agentBundle, path.join(stage, 'opt/hako/hako-agent.js'));
   await stageNodePty(stage, opts.nodePtyDir);
