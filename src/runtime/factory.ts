@@ -44,7 +44,7 @@ export const TCG_AGENT_PARAMS = [`hako.node_opts=${TCG_NODE_OPTS.join(",")}`];
  * snapshot and lazy compilation: it is their agent start that counts.
  */
 export const TEMPLATE_TCG_AGENT_PARAMS = [`hako.node_opts=${[...TCG_NODE_OPTS, "--no-lazy", "--no-flush-bytecode", "--expose-gc", "--no-enable-lazy-source-positions", "--no-node-snapshot"].join(",")}`];
-/** Bumped when what a template holds changes in a way its key does not see (QEMU's machine options, the agent's warm-up). */
+/** Bumped when what a template holds changes in a way its key does not see (QEMU's machine options, the agent's warm-up; its node options are in the key). */
 const TEMPLATE_FORMAT = "4";
 /** A template's NIC i has MAC 02:68:61:6b:6f:<i>; clones give the guest NIC the pod's (UpdateInterface by device). */
 const TEMPLATE_MAC_PREFIX = "02:68:61:6b:6f:";
@@ -78,8 +78,13 @@ function fileId(path: string): string {
   }
 }
 
-/** Everything a clone must match: QEMU, guest assets, the command line's shape. */
-export function templateKey(cfg: HakoConfig, shape: TemplateShape): string {
+/** The kernel parameters a template of this shape boots with, its agent's node options among them (its clones keep them). */
+export function templateKernelParams(shape: Pick<TemplateShape, "accel">): string[] {
+  return shape.accel === "tcg" ? TEMPLATE_TCG_AGENT_PARAMS : [];
+}
+
+/** Everything a clone must match: QEMU, guest assets, the command line (the template's own parameters included). */
+export function templateKey(cfg: HakoConfig, shape: TemplateShape, kernelParams: readonly string[] = templateKernelParams(shape)): string {
   const q = cfg.hypervisor.qemu;
   const boot = guestBoot(q);
   const parts = [
@@ -93,6 +98,7 @@ export function templateKey(cfg: HakoConfig, shape: TemplateShape): string {
     String(q.tb_size),
     String(q.msize_9p),
     q.kernel_params,
+    kernelParams.join(" "),
     String(q.tcg_norandmaps),
     String(q.tcg_mitigations_off),
     q.guest_lockdown,
@@ -282,7 +288,7 @@ export async function createTemplate(cfg: HakoConfig, hypervisor: Hypervisor, sh
     memoryFile: join(final, "memory"),
     stateFile: join(final, "state"),
     // A template's clones keep its kernel parameters (the guest booted with them).
-    kernelParams: shape.accel === "tcg" ? TEMPLATE_TCG_AGENT_PARAMS : [],
+    kernelParams: templateKernelParams(shape),
     shareTag: "hakoShared",
     configSource: configSourceOf(cfg),
   };

@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defaultConfig, type HakoConfig } from "../../src/runtime/config.js";
-import { findTemplate, listTemplates, missingTemplateWarning, pruneStaleTemplates, templateKey, type TemplateManifest, type TemplateShape } from "../../src/runtime/factory.js";
+import { findTemplate, listTemplates, missingTemplateWarning, pruneStaleTemplates, templateKernelParams, templateKey, type TemplateManifest, type TemplateShape } from "../../src/runtime/factory.js";
 import { RETRY_AFTER_FAILURE_MS, recentTemplateBuildFailure, recordTemplateBuildFailure, requestTemplateBuild, runningTemplateBuild, tryLockTemplateBuild } from "../../src/runtime/template-build.js";
 import { createLogger } from "../../src/runtime/logger.js";
 
@@ -54,6 +54,8 @@ test("a template is found only for its exact shape, with templating on, and neve
     const q0 = cfg.hypervisor.qemu;
     for (const over of [{ tcg_norandmaps: !q0.tcg_norandmaps }, { tcg_mitigations_off: !q0.tcg_mitigations_off }, { kernel_params: "debug" }, { guest_lockdown: "none" as const }])
       assert.equal(findTemplate({ ...cfg, hypervisor: { ...cfg.hypervisor, qemu: { ...q0, ...over } } }, shape), undefined, JSON.stringify(over));
+    // So are the template's own kernel parameters (its agent's node options): a template built with others is not used.
+    assert.notEqual(templateKey(cfg, shape, [...templateKernelParams(shape), "hako.node_opts=--other"]), key, "the template agent's options are in the key");
     // A new kernel (other mtime) makes the template stale: not used, listed as invalid.
     utimesSync(kernel, new Date(2000, 1, 1), new Date(2000, 1, 1));
     assert.equal(findTemplate(cfg, shape), undefined);
