@@ -34,7 +34,7 @@ export const TCG_AGENT_PARAMS = [`hako.node_opts=${TCG_NODE_OPTS.join(",")}`];
  * scavenge comes after its pod start, not in it. `--no-node-snapshot`: node's
  * own modules are compiled from source at start, so `--no-lazy` reaches them
  * too (from node's startup snapshot their functions stay lazy, and a clone
- * compiled the ones its pod start was first to call: ~3,500 translated blocks
+ * compiled the ones its pod start was first to call: ~3,800 translated blocks
  * and ~6.5 MiB of PSS per clone, a start ~100 ms slower);
  * `--no-enable-lazy-source-positions` keeps V8 from parsing a function again
  * when a stack trace needs its line numbers. A clone must translate (TCG)

@@ -211,7 +211,7 @@ describe("a hako pod: two containers in one VM", () => {
     assert.equal(r.exitCode, 0, r.stderr);
     const flags = r.stdout.trim().split(/\s+/);
     // A clone translates (TCG) every guest code path it runs: V8 compiling
-    // node's own snapshotted functions lazily in a clone cost ~3,500 translated
+    // node's own snapshotted functions lazily in a clone cost ~3,800 translated
     // blocks and ~6.5 MiB of PSS per templated pod (docs/benchmarks.md).
     for (const f of ["--no-lazy", "--no-node-snapshot", "--no-enable-lazy-source-positions"]) assert.equal(flags.includes(f), TEMPLATE_MODE, `${f} in ${r.stdout.trim()}`);
   });
