@@ -6,7 +6,7 @@
 // probe command line.
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { accessSync, constants, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { Code } from "../protocols/ttrpc/status.js";
 import type { QemuConfig } from "../runtime/config.js";
@@ -16,6 +16,7 @@ import type { Accelerator } from "./hypervisor.js";
 import { kernelWantsAcpi } from "./guest-kernel.js";
 import { configGuestOptions, kernelCommandLine, machineArgs, machineTypeOf } from "./qemu/command-line.js";
 import { TailBuffer } from "./qemu/qemu-hypervisor.js";
+import { fileStamp } from "../runtime/paths.js";
 
 export const KVM_DEVICE = "/dev/kvm";
 export const PROBE_MARKER = "HAKO_PROBE_OK";
@@ -68,16 +69,6 @@ interface CacheKey {
   bootId: string;
   /** probeIdentity(): the probe's exact argv and the files it boots (paths included), as they are now. */
   boot: string;
-}
-
-/** A file as it is now (a rebuilt kernel or an upgraded QEMU is another file at the same path). */
-function fileStamp(path: string): string {
-  try {
-    const st = statSync(path);
-    return `${path}:${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}`;
-  } catch {
-    return `${path}:absent`;
-  }
 }
 
 /**

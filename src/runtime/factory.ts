@@ -15,6 +15,7 @@ import { RuntimeError } from "./errors.js";
 import { Code } from "../protocols/ttrpc/status.js";
 import type { Logger } from "./logger.js";
 import { pidAlive } from "./state.js";
+import { fileStamp } from "./paths.js";
 import type { SandboxSize } from "./sandbox-sizing.js";
 
 /**
@@ -69,15 +70,6 @@ export interface TemplateManifest {
   configSource?: string;
 }
 
-function fileId(path: string): string {
-  try {
-    const st = statSync(path);
-    return `${path}:${st.size}:${Math.round(st.mtimeMs)}`;
-  } catch {
-    return `${path}:missing`;
-  }
-}
-
 /** The kernel parameters a template of this shape boots with, its agent's node options among them (its clones keep them). */
 export function templateKernelParams(shape: Pick<TemplateShape, "accel">): string[] {
   return shape.accel === "tcg" ? TEMPLATE_TCG_AGENT_PARAMS : [];
@@ -89,10 +81,10 @@ export function templateKey(cfg: HakoConfig, shape: TemplateShape, kernelParams:
   const boot = guestBoot(q);
   const parts = [
     TEMPLATE_FORMAT,
-    fileId(q.path),
-    fileId(boot.kernel),
-    fileId(boot.image ?? boot.initrd ?? ""),
-    boot.nodeImage ? fileId(boot.nodeImage) : "",
+    fileStamp(q.path),
+    fileStamp(boot.kernel),
+    fileStamp(boot.image ?? boot.initrd ?? ""),
+    boot.nodeImage ? fileStamp(boot.nodeImage) : "",
     q.machine_type,
     q.cpu_model,
     String(q.tb_size),

@@ -1,5 +1,5 @@
 // Where hako finds its installed files and keeps its runtime state.
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -50,4 +50,18 @@ export function assetPath(p: string): string {
 
 export function fileExists(p: string): boolean {
   return p !== "" && existsSync(p);
+}
+
+/**
+ * A file as it is now, for keys of things built or learned from it (a
+ * template, the accelerator probe's answer): a rebuilt kernel or an upgraded
+ * QEMU is another file at the same path. A missing file is part of the key.
+ */
+export function fileStamp(path: string): string {
+  try {
+    const st = statSync(path);
+    return `${path}:${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}`;
+  } catch {
+    return `${path}:absent`;
+  }
 }

@@ -206,9 +206,11 @@ describe("a hako pod: two containers in one VM", () => {
   });
 
   test(TEMPLATE_MODE ? "the template's agent compiled all its code before the save (node flags)" : "a cold VM's agent starts from node's snapshot, compiling lazily (node flags)", async () => {
-    // The pod shares the guest's pid namespace (see above): the agent is visible.
-    const r = await exec(client, ["sh", "-c", 'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " < "$f"; echo; done | grep "hako-agent.js"']);
+    // The pod shares the guest's pid namespace (see above): the exec's parent is
+    // `crun exec`, whose parent is the agent that spawned it.
+    const r = await exec(client, ["sh", "-c", 'tr "\\0" " " < /proc/$(cut -d " " -f 4 /proc/$PPID/stat)/cmdline']);
     assert.equal(r.exitCode, 0, r.stderr);
+    assert.match(r.stdout, /hako-agent\.js/, `the exec's grandparent: ${r.stdout.trim()}`);
     const flags = r.stdout.trim().split(/\s+/);
     // A clone translates (TCG) every guest code path it runs: V8 compiling
     // node's own snapshotted functions lazily in a clone cost ~3,800 translated
