@@ -6,7 +6,7 @@ STAMP := build/.stamps
 
 # Debian packages hako needs at build, test and run time.
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static crun containerd cpio erofs-utils xz-utils zstd \
-	iproute2 kmod util-linux procps containernetworking-plugins runc binutils
+	iproute2 kmod util-linux procps containernetworking-plugins runc binutils gcc libc6-dev
 # Only for `hako image build --kernel minimal` (benchmarks).
 APT_KERNEL_BUILD := linux-source-6.1 bc bison flex libelf-dev libssl-dev build-essential
 
@@ -70,7 +70,7 @@ demo: setup
 test: setup
 	node scripts/run-tests.mjs
 
-unit: npm
+unit: build
 	node scripts/run-tests.mjs $$(ls test/unit/*.test.ts)
 
 bench: setup image-minimal

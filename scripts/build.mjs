@@ -1,9 +1,10 @@
 // Builds the programs into build/ with the installed layout:
-//   build/lib/hako/{hako.mjs, containerd-shim-hako-v2.mjs, hako-agent.js, node_modules/node-pty}
+//   build/lib/hako/{hako.mjs, containerd-shim-hako-v2.mjs, hako-agent.js, hako-ksm-exec, node_modules/node-pty}
 //   build/bin/{hako, containerd-shim-hako-v2}   (wrappers)
 //   build/share/hako/configuration.toml
 // The guest image (build/share/hako/guest/) is built by `hako image build`.
 import { build } from "esbuild";
+import { execFileSync } from "node:child_process";
 import { chmodSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -55,10 +56,21 @@ for (const p of ["package.json", "lib", join("build", "Release", "pty.node")]) {
   cpSync(join(pty, p), join(ptyOut, p), { recursive: true });
 }
 
+// hako-ksm-exec (src/resource/ksm-exec.c): runs QEMU and the shim with the
+// kernel's process-wide KSM setting, which node cannot make itself (prctl).
+try {
+  execFileSync("cc", ["-O2", "-Wall", "-Wextra", "-Werror", "-o", join(lib, "hako-ksm-exec"), join(root, "src", "resource", "ksm-exec.c")], { stdio: ["ignore", "inherit", "inherit"] });
+} catch (err) {
+  throw new Error(`cannot compile src/resource/ksm-exec.c with cc (${err.message}): install gcc and libc6-dev (\`make deps\` does)`);
+}
+
 // containerd runs the shim (start, delete) several times per pod: the launcher
 // finds its directory without a subprocess unless it was called through a
 // symlink or without a path.
-const wrapper = (file, before = "") =>
+// `ksm`: the program runs through hako-ksm-exec with its memory mergeable (the
+// shim: one node per pod, and the QEMU it spawns inherits the setting unless
+// [hypervisor.qemu] merge_all_memory turns it off).
+const wrapper = (file, before = "", ksm = false) =>
   [
     "#!/bin/sh",
     "# hako launcher: runs the bundled program with the node on PATH.",
@@ -66,7 +78,7 @@ const wrapper = (file, before = "") =>
     'case $0 in */*) [ -L "$0" ] || hako_here=${0%/*} ;; esac',
     '[ -n "$hako_here" ] || hako_here=$(dirname "$(readlink -f "$0")")',
     ...(before === "" ? [] : [before]),
-    `exec node "$hako_here/../lib/hako/${file}" "$@"`,
+    `exec ${ksm ? '"$hako_here/../lib/hako/hako-ksm-exec" on ' : ""}node "$hako_here/../lib/hako/${file}" "$@"`,
     "",
   ].join("\n");
 // The shim's launcher answers a `start` whose pod's shim already runs without
@@ -75,9 +87,9 @@ const shimFastPath = readFileSync(join(root, "src", "shim", "start-fast-path.sh"
 // No V8 flags for the shim: --lite-mode (with --max-semi-space-size=1) saved
 // ~3 MiB of PSS per pod, with no pod-start difference we could measure, but
 // it runs everything interpreted, and the shim relays containers' output.
-for (const [name, file, before] of [["hako", "hako.mjs", ""], ["containerd-shim-hako-v2", "containerd-shim-hako-v2.mjs", shimFastPath]]) {
+for (const [name, file, before, ksm] of [["hako", "hako.mjs", "", false], ["containerd-shim-hako-v2", "containerd-shim-hako-v2.mjs", shimFastPath, true]]) {
   if (!existsSync(join(lib, file))) continue;
-  writeFileSync(join(out, "bin", name), wrapper(file, before));
+  writeFileSync(join(out, "bin", name), wrapper(file, before, ksm));
   chmodSync(join(out, "bin", name), 0o755);
 }
 // The minimal kernel's config fragment, found next to the bundle (import.meta.url).

@@ -6,7 +6,7 @@ import { probeBoot } from "../hypervisor/accel-probe.js";
 import { chooseAccel } from "../runtime/accel.js";
 import { guestAssets, setup, type GlobalOptions } from "./common.js";
 import { commandErrorText, execFileAsync as run } from "../runtime/command.js";
-import { KSM_DIR, ksmAvailable, readKsmSettings, readKsmStats } from "../resource/ksm.js";
+import { KSM_DIR, ksmAvailable, ksmMergeAnyAvailable, readKsmSettings, readKsmStats } from "../resource/ksm.js";
 
 export interface CheckItem {
   name: string;
@@ -125,7 +125,8 @@ function ksmItem(): CheckItem {
   if (!ksmAvailable()) return { name: "ksm", ok: false, required: false, detail: `no ${KSM_DIR}: the kernel has no KSM; identical guest pages are not merged` };
   const { run, pagesToScan, sleepMillisecs } = readKsmSettings();
   const { pagesSharing } = readKsmStats();
+  const scope = ksmMergeAnyAvailable() ? "guest RAM and the rest of QEMU's and the shims' memory" : "guest RAM only (whole-process merging needs Linux 6.4+)";
   return run === 1
-    ? { name: "ksm", ok: true, required: false, detail: `running (${pagesToScan} pages per ${sleepMillisecs} ms); ${((pagesSharing * 4096) / 2 ** 20).toFixed(0)} MiB saved now` }
-    : { name: "ksm", ok: false, required: false, detail: `stopped: \`echo 1 > ${KSM_DIR}/run\` lets the VMs share identical guest pages (docs/kubernetes.md)` };
+    ? { name: "ksm", ok: true, required: false, detail: `running (${pagesToScan} pages per ${sleepMillisecs} ms) over ${scope}; ${((pagesSharing * 4096) / 2 ** 20).toFixed(0)} MiB saved now` }
+    : { name: "ksm", ok: false, required: false, detail: `stopped: \`echo 1 > ${KSM_DIR}/run\` lets the VMs share identical pages, ${scope} (docs/kubernetes.md)` };
 }

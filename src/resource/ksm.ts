@@ -49,6 +49,19 @@ export function ksmAvailable(dir = KSM_DIR): boolean {
   return existsSync(join(dir, "run")) && existsSync(join(dir, "full_scans"));
 }
 
+/**
+ * Whether this kernel can make a process's whole memory mergeable
+ * (PR_SET_MEMORY_MERGE, Linux 6.4+; hako-ksm-exec sets it for QEMU and the
+ * shim): its /proc/<pid>/ksm_stat then has a `ksm_merge_any` line.
+ */
+export function ksmMergeAnyAvailable(procSelf = "/proc/self"): boolean {
+  try {
+    return /^ksm_merge_any: /m.test(readFileSync(join(procSelf, "ksm_stat"), "utf8"));
+  } catch {
+    return false;
+  }
+}
+
 export function readKsmSettings(dir = KSM_DIR): KsmSettings {
   const out = { run: 0, pagesToScan: 0, sleepMillisecs: 0 };
   for (const [key, file] of SETTING_FILES) out[key] = readNumber(dir, file);

@@ -32,6 +32,8 @@ export interface QemuConfig {
   free_page_reporting: boolean;
   /** GLIBC_TUNABLES in QEMU's environment ("" leaves it as inherited): malloc settings that bound QEMU's own heap. */
   glibc_tunables: string;
+  /** QEMU runs with the kernel's process-wide KSM setting (PR_SET_MEMORY_MERGE): KSM may merge all its anonymous memory, not only guest RAM. */
+  merge_all_memory: boolean;
   /** Under TCG, boot guests with `norandmaps` (no ASLR) so that QEMU reuses its translations across guest processes. */
   tcg_norandmaps: boolean;
   /** Under TCG, boot guests with `mitigations=off`: the guest's speculation barriers guard no real CPU there. */
@@ -102,6 +104,7 @@ const QEMU_FIELDS: Record<keyof QemuConfig, FieldSpec> = {
   msize_9p: { kind: "int", min: 4096, max: 1048576 },
   free_page_reporting: { kind: "bool" },
   glibc_tunables: { kind: "string" },
+  merge_all_memory: { kind: "bool" },
   tcg_norandmaps: { kind: "bool" },
   tcg_mitigations_off: { kind: "bool" },
   guest_lockdown: { kind: "string", oneOf: ["none", "integrity", "confidentiality"] },
@@ -158,6 +161,7 @@ export function defaultConfig(): HakoConfig {
         msize_9p: 524288,
         free_page_reporting: true,
         glibc_tunables: QEMU_GLIBC_TUNABLES,
+        merge_all_memory: true,
         tcg_norandmaps: true,
         tcg_mitigations_off: true,
         guest_lockdown: "confidentiality",

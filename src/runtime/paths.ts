@@ -36,6 +36,11 @@ export function libDir(): string {
   return resolve(dataDir(), "..", "..", "lib", "hako");
 }
 
+/** hako-ksm-exec (src/resource/ksm-exec.c), next to the bundled programs. */
+export function ksmExecPath(): string {
+  return join(libDir(), "hako-ksm-exec");
+}
+
 export const SYSTEM_CONFIG_PATH = "/etc/hako/configuration.toml";
 
 export function defaultConfigPath(): string {

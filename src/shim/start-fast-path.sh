@@ -96,7 +96,7 @@ hako_fast_start() {
     fi
     if [ -z "$hako_req" ]; then
       exec 3<&0
-      (cd "$hako_bundle" && export HAKO_SHIM_OPTIONS_ON_STDIN=1 && exec setsid node "$hako_here/../lib/hako/containerd-shim-hako-v2.mjs" \
+      (cd "$hako_bundle" && export HAKO_SHIM_OPTIONS_ON_STDIN=1 && exec setsid "$hako_here/../lib/hako/hako-ksm-exec" on node "$hako_here/../lib/hako/containerd-shim-hako-v2.mjs" \
         -namespace "$hako_ns" -address "$hako_addr" ${hako_publish:+-publish-binary "$hako_publish"} -id "$hako_id" -bundle "$hako_bundle" \
         -socket "unix://$hako_sock" $hako_debug serve <&3 3<&- > "$hako_bundle/log" 2>&1) &
       hako_pid=$!

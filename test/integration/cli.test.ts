@@ -90,7 +90,7 @@ test("make install PREFIX=... installs hako, the shim, the guest assets and the 
   const prefix = makeTempDir("prefix");
   try {
     execFileSync("make", ["-s", "install", `PREFIX=${prefix}`], { cwd: join(import.meta.dirname, "..", ".."), stdio: "pipe" });
-    for (const f of ["bin/hako", "bin/containerd-shim-hako-v2", "share/hako/configuration.toml", "share/hako/guest/manifest.json", "share/hako/guest/hako-rootfs.initrd", "share/hako/guest/hako-node.erofs", "lib/hako/hako-agent.js"])
+    for (const f of ["bin/hako", "bin/containerd-shim-hako-v2", "share/hako/configuration.toml", "share/hako/guest/manifest.json", "share/hako/guest/hako-rootfs.initrd", "share/hako/guest/hako-node.erofs", "lib/hako/hako-agent.js", "lib/hako/hako-ksm-exec"])
       assert.ok(existsSync(join(prefix, f)), f);
     const env = JSON.parse(execFileSync(join(prefix, "bin", "hako"), ["env", "--json"], { encoding: "utf8", env: { ...process.env, HAKO_CONFIG: "" } })) as { configFile: string; config: { hypervisor: { qemu: { kernel: string } } } };
     if (!existsSync("/etc/hako/configuration.toml")) assert.equal(env.configFile, join(prefix, "share", "hako", "configuration.toml"));

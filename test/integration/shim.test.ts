@@ -10,6 +10,7 @@ import * as pty from "node-pty";
 import { startContainerd, importBusybox, podShimPids, type Containerd } from "../helpers/containerd.js";
 import { ensureTestConfig, TEST_STATE_DIR } from "../helpers/hako.js";
 import { describeLeaks, findLeaks, hasLeaks } from "../helpers/leaks.js";
+import { ksmMergeAnyAvailable } from "../../src/resource/ksm.js";
 import { isSpareShim, processTable, readProcess } from "../helpers/processes.js";
 import { TtrpcClient, createServiceClient, Code, TtrpcError } from "../../src/protocols/ttrpc/index.js";
 import { Task } from "../../src/protocols/gen/containerd/runtime/task/v2/shim_pb.js";
@@ -209,6 +210,14 @@ test("two tasks with the same io.kubernetes.cri.sandbox-id share one VM and one 
     assert.equal(await boot("p1"), await boot("p1c"));
     assert.equal(shimPids().length, 1, "one shim process");
     assert.equal(findLeaks(TEST_STATE_DIR).qemu.length, 1, "one QEMU");
+    // The shim's launcher and the QEMU spawn go through hako-ksm-exec: all their
+    // memory is KSM's to merge (merge_all_memory, the default), not only guest RAM.
+    if (ksmMergeAnyAvailable()) {
+      const qemuPid = Number(findLeaks(TEST_STATE_DIR).qemu[0]!.split(" ")[0]);
+      for (const [what, pid] of [["the shim", shimPids()[0]!], ["QEMU", qemuPid]] as const) {
+        assert.match(readFileSync(`/proc/${pid}/ksm_stat`, "utf8"), /^ksm_merge_any: yes$/m, `${what} (pid ${pid}) runs with its whole memory mergeable`);
+      }
+    }
   } finally {
     for (const id of ["p1c", "p1"]) {
       await c.ctr(["task", "kill", "-s", "KILL", id]);

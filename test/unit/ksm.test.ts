@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { KSM_AGGRESSIVE, ksmAvailable, readKsmSettings, readKsmStats, waitKsmSettled, writeKsmSettings } from "../../src/resource/ksm.js";
+import { KSM_AGGRESSIVE, ksmAvailable, ksmMergeAnyAvailable, readKsmSettings, readKsmStats, waitKsmSettled, writeKsmSettings } from "../../src/resource/ksm.js";
 import { recoverKsm, restoreKsm, setKsmPace } from "../../bench/lib/ksm-journal.js";
 
 function fakeKsm(values: Record<string, number>): string {
@@ -84,6 +84,19 @@ test("the bench's KSM journal: a killed run's settings are put back by the next 
     restoreKsm(setKsmPace(KSM_AGGRESSIVE, journal, dir), journal, dir);
     assert.deepEqual(readKsmSettings(dir), before);
     assert.equal(existsSync(journal), false);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("whole-process merging is available when a process's ksm_stat has ksm_merge_any", () => {
+  const dir = mkdtempSync(join(tmpdir(), "hako-ksmstat-"));
+  try {
+    assert.equal(ksmMergeAnyAvailable(dir), false, "no ksm_stat (a kernel without KSM)");
+    writeFileSync(join(dir, "ksm_stat"), "ksm_rmap_items 0\nksm_zero_pages 0\n");
+    assert.equal(ksmMergeAnyAvailable(dir), false, "a kernel before 6.4");
+    writeFileSync(join(dir, "ksm_stat"), "ksm_rmap_items 0\nksm_merge_any: no\nksm_mergeable: no\n");
+    assert.equal(ksmMergeAnyAvailable(dir), true);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

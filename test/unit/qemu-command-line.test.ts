@@ -263,9 +263,20 @@ test("NIC arguments are validated: MAC format, unicast MAC, tap name", () => {
 
 test("QEMU is started through nsenter --net=<netns> only when the VM has a network", () => {
   assert.deepEqual(launchCommand("/usr/bin/qemu-system-x86_64", ["-m", "512M"]), { file: "/usr/bin/qemu-system-x86_64", argv: ["-m", "512M"] });
-  assert.deepEqual(launchCommand("/usr/bin/qemu-system-x86_64", ["-m", "512M"], "/var/run/netns/cni-1"), {
+  assert.deepEqual(launchCommand("/usr/bin/qemu-system-x86_64", ["-m", "512M"], { netnsPath: "/var/run/netns/cni-1" }), {
     file: "nsenter",
     argv: ["--net=/var/run/netns/cni-1", "--", "/usr/bin/qemu-system-x86_64", "-m", "512M"],
+  });
+});
+
+test("QEMU is started through hako-ksm-exec, on or off, outside nsenter (the setting survives both execs)", () => {
+  assert.deepEqual(launchCommand("/usr/bin/qemu-system-x86_64", ["-m", "512M"], { ksm: { exec: "/l/hako-ksm-exec", mergeAll: true } }), {
+    file: "/l/hako-ksm-exec",
+    argv: ["on", "/usr/bin/qemu-system-x86_64", "-m", "512M"],
+  });
+  assert.deepEqual(launchCommand("/usr/bin/qemu-system-x86_64", ["-m", "512M"], { netnsPath: "/n", ksm: { exec: "/l/hako-ksm-exec", mergeAll: false } }), {
+    file: "/l/hako-ksm-exec",
+    argv: ["off", "nsenter", "--net=/n", "--", "/usr/bin/qemu-system-x86_64", "-m", "512M"],
   });
 });
 

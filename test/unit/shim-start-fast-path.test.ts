@@ -43,9 +43,12 @@ before(() => {
   mkdirSync(socketDir);
   // The launcher as scripts/build.mjs writes it, with a stand-in for the node program.
   const fastPath = readFileSync(join(import.meta.dirname, "..", "..", "src", "shim", "start-fast-path.sh"), "utf8");
-  writeFileSync(launcher, `#!/bin/sh\nhako_here=${join(root, "bin")}\n${fastPath}\nexec node "$hako_here/../lib/hako/containerd-shim-hako-v2.mjs" "$@"\n`);
+  writeFileSync(launcher, `#!/bin/sh\nhako_here=${join(root, "bin")}\n${fastPath}\nexec "$hako_here/../lib/hako/hako-ksm-exec" on node "$hako_here/../lib/hako/containerd-shim-hako-v2.mjs" "$@"\n`);
   chmodSync(launcher, 0o755);
   writeFileSync(join(root, "lib", "hako", "containerd-shim-hako-v2.mjs"), STAND_IN);
+  // hako-ksm-exec's stand-in: the daemon must be started through it, asking for "on".
+  writeFileSync(join(root, "lib", "hako", "hako-ksm-exec"), '#!/bin/sh\n[ "$1" = on ] || { echo "hako-ksm-exec: $1" >&2; exit 9; }\nshift\nexec "$@"\n');
+  chmodSync(join(root, "lib", "hako", "hako-ksm-exec"), 0o755);
 });
 after(() => {
   for (const s of servers) s.close();

@@ -7,6 +7,7 @@ import { Code } from "../../protocols/ttrpc/status.js";
 import type { QemuConfig } from "../../runtime/config.js";
 import { HakoError, HypervisorError } from "../../runtime/errors.js";
 import type { Logger } from "../../runtime/logger.js";
+import { ksmExecPath } from "../../runtime/paths.js";
 import type { AdoptableVm, Hypervisor, VirtualMachine, VmExit, VmSpec } from "../hypervisor.js";
 import { buildQemuArgs, type QemuPaths, type Transport } from "./command-line.js";
 import { QmpClient } from "./qmp-client.js";
@@ -236,7 +237,11 @@ export class QemuHypervisor implements Hypervisor {
 
     const t0 = Date.now();
     const netnsPath = spec.network?.netnsPath;
-    const proc = await QemuProcess.spawn(id, this.qemu.path, args, netnsPath, this.qemu.glibc_tunables);
+    const proc = await QemuProcess.spawn(id, this.qemu.path, args, {
+      netnsPath,
+      glibcTunables: this.qemu.glibc_tunables,
+      ksm: { exec: ksmExecPath(), mergeAll: this.qemu.merge_all_memory },
+    });
     log?.debug({ pid: proc.pid, qemu: this.qemu.path, netns: netnsPath, args }, "QEMU spawned");
 
     const bootMs = this.qemu.boot_timeout * 1000;

@@ -2,8 +2,9 @@
 // or a process another hako process spawned and handed over (the VM cache,
 // src/runtime/vm-cache.ts), watched through /proc because it is not our child.
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { accessSync, constants, readFileSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
+import { join } from "node:path";
 import { Code } from "../../protocols/ttrpc/status.js";
 import { HypervisorError } from "../../runtime/errors.js";
 import type { VmExit } from "../hypervisor.js";
@@ -11,14 +12,46 @@ import type { VmExit } from "../hypervisor.js";
 /** Program that enters a network namespace and execs QEMU (so the spawned pid stays QEMU's). */
 export const NSENTER = "nsenter";
 
+/** How QEMU is started, besides its path and arguments. */
+export interface LaunchOptions {
+  /** For a VM with pod networking: QEMU runs in this netns (`nsenter --net=`). */
+  netnsPath?: string;
+  /** GLIBC_TUNABLES for QEMU, before any it would inherit (a later setting of the same tunable wins); "" leaves it as inherited. */
+  glibcTunables?: string;
+  /**
+   * hako-ksm-exec (src/resource/ksm-exec.c) and its setting: QEMU starts
+   * through it with the kernel's process-wide KSM setting on or off
+   * (`[hypervisor.qemu] merge_all_memory`), whatever its parent had.
+   */
+  ksm?: { exec: string; mergeAll: boolean };
+}
+
 /**
  * The program and argv that start QEMU: directly, or, for a VM with pod
  * networking, through `nsenter --net=<netns>` (which execs QEMU, keeping the
- * pid) so that QEMU opens its taps inside the pod netns.
+ * pid) so that QEMU opens its taps inside the pod netns; both, if asked,
+ * through hako-ksm-exec, which execs too (the setting survives execve).
  */
-export function launchCommand(qemuPath: string, args: readonly string[], netnsPath?: string): { file: string; argv: string[] } {
-  if (netnsPath === undefined) return { file: qemuPath, argv: [...args] };
-  return { file: NSENTER, argv: [`--net=${netnsPath}`, "--", qemuPath, ...args] };
+export function launchCommand(qemuPath: string, args: readonly string[], opts: LaunchOptions = {}): { file: string; argv: string[] } {
+  const inNetns = opts.netnsPath === undefined ? [qemuPath, ...args] : [NSENTER, `--net=${opts.netnsPath}`, "--", qemuPath, ...args];
+  const argv = opts.ksm === undefined ? inNetns : [opts.ksm.exec, opts.ksm.mergeAll ? "on" : "off", ...inNetns];
+  return { file: argv[0]!, argv: argv.slice(1) };
+}
+
+/** Why `file` (a path, or a name looked up in PATH as execvp does) cannot be executed, or undefined if it can. */
+export function notExecutable(file: string): Error | undefined {
+  const candidates = file.includes("/") ? [file] : (process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin").split(":").map((d) => join(d || ".", file));
+  let last: Error | undefined;
+  for (const c of candidates) {
+    try {
+      accessSync(c, constants.X_OK);
+      if (statSync(c).isFile()) return undefined;
+      last = Object.assign(new Error(`${c} is not a file`), { code: "EACCES" });
+    } catch (err) {
+      last = err as Error;
+    }
+  }
+  return file.includes("/") ? last : Object.assign(new Error(`${file} not found in PATH (spawn ${file} ENOENT)`), { code: "ENOENT" });
 }
 
 /** Keeps the last `limit` bytes written to it (QEMU's stderr/stdout). */
@@ -141,19 +174,28 @@ export class QemuProcess implements VmmProcess {
     this.closed = new Promise((resolve) => child.once("close", () => resolve()));
   }
 
-  /** `glibcTunables`: GLIBC_TUNABLES for QEMU, before any it would inherit (a later setting of the same tunable wins). */
-  static async spawn(id: string, path: string, args: string[], netnsPath?: string, glibcTunables = ""): Promise<QemuProcess> {
-    const cmd = launchCommand(path, args, netnsPath);
-    const env = glibcTunables === "" ? process.env : { ...process.env, GLIBC_TUNABLES: [glibcTunables, process.env.GLIBC_TUNABLES ?? ""].filter((t) => t !== "").join(":") };
-    const child = spawn(cmd.file, cmd.argv, { stdio: ["ignore", "pipe", "pipe"], env });
-    if (child.pid === undefined) {
-      const err = await new Promise<Error>((resolve) => child.once("error", resolve));
-      throw new HypervisorError(id, `cannot run ${cmd.file === path ? `QEMU ${path}` : `${cmd.file} (to start QEMU in netns ${netnsPath})`} for sandbox ${id}: ${err.message}`, {
-        code: Code.FAILED_PRECONDITION,
-        hint: cmd.file === path ? "install qemu-system-x86 or set hypervisor.qemu.path" : "install util-linux (nsenter)",
-        cause: err,
-      });
+  static async spawn(id: string, path: string, args: string[], opts: LaunchOptions = {}): Promise<QemuProcess> {
+    const cmd = launchCommand(path, args, opts);
+    const cannotRun = (file: string, err: Error): HypervisorError => {
+      const [what, hint] =
+        file === path
+          ? [`QEMU ${path}`, "install qemu-system-x86 or set hypervisor.qemu.path"]
+          : file === NSENTER
+            ? [`${NSENTER} (to start QEMU in netns ${opts.netnsPath})`, "install util-linux (nsenter)"]
+            : [`${file} (to start QEMU with its memory mergeable by KSM)`, "reinstall hako (`make install` builds it) or set hypervisor.qemu.merge_all_memory = false"];
+      return new HypervisorError(id, `cannot run ${what} for sandbox ${id}: ${err.message}`, { code: Code.FAILED_PRECONDITION, hint, cause: err });
+    };
+    // The programs hako-ksm-exec would exec: a missing one is this error, not an early exit.
+    if (opts.ksm !== undefined) {
+      for (const file of opts.netnsPath === undefined ? [path] : [NSENTER, path]) {
+        const missing = notExecutable(file);
+        if (missing !== undefined) throw cannotRun(file, missing);
+      }
     }
+    const tunables = opts.glibcTunables ?? "";
+    const env = tunables === "" ? process.env : { ...process.env, GLIBC_TUNABLES: [tunables, process.env.GLIBC_TUNABLES ?? ""].filter((t) => t !== "").join(":") };
+    const child = spawn(cmd.file, cmd.argv, { stdio: ["ignore", "pipe", "pipe"], env });
+    if (child.pid === undefined) throw cannotRun(cmd.file, await new Promise<Error>((resolve) => child.once("error", resolve)));
     child.on("error", () => {}); // signalling errors are handled where we signal
     return new QemuProcess(child, child.pid);
   }
