@@ -12,12 +12,14 @@ import { addNeighbors, inArrivalOrder, updateInterface, updateRoutes } from "./g
 import { agentLaunchMs, guestDetails, mixEntropy, mountStorage, setClock, setDns, setHostname, syncClock, unmount } from "./guest-system.js";
 import type { GuestStorage } from "../resource/sharefs/share-fs.js";
 import { WARM_UP_CONTAINER, warmUp, warmUpNetworkTools, warmUpNics, warmUpSpec } from "./warm-up.js";
+import { PodPidNamespace, wantsPodPidNamespace, withPodPidNamespace } from "./pod-pid-namespace.js";
 import { AGENT_PROTOCOL_VERSION, AGENT_VERSION } from "./version.js";
 
 const MAX_READ = 1024 * 1024;
 
 export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs: () => number): ContainerManager {
   const containers = new ContainerManager(log);
+  const podPidNs = new PodPidNamespace(log);
   const sandboxMounts: string[] = [];
   const containerMounts = new Map<string, string[]>();
 
@@ -60,9 +62,10 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
       return {};
     },
     async createContainer(req) {
+      const specJson = wantsPodPidNamespace(req.ociSpecJson) ? withPodPidNamespace(req.ociSpecJson, await podPidNs.path()) : req.ociSpecJson;
       const mounted = await mountAll(req.storages);
       try {
-        containers.create(req.containerId, req.ociSpecJson, req.terminal);
+        containers.create(req.containerId, specJson, req.terminal);
       } catch (err) {
         for (const m of mounted.reverse()) await unmount(m);
         throw err;
@@ -156,6 +159,8 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
     async prepareTemplate(req) {
       const t0 = performance.now();
       await warmUp();
+      // Its clones' pods find their pid namespace made (each clone has its own holder).
+      await podPidNs.path();
       if (req.runContainer) {
         // A template or a cached VM: the network tools, and a container the way a pod's first one runs.
         await warmUpNetworkTools();

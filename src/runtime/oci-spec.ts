@@ -111,6 +111,16 @@ const GUEST_NAMESPACES = new Set(["pid", "mount", "ipc", "uts", "cgroup"]);
  */
 export const GUEST_POD_SHM_DIR = "/run/hako/pod-shm";
 
+/**
+ * The pod's pid namespace in the guest, for containers that share it (CRI's
+ * POD pid mode: a pid namespace given by path, the sandbox's). The agent
+ * makes it on first use, held by a process of its own as pid 1 (as kubelet's
+ * pause is with shareProcessNamespace), and puts the holder's
+ * /proc/<pid>/ns/pid in the container's spec (src/agent/pod-pid-namespace.ts).
+ * So a pod's processes do not see, nor signal, the agent and the guest's own.
+ */
+export const GUEST_POD_PID_NS = "hako:pod-pid-namespace";
+
 const isBindMount = (m: { type?: string; options?: string[] }): boolean =>
   m.type === "bind" || (m.options ?? []).some((o) => o === "bind" || o === "rbind");
 
@@ -119,7 +129,7 @@ const isBindMount = (m: { type?: string; options?: string[] }): boolean =>
  * shared with the VM (the VM is the pod), cgroup under /hako, host-only
  * security labels dropped, bind mounts replaced by their shared copies.
  */
-export function guestSpec(id: string, spec: OciSpec, guestRoot: string, guestMounts: Map<number, string>): OciSpec {
+export function guestSpec(id: string, spec: OciSpec, guestRoot: string, guestMounts: Map<number, string>, opts: { hostPid?: boolean } = {}): OciSpec {
   const out = structuredClone(spec);
   out.root = { path: guestRoot, readonly: spec.root?.readonly ?? false };
   out.process = { ...out.process, terminal: false };
@@ -134,10 +144,14 @@ export function guestSpec(id: string, spec: OciSpec, guestRoot: string, guestMou
     out.mounts.unshift({ destination: "/dev", type: "tmpfs", source: "tmpfs", options: ["nosuid", "strictatime", "mode=755", "size=65536k"] });
   const linux = { ...(out.linux ?? {}) };
   // A namespace given by path is one to join: in a pod, the sandbox's. The
-  // guest's own namespaces are the pod's, so joining means not creating one.
+  // guest's own ipc, uts, mount and cgroup namespaces are the pod's, so
+  // joining means not creating one. Its root pid namespace holds the agent:
+  // the pod's is one the agent makes (GUEST_POD_PID_NS), unless the pod asked
+  // for the host's (hostPID), which is the VM's.
+  const joinsPodPid = (n: { type: string; path?: string }): boolean => n.type === "pid" && !!n.path && opts.hostPid !== true;
   linux.namespaces = (linux.namespaces ?? [])
-    .filter((n) => GUEST_NAMESPACES.has(n.type) && !n.path)
-    .map((n) => ({ type: n.type }));
+    .filter((n) => GUEST_NAMESPACES.has(n.type) && (!n.path || joinsPodPid(n)))
+    .map((n) => (joinsPodPid(n) ? { type: n.type, path: GUEST_POD_PID_NS } : { type: n.type }));
   // The guest is cgroup v2 only: like containerd on a v2 host, give each
   // container its own cgroup namespace, so its /sys/fs/cgroup is its cgroup
   // (memory.max, cpu.max) whatever the host's cgroup mode made the spec say.

@@ -49,6 +49,13 @@ export interface SandboxOptions {
    * (tcfilter model). Absent: the VM has no NIC.
    */
   netnsPath?: string;
+  /**
+   * The pod shares the host's pid namespace (CRI's NODE mode, `hostPID`: its
+   * infra container's spec has no pid namespace). The VM is the pod's host,
+   * so containers that join the sandbox's pid namespace run in the guest's
+   * own; otherwise in the pod's, which the agent makes (GUEST_POD_PID_NS).
+   */
+  hostPid?: boolean;
 }
 
 export class Sandbox {
@@ -310,7 +317,7 @@ export class Sandbox {
       ...binds.map((m) => share.share(cid, join("mounts", String(m.index)), m.source, { readonly: m.readonly })),
     ]);
     const guestMounts = new Map(binds.map((m, i) => [m.index, boundPaths[i]!.guestPath]));
-    const spec = guestSpec(cid, bundle.spec, root!.guestPath, guestMounts);
+    const spec = guestSpec(cid, bundle.spec, root!.guestPath, guestMounts, { hostPid: this.opts.hostPid === true });
     const ownUts = (spec.linux?.namespaces ?? []).some((n) => n.type === "uts");
     if (bundle.spec.hostname === undefined && ownUts) spec.hostname = cid.slice(0, 63);
     await agent.agent.createContainer({ containerId: cid, ociSpecJson: JSON.stringify(spec), terminal });

@@ -182,6 +182,8 @@ export class ShimRuntime {
           hostname: kind === "pod-sandbox" ? b.spec.hostname : undefined,
           // The pod netns CNI filled (CRI names it in the infra container's spec).
           netnsPath: networkNamespacePath(b.spec),
+          // hostPID: the infra container's spec has no pid namespace at all.
+          hostPid: kind === "pod-sandbox" && !(b.spec.linux?.namespaces ?? []).some((n) => n.type === "pid"),
         }, signal);
       }
       io = openProcessIO(id, req.stdio);
@@ -212,7 +214,7 @@ export class ShimRuntime {
   private async bootSandbox(
     id: string,
     bundle: string,
-    opts: { size: SandboxSize; hostname: string | undefined; netnsPath: string | undefined },
+    opts: { size: SandboxSize; hostname: string | undefined; netnsPath: string | undefined; hostPid: boolean },
     signal?: AbortSignal,
   ): Promise<Sandbox> {
     const probe = await chooseAccel(this.cfg, this.log);

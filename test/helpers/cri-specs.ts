@@ -14,10 +14,15 @@ export interface PodSpec {
   annotations?: Record<string, string>;
   /** Pod resource totals (kubelet ≥ 1.23 sends them; containerd annotates the sandbox with them). */
   memoryBytes?: bigint;
+  /** hostPID: the pod's pid namespace is the host's (CRI NODE mode for the sandbox; give its containers pidMode NODE too, as kubelet does). */
+  hostPid?: boolean;
 }
 
 export type PodConfig = MessageInitShape<typeof PodSandboxConfigSchema>;
 export type ContainerConfig = MessageInitShape<typeof ContainerConfigSchema>;
+
+/** CRI NamespaceMode. */
+const NAMESPACE_MODE = { POD: 0, CONTAINER: 1, NODE: 2 } as const;
 
 export function podConfig(p: PodSpec): PodConfig {
   return {
@@ -27,7 +32,10 @@ export function podConfig(p: PodSpec): PodConfig {
     dnsConfig: p.dns ? { servers: p.dns, searches: p.search ?? [], options: [] } : undefined,
     labels: { app: p.name },
     annotations: p.annotations ?? {},
-    linux: p.memoryBytes ? { resources: { memoryLimitInBytes: p.memoryBytes } } : {},
+    linux: {
+      ...(p.memoryBytes ? { resources: { memoryLimitInBytes: p.memoryBytes } } : {}),
+      ...(p.hostPid ? { securityContext: { namespaceOptions: { pid: NAMESPACE_MODE.NODE } } } : {}),
+    },
   };
 }
 
@@ -39,6 +47,8 @@ export interface ContainerExtra {
   cpuQuota?: bigint;
   cpuPeriod?: bigint;
   env?: Record<string, string>;
+  /** The container's pid namespace (CRI NamespaceMode); unset is POD, the pod's, as kubelet's shareProcessNamespace. */
+  pidMode?: "POD" | "CONTAINER" | "NODE";
 }
 
 export function containerConfig(name: string, args: string[], x: ContainerExtra): ContainerConfig {
@@ -57,6 +67,7 @@ export function containerConfig(name: string, args: string[], x: ContainerExtra)
         cpuQuota: x.cpuQuota ?? 0n,
         cpuPeriod: x.cpuPeriod ?? 0n,
       },
+      ...(x.pidMode === undefined ? {} : { securityContext: { namespaceOptions: { pid: NAMESPACE_MODE[x.pidMode] } } }),
     },
   };
 }

@@ -166,6 +166,20 @@ describe("a hako pod: two containers in one VM", () => {
     client = await startContainer(pod, spec, "client", ["sleep", "3600"], { logPath: "client.log", memoryLimitBytes: 64n << 20n, cpuQuota: 50_000n, cpuPeriod: 100_000n });
   });
 
+  test("the pod's containers share a pid namespace of their own: pid 1 is hako's holder, the agent is not in it", async () => {
+    // CRI's POD mode (namespace_options unset; kubelet's shareProcessNamespace).
+    const cmdlines = 'for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\\0" " " < $p/cmdline)"; done';
+    const r = await exec(client, ["sh", "-c", `echo "ppid $PPID"; ${cmdlines}`]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.match(r.stdout, /^ppid 0$/m, "the exec's parent (crun exec) is outside the namespace");
+    assert.match(r.stdout, /^1 \/bin\/busybox sh -c trap "" HUP INT TERM/m, "pid 1 is the holder");
+    assert.match(r.stdout, /^\d+ httpd -f -p 8080/m, "the other container's process is visible");
+    assert.doesNotMatch(r.stdout, /hako-agent|crun|\/sbin\/init/, "nothing of the guest's own");
+    // The holder ignores what a container may send it.
+    const k = await exec(client, ["sh", "-c", "kill -TERM 1; kill -KILL 1; sleep 0.2; tr '\\0' ' ' < /proc/1/cmdline"]);
+    assert.match(k.stdout, /busybox sh -c trap/, `pid 1 after TERM and KILL from inside: ${k.stdout} ${k.stderr}`);
+  });
+
   after(async () => {
     if (!pod) return;
     const netns = podNetnsPath(pod);
@@ -192,30 +206,6 @@ describe("a hako pod: two containers in one VM", () => {
     const active = (cache: string): number => Number(new RegExp(`^${cache}\\s+(\\d+)`, "m").exec(r.stdout)?.[1] ?? NaN);
     assert.ok(active("inode_cache") < 3000, `guest inode_cache: ${active("inode_cache")} active objects`);
     assert.ok(active("dentry") < 5000, `guest dentry cache: ${active("dentry")} active objects`);
-  });
-
-  test("crun runs from the read-only node image, not from a copy of itself", async () => {
-    // The pod's containers share its pid namespace (CRI's POD mode, the
-    // default when namespace_options is unset): an exec's parent is the
-    // agent's `crun exec`. crun re-executes itself from a sealed memfd copy
-    // (its comm then is the memfd's name, "memfd:crun_clon") unless its binary
-    // is on a read-only filesystem; every copy was new guest code for TCG.
-    const r = await exec(client, ["sh", "-c", 'echo "$(cat /proc/$PPID/comm) $(tr "\\0" " " < /proc/$PPID/cmdline)"']);
-    assert.equal(r.exitCode, 0, r.stderr);
-    assert.match(r.stdout, /^crun \/usr\/bin\/crun .*\bexec\b/, `the exec's parent: ${r.stdout.trim()}`);
-  });
-
-  test(TEMPLATE_MODE ? "the template's agent compiled all its code before the save (node flags)" : "a cold VM's agent starts from node's snapshot, compiling lazily (node flags)", async () => {
-    // The pod shares the guest's pid namespace (see above): the exec's parent is
-    // `crun exec`, whose parent is the agent that spawned it.
-    const r = await exec(client, ["sh", "-c", 'tr "\\0" " " < /proc/$(cut -d " " -f 4 /proc/$PPID/stat)/cmdline']);
-    assert.equal(r.exitCode, 0, r.stderr);
-    assert.match(r.stdout, /hako-agent\.js/, `the exec's grandparent: ${r.stdout.trim()}`);
-    const flags = r.stdout.trim().split(/\s+/);
-    // A clone translates (TCG) every guest code path it runs: V8 compiling
-    // node's own snapshotted functions lazily in a clone cost ~3,800 translated
-    // blocks and ~6.5 MiB of PSS per templated pod (docs/benchmarks.md).
-    for (const f of ["--no-lazy", "--no-node-snapshot", "--no-enable-lazy-source-positions"]) assert.equal(flags.includes(f), TEMPLATE_MODE, `${f} in ${r.stdout.trim()}`);
   });
 
   test(TEMPLATE_MODE ? "the VM is a clone of the template; container limits are guest cgroup limits" : "the VM is sized from the pod's resources; container limits are guest cgroup limits", async () => {
@@ -400,6 +390,57 @@ describe("a hako pod: two containers in one VM", () => {
     assert.ok(took >= 1_900 && took < 4_000, `StopContainer took ${took} ms`);
     await cri.removeContainer(stubborn);
   });
+});
+
+describe("a hostPID pod: its containers share the guest's pid namespace, with the agent", () => {
+  // The VM is the pod's host: hostPID (CRI NODE mode) is the guest's own pid namespace.
+  const spec: PodSpec = { name: "pod-h", uid: "uid-h", hostname: "pod-h", logDir: "", hostPid: true };
+  let pod = "";
+  let box = "";
+  before(async () => {
+    spec.logDir = join(work, "logs-h");
+    mkdirSync(spec.logDir, { recursive: true });
+    pod = await startPod(spec, "hako");
+    box = await startContainer(pod, spec, "box", ["sleep", "3600"], { pidMode: "NODE" });
+  });
+  after(async () => {
+    if (pod) await removePod(pod);
+  });
+  const inGuestPidNamespace = async (cmd: string): Promise<string> => {
+    const r = await exec(box, ["sh", "-c", cmd]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    return r.stdout;
+  };
+
+  test("the agent is visible; a cold VM made no pod pid namespace", async () => {
+    const out = await inGuestPidNamespace('echo "ppid $PPID"; for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\\0" " " < $p/cmdline)"; done');
+    assert.match(out, /hako-agent\.js/);
+    // A template makes the holder before its save (its clones' pods need it at once); a cold VM only when a pod asks.
+    if (!TEMPLATE_MODE) assert.doesNotMatch(out, /busybox sh -c trap/, "no holder in a cold hostPID pod");
+    assert.doesNotMatch(out, /^ppid 0$/m, "the exec's parent (crun exec) is in the namespace");
+  });
+
+  test("crun runs from the read-only node image, not from a copy of itself", async () => {
+    // In the guest's pid namespace an exec's parent is the agent's `crun
+    // exec`. crun re-executes itself from a sealed memfd copy (its comm then is
+    // the memfd's name, "memfd:crun_clon") unless its binary is on a read-only
+    // filesystem; every copy was new guest code for TCG.
+    const out = await inGuestPidNamespace('echo "$(cat /proc/$PPID/comm) $(tr "\\0" " " < /proc/$PPID/cmdline)"');
+    assert.match(out, /^crun \/usr\/bin\/crun .*\bexec\b/, `the exec's parent: ${out.trim()}`);
+  });
+
+  test(TEMPLATE_MODE ? "the template's agent compiled all its code before the save (node flags)" : "a cold VM's agent starts from node's snapshot, compiling lazily (node flags)", async () => {
+    // In the guest's pid namespace (see above) the exec's parent is `crun
+    // exec`, whose parent is the agent that spawned it.
+    const out = await inGuestPidNamespace('tr "\\0" " " < /proc/$(cut -d " " -f 4 /proc/$PPID/stat)/cmdline');
+    assert.match(out, /hako-agent\.js/, `the exec's grandparent: ${out.trim()}`);
+    const flags = out.trim().split(/\s+/);
+    // A clone translates (TCG) every guest code path it runs: V8 compiling
+    // node's own snapshotted functions lazily in a clone cost ~3,800 translated
+    // blocks and ~6.5 MiB of PSS per templated pod (docs/benchmarks.md).
+    for (const f of ["--no-lazy", "--no-node-snapshot", "--no-enable-lazy-source-positions"]) assert.equal(flags.includes(f), TEMPLATE_MODE, `${f} in ${out.trim()}`);
+  });
+
 });
 
 describe("two pods: hako ↔ hako traffic, and the same spec under runc", () => {

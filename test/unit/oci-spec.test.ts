@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { bindMountsToShare, guestSpec, loadBundle, networkNamespacePath, type OciSpec } from "../../src/runtime/oci-spec.js";
+import { GUEST_POD_PID_NS, bindMountsToShare, guestSpec, loadBundle, networkNamespacePath, type OciSpec } from "../../src/runtime/oci-spec.js";
+import { wantsPodPidNamespace, withPodPidNamespace } from "../../src/agent/pod-pid-namespace.js";
 import { BundleError } from "../../src/runtime/errors.js";
 
 function withBundle(fn: (dir: string) => void): void {
@@ -92,6 +93,27 @@ test("guestSpec: namespaces given by path are joined (the VM's), /dev/shm is the
   const shm = g.mounts?.find((m) => m.destination === "/dev/shm");
   assert.equal(shm?.source, "/run/hako/pod-shm");
   assert.equal(g.mounts?.find((m) => m.destination === "/etc/hosts")?.source, "/run/hako/shared/c1/mounts/1");
+});
+
+test("guestSpec: the sandbox's pid namespace (CRI's POD mode) becomes the pod's own in the guest, not the agent's", () => {
+  const spec = (namespaces: Array<{ type: string; path?: string }>): OciSpec => ({ process: { args: ["sh"] }, root: { path: "rootfs" }, linux: { namespaces } });
+  const pod = guestSpec("c1", spec([{ type: "pid", path: "/proc/42/ns/pid" }, { type: "ipc", path: "/proc/42/ns/ipc" }, { type: "mount" }]), "/r", new Map());
+  assert.deepEqual(pod.linux?.namespaces, [{ type: "pid", path: GUEST_POD_PID_NS }, { type: "mount" }, { type: "cgroup" }]);
+  // CONTAINER mode: a new one; NODE mode (no pid namespace): the guest's, as hostPID is the host's.
+  assert.deepEqual(guestSpec("c1", spec([{ type: "pid" }]), "/r", new Map()).linux?.namespaces, [{ type: "pid" }, { type: "cgroup" }]);
+  assert.deepEqual(guestSpec("c1", spec([{ type: "mount" }]), "/r", new Map()).linux?.namespaces, [{ type: "mount" }, { type: "cgroup" }]);
+  // A hostPID pod (its infra container has no pid namespace): the sandbox's is the VM's own.
+  assert.deepEqual(guestSpec("c1", spec([{ type: "pid", path: "/proc/42/ns/pid" }]), "/r", new Map(), { hostPid: true }).linux?.namespaces, [{ type: "cgroup" }]);
+});
+
+test("the agent puts its holder's namespace where the guest spec asks for the pod's", () => {
+  const g = JSON.stringify(guestSpec("c1", { process: { args: ["sh"] }, root: { path: "rootfs" }, linux: { namespaces: [{ type: "pid", path: "/proc/42/ns/pid" }, { type: "uts" }] } }, "/r", new Map()));
+  assert.ok(wantsPodPidNamespace(g));
+  const out = JSON.parse(withPodPidNamespace(g, "/proc/77/ns/pid")) as OciSpec;
+  assert.deepEqual(out.linux?.namespaces, [{ type: "pid", path: "/proc/77/ns/pid" }, { type: "uts" }, { type: "cgroup" }]);
+  const own = JSON.stringify(guestSpec("c1", { process: { args: ["sh"] }, root: { path: "rootfs" }, linux: { namespaces: [{ type: "pid" }] } }, "/r", new Map()));
+  assert.ok(!wantsPodPidNamespace(own));
+  assert.equal(withPodPidNamespace("{not json", "/proc/77/ns/pid"), "{not json", "left for create to report");
 });
 
 test("networkNamespacePath: only a network namespace given by path carries a network into the VM", () => {
