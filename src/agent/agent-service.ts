@@ -11,11 +11,13 @@ import { ContainerManager } from "./containers.js";
 import { addNeighbors, inArrivalOrder, updateInterface, updateRoutes } from "./guest-network.js";
 import { agentLaunchMs, guestDetails, mixEntropy, mountStorage, setClock, setDns, setHostname, syncClock, unmount } from "./guest-system.js";
 import type { GuestStorage } from "../resource/sharefs/share-fs.js";
-import { WARM_UP_CONTAINER, warmUp, warmUpNetworkTools, warmUpNics, warmUpSpec } from "./warm-up.js";
+import { WARM_UP_CONTAINER, collectAfterWarmUp, warmUp, warmUpNetworkTools, warmUpNics, warmUpSpec, type GcFunction } from "./warm-up.js";
 import { PodPidNamespace, wantsPodPidNamespace, withPodPidNamespace } from "./pod-pid-namespace.js";
 import { AGENT_PROTOCOL_VERSION, AGENT_VERSION } from "./version.js";
 
 const MAX_READ = 1024 * 1024;
+/** True in a cached VM's agent: its template's PrepareTemplate ran before the save. */
+let preparedBefore = false;
 
 export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs: () => number): ContainerManager {
   const containers = new ContainerManager(log);
@@ -173,9 +175,8 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
           await containers.remove(WARM_UP_CONTAINER, 0);
         }
       }
-      // A template's agent has `gc` (TEMPLATE_TCG_AGENT_PARAMS): saved with an
-      // empty young generation, a clone scavenges after its pod start, not in it.
-      (globalThis as { gc?: () => void }).gc?.();
+      collectAfterWarmUp((globalThis as { gc?: GcFunction }).gc, preparedBefore);
+      preparedBefore = true;
       const ms = performance.now() - t0;
       log.info({ ms, runContainer: req.runContainer }, "warmed up");
       return { warmUpMs: Math.round(ms) };

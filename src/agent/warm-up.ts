@@ -83,6 +83,25 @@ export async function warmUpNics(): Promise<void> {
   }
 }
 
+/** V8's `gc` (node --expose-gc: a template's agent under TCG, and its clones'). */
+export type GcFunction = (opts?: { type: "minor" | "major" }) => void;
+
+/**
+ * Empties the young generation after a warm-up, so that a pod's first
+ * scavenge comes after its start, not in it. A template (`inClone`
+ * false) is saved after a full GC. A cached VM, a clone warming up again,
+ * scavenges twice instead (the second promotes what survived the first):
+ * a full GC there cost each cached VM ~3 MiB of guest RAM it rewrote
+ * (marking, compaction) and ~2 MiB of translated code that no pod start
+ * runs (docs/benchmarks.md, fourteenth stop).
+ */
+export function collectAfterWarmUp(gc: GcFunction | undefined, inClone: boolean): void {
+  if (gc === undefined) return;
+  if (!inClone) return gc();
+  gc({ type: "minor" });
+  gc({ type: "minor" });
+}
+
 /** Id of the throwaway container of a cached VM's warm-up (no pod container can have it: CRI ids are hex). */
 export const WARM_UP_CONTAINER = "hako-warm-up";
 
