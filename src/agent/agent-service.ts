@@ -11,7 +11,7 @@ import { ContainerManager } from "./containers.js";
 import { addNeighbors, inArrivalOrder, updateInterface, updateRoutes } from "./guest-network.js";
 import { agentLaunchMs, guestDetails, mixEntropy, mountStorage, setClock, setDns, setHostname, syncClock, unmount } from "./guest-system.js";
 import type { GuestStorage } from "../resource/sharefs/share-fs.js";
-import { WARM_UP_CONTAINER, collectAfterWarmUp, warmUp, warmUpNetworkTools, warmUpNics, warmUpSpec, type GcFunction } from "./warm-up.js";
+import { WARM_UP_CONTAINER, collectAfterWarmUp, warmUp, warmUpNetworkTools, warmUpNics, warmUpSpec, warmUpSteps, type GcFunction } from "./warm-up.js";
 import { PodPidNamespace, wantsPodPidNamespace, withPodPidNamespace } from "./pod-pid-namespace.js";
 import { AGENT_PROTOCOL_VERSION, AGENT_VERSION } from "./version.js";
 
@@ -162,25 +162,28 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
     },
     async prepareTemplate(req) {
       const t0 = performance.now();
-      await warmUp();
-      // Its clones' pods find their pid namespace made (each clone has its own holder).
-      await podPidNs.path();
-      if (req.runContainer) {
-        // A template or a cached VM: the network tools, and a container the way a pod's first one runs.
-        await warmUpNetworkTools();
-        await warmUpNics();
-        containers.create(WARM_UP_CONTAINER, JSON.stringify(warmUpSpec()), false);
-        try {
-          await containers.start(WARM_UP_CONTAINER);
-          await containers.process(WARM_UP_CONTAINER, "").exited;
-        } finally {
-          await containers.remove(WARM_UP_CONTAINER, 0);
+      const steps = warmUpSteps(preparedBefore, req.runContainer);
+      for (const step of steps) {
+        if (step === "spawns") await warmUp();
+        // Its clones' pods find their pid namespace made (each clone has its own holder).
+        else if (step === "pod-pid-namespace") await podPidNs.path();
+        else if (step === "network-tools") await warmUpNetworkTools();
+        else if (step === "nics") await warmUpNics();
+        else {
+          // A container the way a pod's first one runs.
+          containers.create(WARM_UP_CONTAINER, JSON.stringify(warmUpSpec()), false);
+          try {
+            await containers.start(WARM_UP_CONTAINER);
+            await containers.process(WARM_UP_CONTAINER, "").exited;
+          } finally {
+            await containers.remove(WARM_UP_CONTAINER, 0);
+          }
         }
       }
       collectAfterWarmUp((globalThis as { gc?: GcFunction }).gc, preparedBefore);
       preparedBefore = true;
       const ms = performance.now() - t0;
-      log.info({ ms, runContainer: req.runContainer }, "warmed up");
+      log.info({ ms, steps }, "warmed up");
       return { warmUpMs: Math.round(ms) };
     },
     async getOOMEvent(_req, ctx) {

@@ -83,6 +83,22 @@ export async function warmUpNics(): Promise<void> {
   }
 }
 
+/** What PrepareTemplate runs, in order. */
+export type WarmUpStep = "spawns" | "pod-pid-namespace" | "network-tools" | "nics" | "container";
+
+/**
+ * The warm-up of a template (`inClone` false) or of a cached VM, a clone of
+ * one (true). A clone skips the spawn rounds (`warmUp`): its template ran
+ * them for V8, and what a pod start spawns (the helper shell, crun over pipes)
+ * the later steps run too; the rest (execFile, a pty) cost each cached pod
+ * ~3 MiB of translated code and guest RAM that no pod start uses (cache pods
+ * 95.5 -> 92.4 MiB with KSM, no start-time difference: docs/benchmarks.md,
+ * fourteenth stop).
+ */
+export function warmUpSteps(inClone: boolean, runContainer: boolean): WarmUpStep[] {
+  return [...(inClone ? [] : ["spawns" as const]), "pod-pid-namespace", ...(runContainer ? (["network-tools", "nics", "container"] as const) : [])];
+}
+
 /** V8's `gc` (node --expose-gc: a template's agent under TCG, and its clones'). */
 export type GcFunction = (opts?: { type: "minor" | "major" }) => void;
 

@@ -1,5 +1,6 @@
 // After a warm-up: a template's agent collects everything, a cached VM's
-// only scavenges (V8's gc({type: "minor"}), seen as minor GCs by node).
+// only scavenges (V8's gc({type: "minor"}), seen as minor GCs by node),
+// and skips the spawn rounds its template ran.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -27,4 +28,11 @@ function gcKinds(inClone: boolean): string[] {
 test("a template's warm-up ends with a full GC, a cached VM's with two scavenges", () => {
   assert.deepEqual(gcKinds(false), ["major"]);
   assert.deepEqual(gcKinds(true), ["minor", "minor"]);
+});
+
+test("a cached VM's warm-up skips the spawn rounds its template ran; both make the pod pid namespace, then the network and a container", async () => {
+  const { warmUpSteps } = await import("../../src/agent/warm-up.js");
+  assert.deepEqual(warmUpSteps(false, true), ["spawns", "pod-pid-namespace", "network-tools", "nics", "container"]);
+  assert.deepEqual(warmUpSteps(true, true), ["pod-pid-namespace", "network-tools", "nics", "container"]);
+  assert.deepEqual(warmUpSteps(false, false), ["spawns", "pod-pid-namespace"]);
 });
