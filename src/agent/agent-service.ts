@@ -55,8 +55,6 @@ export function registerAgentServices(server: TtrpcServer, log: Logger, readyMs:
       const clock = syncClock(Number(req.hostTimeUnixNano / 1_000_000n));
       const [, mounted] = await Promise.all([clock, mountAll(req.storages)]);
       sandboxMounts.push(...mounted);
-      // Made now, while the host creates the first container, not when it joins (a cold VM's ~20 ms).
-      if (req.preparePodPidNamespace) void podPidNs.path().catch((err: unknown) => log.warn({ err }, "the pod's pid namespace: made when a container asks"));
       log.info({ sandbox: req.sandboxId }, "sandbox created");
       return {};
     },

@@ -9,9 +9,10 @@
 // none) and reaps the pod's orphans (ash's `wait` collects any child). The
 // host marks such a namespace GUEST_POD_PID_NS in the guest spec
 // (src/runtime/oci-spec.ts); the agent replaces that with the holder's
-// /proc/<pid>/ns/pid. A CRI pod's VM makes it right after CreateSandbox
-// (prepare_pod_pid_namespace), off its containers' start; a template before
-// its save, so that each clone has its own copy from the start.
+// /proc/<pid>/ns/pid. A VM makes it when the first container joins (a cold
+// VM's StartContainer ~18 ms longer; made earlier, it slowed the sandbox's
+// own start as much: one vCPU, docs/benchmarks.md, fourteenth stop); a
+// template makes it before its save, so that each clone has its own copy.
 import { spawn, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { Code } from "../protocols/ttrpc/status.js";

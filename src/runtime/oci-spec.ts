@@ -114,7 +114,7 @@ export const GUEST_POD_SHM_DIR = "/run/hako/pod-shm";
 /**
  * The pod's pid namespace in the guest, for containers that share it (CRI's
  * POD pid mode: a pid namespace given by path, the sandbox's). The agent
- * makes it (after CreateSandbox, or when a container first asks), held by a process of its own as pid 1 (as kubelet's
+ * makes it when a container first joins, held by a process of its own as pid 1 (as kubelet's
  * pause is with shareProcessNamespace), and puts the holder's
  * /proc/<pid>/ns/pid in the container's spec (src/agent/pod-pid-namespace.ts).
  * So a pod's processes do not see, nor signal, the agent and the guest's own.

@@ -56,11 +56,6 @@ export interface SandboxOptions {
    * own; otherwise in the pod's, which the agent makes (GUEST_POD_PID_NS).
    */
   hostPid?: boolean;
-  /**
-   * A CRI pod (not hostPID): the guest makes the pod's pid namespace right
-   * after CreateSandbox, off the path of the containers that may join it.
-   */
-  preparePodPidNamespace?: boolean;
 }
 
 export class Sandbox {
@@ -247,7 +242,6 @@ export class Sandbox {
       storages: [this.share!.guestStorage()],
       hostTimeUnixNano: BigInt(Date.now()) * 1_000_000n,
       entropy: randomBytes(64),
-      preparePodPidNamespace: this.opts.preparePodPidNamespace === true,
     }).then(() => this.mark("sandbox_created"));
     await allSettledThenThrow<unknown>([guestNetwork, sandbox]);
   }

@@ -7,7 +7,7 @@ import { chooseAccel } from "../runtime/accel.js";
 import type { HakoConfig } from "../runtime/config.js";
 import { RuntimeError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
-import { loadBundle, networkNamespacePath, type OciSpec } from "../runtime/oci-spec.js";
+import { loadBundle, networkNamespacePath } from "../runtime/oci-spec.js";
 import { Sandbox } from "../runtime/sandbox.js";
 import { sandboxSize, type SandboxSize } from "../runtime/sandbox-sizing.js";
 import { pumpInput, pumpOutput } from "../runtime/stdio-relay.js";
@@ -77,7 +77,7 @@ class ShimProcess {
  * (pause) container: nothing runs for it in the guest; the VM is the pod, and
  * its task lives until the pod is stopped.
  */
-export type ContainerKind = "container" | "pod-sandbox";
+type ContainerKind = "container" | "pod-sandbox";
 
 class ShimContainer {
   readonly execs = new Map<string, ShimProcess>();
@@ -182,7 +182,8 @@ export class ShimRuntime {
           hostname: kind === "pod-sandbox" ? b.spec.hostname : undefined,
           // The pod netns CNI filled (CRI names it in the infra container's spec).
           netnsPath: networkNamespacePath(b.spec),
-          ...podPidMode(kind, b.spec),
+          // hostPID: the infra container's spec has no pid namespace at all.
+          hostPid: kind === "pod-sandbox" && !(b.spec.linux?.namespaces ?? []).some((n) => n.type === "pid"),
         }, signal);
       }
       io = openProcessIO(id, req.stdio);
@@ -213,7 +214,7 @@ export class ShimRuntime {
   private async bootSandbox(
     id: string,
     bundle: string,
-    opts: { size: SandboxSize; hostname: string | undefined; netnsPath: string | undefined; hostPid: boolean; preparePodPidNamespace: boolean },
+    opts: { size: SandboxSize; hostname: string | undefined; netnsPath: string | undefined; hostPid: boolean },
     signal?: AbortSignal,
   ): Promise<Sandbox> {
     const probe = await chooseAccel(this.cfg, this.log);
@@ -481,15 +482,4 @@ export class ShimRuntime {
     for (const sb of this.sandboxes.values()) await sb.destroy().catch(() => undefined);
     this.sandboxes.clear();
   }
-}
-
-/**
- * A pod's pid namespace arrangement, from its infra container's spec: none
- * there is hostPID (the guest's own); otherwise its containers may share one
- * of the pod's own (CRI's POD mode), which the guest makes ahead.
- */
-export function podPidMode(kind: ContainerKind, spec: OciSpec): { hostPid: boolean; preparePodPidNamespace: boolean } {
-  if (kind !== "pod-sandbox") return { hostPid: false, preparePodPidNamespace: false };
-  const hostPid = !(spec.linux?.namespaces ?? []).some((n) => n.type === "pid");
-  return { hostPid, preparePodPidNamespace: !hostPid };
 }

@@ -5,7 +5,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { GUEST_POD_PID_NS, bindMountsToShare, guestSpec, loadBundle, networkNamespacePath, type OciSpec } from "../../src/runtime/oci-spec.js";
 import { wantsPodPidNamespace, withPodPidNamespace } from "../../src/agent/pod-pid-namespace.js";
-import { podPidMode } from "../../src/shim/shim-runtime.js";
 import { BundleError } from "../../src/runtime/errors.js";
 
 function withBundle(fn: (dir: string) => void): void {
@@ -136,12 +135,4 @@ test("loadBundle checks a network namespace path: absolute and existing", () => 
     writeFileSync(join(dir, "config.json"), cfg("/proc/self/ns/net"));
     assert.equal(networkNamespacePath(loadBundle("c1", dir).spec), "/proc/self/ns/net");
   });
-});
-
-test("podPidMode: a pod's infra spec without a pid namespace is hostPID; any other pod has its own made ahead", () => {
-  const spec = (namespaces: Array<{ type: string; path?: string }>): OciSpec => ({ linux: { namespaces } });
-  assert.deepEqual(podPidMode("pod-sandbox", spec([{ type: "pid" }, { type: "ipc" }])), { hostPid: false, preparePodPidNamespace: true });
-  assert.deepEqual(podPidMode("pod-sandbox", spec([{ type: "ipc" }])), { hostPid: true, preparePodPidNamespace: false });
-  // A task outside CRI (ctr) that boots the VM itself: its own spec decides, nothing made ahead.
-  assert.deepEqual(podPidMode("container", spec([{ type: "ipc" }])), { hostPid: false, preparePodPidNamespace: false });
 });
