@@ -22,7 +22,7 @@ import { GUEST_POD_PID_NS } from "../runtime/oci-spec.js";
 
 const BUSYBOX = "/bin/busybox";
 /** pid 1 of the pod's pid namespace: ignores HUP, INT and TERM, reaps every child. */
-export const HOLDER_SCRIPT = 'trap "" HUP INT TERM; while :; do /bin/busybox sleep 86400 & wait; done';
+const HOLDER_SCRIPT = 'trap "" HUP INT TERM; while :; do /bin/busybox sleep 86400 & wait; done';
 const FIND_HOLDER_MS = 5_000;
 
 interface OciNamespace {

@@ -101,6 +101,14 @@ export function networkNamespacePath(spec: OciSpec): string | undefined {
   return ns?.path !== undefined && ns.path !== "" ? ns.path : undefined;
 }
 
+/**
+ * Whether a pod's infra container shares the host's pid namespace (CRI's
+ * NODE mode, `hostPID`): its spec then names no pid namespace at all.
+ */
+export function sharesHostPidNamespace(spec: OciSpec): boolean {
+  return !(spec.linux?.namespaces ?? []).some((n) => n.type === "pid");
+}
+
 /** Namespaces that stay per container in the guest; the VM itself isolates the rest. */
 const GUEST_NAMESPACES = new Set(["pid", "mount", "ipc", "uts", "cgroup"]);
 

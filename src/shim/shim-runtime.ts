@@ -7,7 +7,7 @@ import { chooseAccel } from "../runtime/accel.js";
 import type { HakoConfig } from "../runtime/config.js";
 import { RuntimeError } from "../runtime/errors.js";
 import type { Logger } from "../runtime/logger.js";
-import { loadBundle, networkNamespacePath } from "../runtime/oci-spec.js";
+import { loadBundle, networkNamespacePath, sharesHostPidNamespace } from "../runtime/oci-spec.js";
 import { Sandbox } from "../runtime/sandbox.js";
 import { sandboxSize, type SandboxSize } from "../runtime/sandbox-sizing.js";
 import { pumpInput, pumpOutput } from "../runtime/stdio-relay.js";
@@ -182,8 +182,7 @@ export class ShimRuntime {
           hostname: kind === "pod-sandbox" ? b.spec.hostname : undefined,
           // The pod netns CNI filled (CRI names it in the infra container's spec).
           netnsPath: networkNamespacePath(b.spec),
-          // hostPID: the infra container's spec has no pid namespace at all.
-          hostPid: kind === "pod-sandbox" && !(b.spec.linux?.namespaces ?? []).some((n) => n.type === "pid"),
+          hostPid: kind === "pod-sandbox" && sharesHostPidNamespace(b.spec),
         }, signal);
       }
       io = openProcessIO(id, req.stdio);

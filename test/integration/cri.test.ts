@@ -47,6 +47,9 @@ function qemuPids(): number[] {
   return leaks().qemu.map((l) => Number(l.split(" ")[0]));
 }
 
+/** Shell for a container: every process it can see, "<pid> <command line>" a line. */
+const LIST_PROCESSES = 'for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\\0" " " < $p/cmdline)"; done';
+
 async function exec(cid: string, cmd: string[], timeout = 30): Promise<{ stdout: string; stderr: string; exitCode: number }> {
   const r = await cri.execSync(cid, cmd, { timeoutSeconds: timeout });
   return { stdout: Buffer.from(r.stdout).toString(), stderr: Buffer.from(r.stderr).toString(), exitCode: r.exitCode };
@@ -168,8 +171,7 @@ describe("a hako pod: two containers in one VM", () => {
 
   test("the pod's containers share a pid namespace of their own: pid 1 is hako's holder, the agent is not in it", async () => {
     // CRI's POD mode (namespace_options unset; kubelet's shareProcessNamespace).
-    const cmdlines = 'for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\\0" " " < $p/cmdline)"; done';
-    const r = await exec(client, ["sh", "-c", `echo "ppid $PPID"; ${cmdlines}`]);
+    const r = await exec(client, ["sh", "-c", `echo "ppid $PPID"; ${LIST_PROCESSES}`]);
     assert.equal(r.exitCode, 0, r.stderr);
     assert.match(r.stdout, /^ppid 0$/m, "the exec's parent (crun exec) is outside the namespace");
     assert.match(r.stdout, /^1 \/bin\/busybox sh -c trap "" HUP INT TERM/m, "pid 1 is the holder");
@@ -413,7 +415,7 @@ describe("a hostPID pod: its containers share the guest's pid namespace, with th
   };
 
   test("the agent is visible; a cold VM made no pod pid namespace", async () => {
-    const out = await inGuestPidNamespace('echo "ppid $PPID"; for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\\0" " " < $p/cmdline)"; done');
+    const out = await inGuestPidNamespace(`echo "ppid $PPID"; ${LIST_PROCESSES}`);
     assert.match(out, /hako-agent\.js/);
     // A template makes the holder before its save (its clones' pods need it at once); a cold VM only when a pod asks.
     if (!TEMPLATE_MODE) assert.doesNotMatch(out, /busybox sh -c trap/, "no holder in a cold hostPID pod");

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { GUEST_POD_PID_NS, bindMountsToShare, guestSpec, loadBundle, networkNamespacePath, type OciSpec } from "../../src/runtime/oci-spec.js";
+import { GUEST_POD_PID_NS, bindMountsToShare, guestSpec, loadBundle, networkNamespacePath, sharesHostPidNamespace, type OciSpec } from "../../src/runtime/oci-spec.js";
 import { wantsPodPidNamespace, withPodPidNamespace } from "../../src/agent/pod-pid-namespace.js";
 import { BundleError } from "../../src/runtime/errors.js";
 
@@ -135,4 +135,11 @@ test("loadBundle checks a network namespace path: absolute and existing", () => 
     writeFileSync(join(dir, "config.json"), cfg("/proc/self/ns/net"));
     assert.equal(networkNamespacePath(loadBundle("c1", dir).spec), "/proc/self/ns/net");
   });
+});
+
+test("sharesHostPidNamespace: an infra spec without a pid namespace is hostPID", () => {
+  const spec = (namespaces: Array<{ type: string; path?: string }> | undefined): OciSpec => ({ linux: namespaces ? { namespaces } : {} });
+  assert.equal(sharesHostPidNamespace(spec([{ type: "pid" }, { type: "ipc" }])), false);
+  assert.equal(sharesHostPidNamespace(spec([{ type: "ipc" }, { type: "network", path: "/var/run/netns/cni-1" }])), true);
+  assert.equal(sharesHostPidNamespace(spec(undefined)), true);
 });
